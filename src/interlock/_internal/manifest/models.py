@@ -1,0 +1,315 @@
+"""The workflow manifest: one page of YAML that is a workflow's whole operating model.
+
+Every model forbids unknown keys, so a typo is an error that names its line, never a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+VERBS = (
+    "read",
+    "draft",
+    "create",
+    "update",
+    "send",
+    "publish",
+    "approve",
+    "refund",
+    "invite",
+    "delete",
+    "execute",
+)
+TRAITS = ("write", "bulk", "pii", "money", "irreversible", "external")
+Verb = Literal[
+    "read",
+    "draft",
+    "create",
+    "update",
+    "send",
+    "publish",
+    "approve",
+    "refund",
+    "invite",
+    "delete",
+    "execute",
+]
+Trait = Literal["write", "bulk", "pii", "money", "irreversible", "external"]
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$"
+Name = Annotated[str, Field(pattern=_NAME)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SuccessMetric(Strict):
+    name: str
+    target: float | None = None
+    unit: str | None = None
+    description: str | None = None
+
+
+class AgentSpec(Strict):
+    id: Name
+    environment: Name
+    roles: list[Name] = Field(min_length=1)
+    description: str | None = None
+
+
+class RoleGrant(Strict):
+    """What a role may attempt at all; rules then decide allow / approval / forbid."""
+
+    verbs: list[Verb] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+
+class RateLimit(Strict):
+    per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    per_hour: int | None = Field(default=None, ge=1, le=100_000_000)
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class PythonUpstream(Strict):
+    kind: Literal["python"] = "python"
+    callable: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class HttpUpstream(Strict):
+    kind: Literal["http"] = "http"
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Literal["json", "query", "none"] = "json"
+
+
+class McpUpstream(Strict):
+    kind: Literal["mcp"] = "mcp"
+    server: Name
+    tool: str
+
+
+Upstream = Annotated[PythonUpstream | HttpUpstream | McpUpstream, Field(discriminator="kind")]
+
+
+class CredentialRef(Strict):
+    """Where the upstream secret lives. The agent never sees it; it is injected at execution."""
+
+    env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    file: str | None = None
+    header: str = "Authorization"
+    scheme: str | None = "Bearer"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CredentialRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of 'env' or 'file'")
+        return self
+
+
+class RiskCondition(Strict):
+    """Traits an action gains from its arguments, e.g. ``{when: "limit > 50", traits: [bulk]}``."""
+
+    when: str
+    traits: list[Trait] = Field(min_length=1)
+
+
+class ToolSpec(Strict):
+    name: Name
+    description: str = ""
+    verb: Verb
+    traits: list[Trait] = Field(default_factory=list)
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    output_schema: dict[str, Any] | None = None
+    upstream: Upstream | None = None
+    credential: CredentialRef | None = None
+    rate_limit: RateLimit | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    idempotent: bool = False
+    cost_usd: float = Field(default=0.0, ge=0, le=1_000_000)
+    risk_conditions: list[RiskCondition] = Field(default_factory=list)
+    impact_if_accepted: str | None = None
+    impact_if_rejected: str | None = None
+
+
+class RuleSpec(Strict):
+    """One rule. Every key present must match; ``when`` is an argument condition such as
+    ``amount > 50`` or ``fields.priority == "urgent" and amount <= 500``."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,120}$")] | None = None
+    tool: str | list[str] | None = None
+    verb: Verb | list[Verb] | None = None
+    trait: Trait | list[Trait] | None = None
+    roles: list[Name] | None = None
+    environments: list[Name] | None = None
+    when: str | None = None
+    description: str | None = None
+    expires_after_s: int | None = Field(default=None, ge=10, le=30 * 86_400)
+    quorum: int | None = Field(default=None, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> RuleSpec:
+        if self.tool is None and self.verb is None and self.trait is None:
+            raise ValueError("a rule needs at least one of 'tool', 'verb' or 'trait'")
+        return self
+
+    def tool_list(self) -> list[str]:
+        return [] if self.tool is None else [self.tool] if isinstance(self.tool, str) else list(self.tool)
+
+    def verb_list(self) -> list[str]:
+        return [] if self.verb is None else [self.verb] if isinstance(self.verb, str) else list(self.verb)
+
+    def trait_list(self) -> list[str]:
+        return [] if self.trait is None else [self.trait] if isinstance(self.trait, str) else list(self.trait)
+
+
+class Rules(Strict):
+    allow: list[RuleSpec] = Field(default_factory=list)
+    require_approval: list[RuleSpec] = Field(default_factory=list)
+    forbid: list[RuleSpec] = Field(default_factory=list)
+
+
+StopKind = Literal[
+    "missing_data",
+    "conflicting_records",
+    "sensitive_category",
+    "low_confidence",
+    "outside_category",
+    "sequence_failure",
+]
+
+
+class StopRule(Strict):
+    """A condition that ends in ``escalate``: the run pauses and a human takes over."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,120}$")]
+    kind: StopKind
+    description: str | None = None
+    tool: str | list[str] | None = None
+    required: list[str] = Field(default_factory=list)  # missing_data: argument paths
+    traits: list[Trait] = Field(default_factory=list)  # sensitive_category
+    pattern: str | None = None  # sensitive_category: regex over argument text
+    categories: list[Literal["money", "access", "legal", "compliance", "security"]] = Field(
+        default_factory=list
+    )
+    threshold: float | None = Field(default=None, ge=0, le=1)  # low_confidence
+    field: str | None = None  # outside_category: the classification argument
+    allowed: list[str] = Field(default_factory=list)  # outside_category
+    sources: list[str] = Field(default_factory=list)  # conflicting_records: tools whose outputs agree
+    key: str | None = None  # conflicting_records: the output key compared
+    sequence: list[str] = Field(default_factory=list)  # sequence_failure: tools in order
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+    def tool_list(self) -> list[str]:
+        return [] if self.tool is None else [self.tool] if isinstance(self.tool, str) else list(self.tool)
+
+
+class RunBudget(Strict):
+    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_tool_calls: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=1_000_000)
+    max_duration_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+
+
+class Budgets(Strict):
+    per_run: RunBudget = RunBudget()
+
+
+class Evaluation(Strict):
+    golden_set: str
+    threshold: float = Field(default=1.0, ge=0, le=1)
+
+
+class Approvals(Strict):
+    expires_after_s: int = Field(default=3600, ge=10, le=30 * 86_400)
+    approver_roles: list[Literal["admin", "owner", "approver"]] = Field(
+        default_factory=lambda: ["approver", "owner", "admin"]
+    )
+    quorum: int = Field(default=1, ge=1, le=10)
+    allow_self_approval: bool = False
+
+
+class Confidence(Strict):
+    """Confidence-aware routing: alone at or above ``auto``, review between, reject below ``review``."""
+
+    auto: float = Field(default=0.0, ge=0, le=1)
+    review: float = Field(default=0.0, ge=0, le=1)
+
+
+class McpServerSpec(Strict):
+    name: Name
+    command: list[str] | None = None
+    url: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("set exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
+        return self
+
+
+class Manifest(Strict):
+    name: Name
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,50}$")]
+    owner: str = Field(min_length=1)
+    objective: str = Field(min_length=1)
+    success_metric: SuccessMetric
+    out_of_scope: list[str] = Field(default_factory=list)
+    environments: list[Name] = Field(min_length=1)
+    agents: list[AgentSpec] = Field(default_factory=list)
+    roles: dict[Name, RoleGrant] = Field(default_factory=dict)
+    tools: list[ToolSpec] = Field(min_length=1)
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list)
+    rules: Rules = Rules()
+    policies: list[str] = Field(default_factory=list)  # extra .cedar files, relative to the manifest
+    stop_rules: list[StopRule] = Field(default_factory=list)
+    budgets: Budgets = Budgets()
+    approvals: Approvals = Approvals()
+    confidence: Confidence = Confidence()
+    evaluation: Evaluation | None = None
+    pause_owners: list[str] = Field(default_factory=list)
+    retention_days: int | None = Field(default=None, ge=1, le=36_500)
+
+    def tool(self, name: str) -> ToolSpec | None:
+        for spec in self.tools:
+            if spec.name == name:
+                return spec
+        return None
+
+    def agent(self, agent_id: str) -> AgentSpec | None:
+        for spec in self.agents:
+            if spec.id == agent_id:
+                return spec
+        return None
+
+
+__all__ = [
+    "TRAITS",
+    "VERBS",
+    "AgentSpec",
+    "CredentialRef",
+    "HttpUpstream",
+    "Manifest",
+    "McpUpstream",
+    "PythonUpstream",
+    "RoleGrant",
+    "RuleSpec",
+    "StopRule",
+    "ToolSpec",
+]

@@ -1,0 +1,90 @@
+"""One settings tree: environment (``INTERLOCK_*``, nested with ``__``), then ``interlock.toml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_TOKEN_SIGNING_SEED = "interlock-dev-signing-seed-change-me"
+DEFAULT_ADMIN_TOKEN = ""
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(default="sqlite:///interlock.db", description="SQLAlchemy URL; postgresql+psycopg://…")
+    # NORMAL keeps WAL commits durable across a process crash; FULL also across power loss.
+    sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
+    pool_size: int = Field(default=10, ge=1, le=200)
+    echo: bool = False
+
+
+class IdentitySettings(BaseModel):
+    token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    # Seed for the Ed25519 key that signs access tokens; every replica must share it.
+    signing_seed: str = DEFAULT_TOKEN_SIGNING_SEED
+    issuer: str = "interlock"
+
+
+class AuditSettings(BaseModel):
+    # Seed for the Ed25519 key that signs audit checkpoints and evidence bundles.
+    signing_seed: str = "interlock-dev-audit-seed-change-me"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything Interlock can be configured with. Build it when needed: ``Settings()``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INTERLOCK_",
+        env_nested_delimiter="__",
+        toml_file="interlock.toml",
+        extra="forbid",
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    identity: IdentitySettings = IdentitySettings()
+    audit: AuditSettings = AuditSettings()
+    server: ServerSettings = ServerSettings()
+    manifests: list[Path] = Field(default_factory=list)
+    # USD per million tokens, {"model": {"input": x, "output": y}}; a manifest may override.
+    model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def default_secrets_in_use(self) -> list[str]:
+        """Names of secrets still at their shipped defaults (unsafe beyond loopback)."""
+        found = []
+        if self.identity.signing_seed == DEFAULT_TOKEN_SIGNING_SEED:
+            found.append("identity.signing_seed")
+        if self.audit.signing_seed == AuditSettings().signing_seed:
+            found.append("audit.signing_seed")
+        return found
+
+    def with_database(self, url: str) -> Settings:
+        data: dict[str, Any] = self.model_dump()
+        data["database"]["url"] = url
+        return Settings.model_validate(data)
+
+
+__all__ = ["AuditSettings", "DatabaseSettings", "IdentitySettings", "ServerSettings", "Settings"]

@@ -1,0 +1,111 @@
+"""Engines and transactions for SQLite (WAL) and PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from interlock._internal.settings import DatabaseSettings
+from interlock.exceptions import ConfigError, StorageError
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(db: DatabaseSettings) -> Engine:
+    """Build an engine. SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` write transactions."""
+    url = db.url
+    try:
+        if url.startswith("sqlite"):
+            return _sqlite_engine(url, db)
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return create_engine(
+            url,
+            pool_size=db.pool_size,
+            max_overflow=db.pool_size,
+            pool_pre_ping=True,
+            echo=db.echo,
+        )
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise ConfigError(f"database.url: cannot use {url!r}: {exc}") from exc
+
+
+def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    memory = path in ("", ":memory:")
+    if not memory:
+        Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"echo": db.echo, "connect_args": {"check_same_thread": False, "timeout": 30}}
+    if memory:
+        from sqlalchemy.pool import StaticPool
+
+        kwargs["poolclass"] = StaticPool
+    else:
+        # One connection per checkout keeps locking simple across threads; WAL makes opens cheap.
+        kwargs["pool_size"] = db.pool_size
+        kwargs["max_overflow"] = db.pool_size
+    engine = create_engine(url, **kwargs)
+    synchronous = db.sqlite_synchronous
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Take transaction control from the driver so we can emit BEGIN IMMEDIATE ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Every transaction takes the write lock up front: no deadlocking lock upgrades, and
+        # read-modify-write sequences (counters, the audit head) serialize across processes.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    _ = NullPool
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; SQLAlchemy errors become :class:`StorageError`."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc.__class__.__name__}: {_short(exc)}") from exc
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc.__class__.__name__}: {_short(exc)}") from exc
+
+
+def _short(exc: SQLAlchemyError) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0][:300] if text else ""
+
+
+def lock_clause(engine: Engine) -> bool:
+    """Whether SELECT … FOR UPDATE means anything on this engine (SQLite locks the whole file)."""
+    return not is_sqlite(engine)
+
+
+__all__ = ["is_sqlite", "make_engine", "reading", "transaction"]

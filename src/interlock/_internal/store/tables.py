@@ -1,0 +1,265 @@
+"""SQLAlchemy Core tables. Every table and query here runs on SQLite and PostgreSQL alike.
+
+JSON payloads are stored as text (``JSONText``) so both engines store byte-identical canonical
+JSON; money is stored in integer micro-dollars so sums are exact on both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON stored as compact text with sorted keys, identical on every engine."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+# Timestamps are float seconds since the epoch (UTC): portable, sortable, cheap.
+def _ts(name: str, *, nullable: bool = False) -> Column[Any]:
+    return Column(name, Float, nullable=nullable)
+
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("active_version_id", String(300), nullable=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("paused_by", String(200), nullable=True),
+    Column("paused_reason", Text, nullable=True),
+    _ts("updated_at"),
+)
+
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    Column("id", String(300), primary_key=True),  # name@version#sha12
+    Column("workflow", String(200), nullable=False, index=True),
+    Column("version", String(50), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("policy_sha256", String(64), nullable=False),
+    Column("source_path", Text, nullable=True),
+    Column("manifest", Text, nullable=False),
+    Column("cedar_policies", Text, nullable=False),
+    _ts("created_at"),
+)
+
+tools = Table(
+    "tools",
+    metadata,
+    Column("workflow_version_id", String(300), ForeignKey("workflow_versions.id"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("verb", String(20), nullable=False),
+    Column("traits", JSONText, nullable=False),
+    Column("definition", JSONText, nullable=False),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(200), primary_key=True),  # the client_id
+    Column("workflow", String(200), nullable=False, index=True),
+    Column("environment", String(100), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("status", String(20), nullable=False, default="active"),  # active | revoked
+    _ts("created_at"),
+    _ts("revoked_at", nullable=True),
+    Column("revoked_by", String(200), nullable=True),
+    _ts("last_seen_at", nullable=True),
+)
+
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("roles", JSONText, nullable=False),
+    Column("workflows", JSONText, nullable=True),  # None = every workflow
+    Column("token_hash", String(128), nullable=False, unique=True),
+    Column("status", String(20), nullable=False, default="active"),
+    _ts("created_at"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workflow", String(200), nullable=False, index=True),
+    Column("workflow_version_id", String(300), nullable=False),
+    Column("agent_id", String(200), nullable=False, index=True),
+    Column("environment", String(100), nullable=False),
+    Column("state", String(20), nullable=False),  # running | completed | failed | escalated | stopped
+    Column("state_reason", Text, nullable=True),
+    Column("trigger", JSONText, nullable=True),
+    Column("started_by", String(200), nullable=True),
+    Column("steps", Integer, nullable=False, default=0),
+    Column("tool_calls", Integer, nullable=False, default=0),
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    _ts("started_at"),
+    _ts("ended_at", nullable=True),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(64), ForeignKey("runs.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),  # tool | model | retrieval
+    Column("tool", String(200), nullable=True),
+    Column("verb", String(20), nullable=True),
+    Column("status", String(30), nullable=False),  # executed | denied | pending_approval | failed | escalated
+    Column("decision_id", String(64), nullable=True),
+    Column("args_hash", String(64), nullable=True),
+    Column("arguments", JSONText, nullable=True),  # redacted
+    Column("result", JSONText, nullable=True),  # redacted
+    Column("error", Text, nullable=True),
+    Column("reasoning", Text, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("evidence", JSONText, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    _ts("created_at"),
+    UniqueConstraint("run_id", "seq", name="uq_steps_run_seq"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=True, index=True),
+    Column("step_id", String(64), nullable=True),
+    Column("agent_id", String(200), nullable=True),
+    Column("workflow", String(200), nullable=True, index=True),
+    Column("environment", String(100), nullable=True),
+    Column("tool", String(200), nullable=True),
+    Column("verb", String(20), nullable=True),
+    Column("decision", String(20), nullable=False),  # allow | deny | require_approval | escalate
+    Column("reasons", JSONText, nullable=False),
+    Column("policy_ids", JSONText, nullable=False),
+    Column("risk", JSONText, nullable=False),
+    Column("args_hash", String(64), nullable=True),
+    Column("arguments", JSONText, nullable=True),  # redacted; kept for what-if replays
+    Column("manifest_version", String(300), nullable=True),
+    Column("policy_version", String(64), nullable=True),
+    Column("confidence", Float, nullable=True),
+    _ts("created_at"),
+    Index("ix_decisions_created", "created_at"),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("step_id", String(64), nullable=False),
+    Column("decision_id", String(64), nullable=False),
+    Column("workflow", String(200), nullable=False, index=True),
+    Column("agent_id", String(200), nullable=False),
+    Column("tool", String(200), nullable=False),
+    Column("verb", String(20), nullable=False),
+    Column("args_hash", String(64), nullable=False),
+    Column("arguments", JSONText, nullable=True),  # redacted, for display
+    Column("idempotency_key", String(200), nullable=True),
+    Column("state", String(20), nullable=False),  # pending | approved | rejected | expired | cancelled
+    Column("reasons", JSONText, nullable=False),
+    Column("package", JSONText, nullable=False),
+    Column("quorum", Integer, nullable=False, default=1),
+    _ts("expires_at"),
+    _ts("created_at"),
+    _ts("decided_at", nullable=True),
+    Column("decided_by", JSONText, nullable=True),
+    Column("comment", Text, nullable=True),
+    Index("ix_approvals_state", "state"),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("agent_id", String(200), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("args_hash", String(64), nullable=False),
+    Column("state", String(20), nullable=False),  # in_flight | done
+    Column("step_id", String(64), nullable=True),
+    Column("outcome", JSONText, nullable=True),  # the redacted ActionResult returned to the agent
+    _ts("created_at"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    _ts("ts"),
+    Column("kind", String(50), nullable=False),
+    Column("actor", String(200), nullable=True),
+    Column("workflow", String(200), nullable=True),
+    Column("run_id", String(64), nullable=True, index=True),
+    Column("body", Text, nullable=False),  # canonical JSON of every hashed field
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row: the chain's tip. Writers lock it, so appends serialize across processes.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+__all__ = [
+    "JSONText",
+    "agents",
+    "approvals",
+    "audit_events",
+    "audit_head",
+    "decisions",
+    "idempotency",
+    "metadata",
+    "operators",
+    "runs",
+    "steps",
+    "tools",
+    "workflow_versions",
+    "workflows",
+]
