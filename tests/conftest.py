@@ -113,3 +113,56 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             yellow=True,
             bold=True,
         )
+
+
+# ---- an embedded Interlock with the reference workflow and its two agents ----------------------
+
+
+class Harness:
+    """The reference workflow on a fresh database, with both agents' tokens ready."""
+
+    def __init__(self, db_url: str, manifest: Path = SUPPORT_TRIAGE, **settings_overrides: object) -> None:
+        from interlock import Interlock, Settings
+
+        settings = Settings(database={"url": db_url}, **settings_overrides)  # type: ignore[arg-type]
+        self.il = Interlock(settings)
+        self.il.migrate()
+        self.runtime = self.il.load_workflow(manifest)
+        self.workflow = self.runtime.name
+        self.tokens: dict[str, str] = {}
+        self.secrets: dict[str, str] = {}
+        for agent in self.runtime.manifest.agents:
+            creds = self.il.agents.create(
+                agent.id, workflow=self.workflow, environment=agent.environment, actor="test"
+            )
+            self.secrets[agent.id] = creds.client_secret
+            self.tokens[agent.id] = self.il.issue_token(creds.client_id, creds.client_secret).token
+
+    def run(self, agent: str = "triage-bot") -> str:
+        return self.il.start_run(self.tokens[agent], trigger={"ticket": "T-1001"}).id
+
+    def act(self, run_id: str, tool: str, args: object, agent: str = "triage-bot", **kw: object):  # type: ignore[no-untyped-def]
+        return self.il.act(self.tokens[agent], run_id, tool, args, **kw)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.il.close()
+
+
+@pytest.fixture
+def harness(db_url: str) -> Iterator[Harness]:
+    h = Harness(db_url)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The example help desk module (tickets, customers, refunds) for checking final state."""
+    import importlib.util
+
+    path = REPO / "examples" / "support-triage" / "support_desk.py"
+    spec = importlib.util.spec_from_file_location("support_desk_for_tests", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,99 @@
+"""The shapes every interface returns: Python, HTTP and MCP speak the same objects."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DecisionKind = Literal["allow", "deny", "require_approval", "escalate"]
+ActionStatus = Literal["executed", "pending_approval", "denied", "invalid", "limited", "failed", "escalated"]
+
+
+class Reason(BaseModel):
+    """One machine-readable reason: a stable ``code``, a human ``message``, the policy if any."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+    policy_id: str | None = None
+    field: str | None = None
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    decision: DecisionKind
+    reasons: list[Reason]
+    tool: str | None = None
+    verb: str | None = None
+    risk: list[str] = Field(default_factory=list)
+    policy_ids: list[str] = Field(default_factory=list)
+    args_hash: str | None = None
+    manifest_version: str | None = None
+    policy_version: str | None = None
+    confidence: float | None = None
+
+    @property
+    def reason_codes(self) -> list[str]:
+        return [r.code for r in self.reasons]
+
+
+class ActionResult(BaseModel):
+    """What an agent gets back for one action."""
+
+    status: ActionStatus
+    decision: Decision
+    run_id: str
+    step_id: str | None = None
+    seq: int | None = None
+    result: Any = None
+    error: str | None = None
+    approval_id: str | None = None
+    replayed: bool = False
+    retry_after: float | None = None
+
+    @property
+    def executed(self) -> bool:
+        return self.status == "executed"
+
+
+class Run(BaseModel):
+    id: str
+    workflow: str
+    workflow_version: str
+    agent_id: str
+    environment: str
+    state: str
+    state_reason: str | None = None
+    trigger: Any = None
+    started_by: str | None = None
+    steps: int = 0
+    tool_calls: int = 0
+    cost_usd: float = 0.0
+    started_at: float
+    ended_at: float | None = None
+
+
+class Step(BaseModel):
+    id: str
+    run_id: str
+    seq: int
+    kind: str
+    tool: str | None
+    verb: str | None
+    status: str
+    decision: Decision | None = None
+    arguments: Any = None
+    result: Any = None
+    error: str | None = None
+    reasoning: str | None = None
+    confidence: float | None = None
+    evidence: list[str] | None = None
+    duration_ms: float | None = None
+    created_at: float
+
+
+class RunView(Run):
+    steps_detail: list[Step] = Field(default_factory=list)

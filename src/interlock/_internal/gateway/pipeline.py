@@ -1,0 +1,696 @@
+"""The one chokepoint. Every action from every interface goes through :meth:`Pipeline.submit`.
+
+    authenticate → load run → validate intent (schema) → classify risk → stop rules → policy (Cedar)
+    → limits (step and tool-call caps; atomic reservation) → approval gate
+    → execute (injected credentials, idempotency key, timeout) → validate output → redact
+    → record step + decision + audit event
+
+Fail closed: an unexpected error anywhere before execution denies the action with reason
+``pipeline_error``; nothing executes on error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from interlock._internal.audit.canonical import canonical_json, hash_value
+from interlock._internal.audit.chain import append_event
+from interlock._internal.gateway.models import ActionResult, ActionStatus, Decision, Reason, Run
+from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, ToolRuntime, WorkflowRuntime
+from interlock._internal.gateway.transports.base import CallContext
+from interlock._internal.identity.agents import AgentStore
+from interlock._internal.identity.tokens import TokenService, authenticate_agent
+from interlock._internal.limits.stop_rules import check_intent
+from interlock._internal.manifest.models import CredentialRef, RuleSpec
+from interlock._internal.policy import engine as policy_engine
+from interlock._internal.policy.cedar_values import CedarValueError, args_to_cedar, decimal_text
+from interlock._internal.runs.store import RunStore, new_id, run_from_row
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading, transaction
+from interlock._internal.telemetry.redaction import redact
+from interlock.exceptions import (
+    ArgumentsInvalid,
+    ConfigError,
+    ConflictError,
+    InterlockError,
+    NotFound,
+    TokenScopeError,
+    UpstreamError,
+)
+
+log = logging.getLogger("interlock.pipeline")
+
+_POLICY_MESSAGES = {
+    "permitted": "allowed by policy",
+    "review_required": "policy requires a person to approve this action",
+    "forbidden": "forbidden by policy",
+    "not_granted": "the agent's roles are not granted this verb or tool",
+    "no_policy_permits": "no policy permits this action (deny by default)",
+    "policy_error": "policy evaluation failed; denied to fail closed",
+}
+
+
+@dataclass(frozen=True)
+class Intent:
+    tool: str
+    arguments: Any
+    idempotency_key: str | None = None
+    reasoning: str | None = None
+    confidence: float | None = None
+    evidence: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The pure decision part of the pipeline, before any counter or record is touched."""
+
+    decision: Decision
+    status: ActionStatus
+    tool: ToolRuntime | None
+
+
+def _deny(code: str, message: str, *, status: ActionStatus = "denied", **kw: Any) -> tuple[Reason, ActionStatus]:
+    return Reason(code=code, message=message, **kw), status
+
+
+def resolve_credential(ref: CredentialRef | None) -> str | None:
+    """Read an upstream secret at call time. It is never stored, logged or returned."""
+    if ref is None:
+        return None
+    import os
+
+    if ref.env is not None:
+        value = os.environ.get(ref.env)
+        if not value:
+            raise ConfigError(f"credential: environment variable {ref.env} is not set")
+        return value
+    try:
+        return Path(ref.file or "").read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"credential: cannot read secret file: {exc.strerror}") from exc
+
+
+def evaluate(
+    runtime: WorkflowRuntime,
+    *,
+    agent_id: str,
+    environment: str,
+    intent: Intent,
+    steps: int = 0,
+    tool_calls: int = 0,
+) -> Verdict:
+    """Schema, risk, stop rules and Cedar. Never raises for bad input: it denies."""
+    manifest = runtime.manifest
+    base = {
+        "manifest_version": runtime.version_id,
+        "policy_version": runtime.compiled.sha256,
+        "confidence": intent.confidence,
+    }
+    tool_rt = runtime.tools.get(intent.tool)
+    if tool_rt is None:
+        reason = Reason(code="unknown_tool", message=f"unknown tool {intent.tool!r} (deny by default)")
+        return Verdict(Decision(decision="deny", reasons=[reason], tool=intent.tool, **base), "denied", None)
+    spec = tool_rt.spec
+    base.update(tool=spec.name, verb=spec.verb)
+    args = intent.arguments
+    try:
+        args_hash = hash_value(args)
+        if len(canonical_json(args)) > MAX_ARGUMENT_BYTES:
+            raise ArgumentsInvalid(f"arguments exceed {MAX_ARGUMENT_BYTES} bytes", field="arguments")
+        tool_rt.validate(args)
+    except ArgumentsInvalid as exc:
+        reason = Reason(code="invalid_arguments", message=f"{exc.field}: {exc.message}", field=exc.field)
+        return Verdict(Decision(decision="deny", reasons=[reason], **base), "invalid", tool_rt)
+    except (ValueError, TypeError) as exc:  # not JSON at all (NaN, sets, objects)
+        reason = Reason(code="invalid_arguments", message=f"arguments are not JSON: {exc}", field="arguments")
+        return Verdict(Decision(decision="deny", reasons=[reason], **base), "invalid", tool_rt)
+    base["args_hash"] = args_hash
+    risk = tool_rt.risk(args)
+    agent = manifest.agent(agent_id)
+    if agent is None:
+        reason = Reason(code="agent_not_in_manifest", message=f"agent {agent_id} is not declared in {runtime.name}")
+        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
+    if agent.environment != environment:
+        reason = Reason(
+            code="environment_mismatch",
+            message=f"agent {agent_id} acts in {agent.environment}, not in {environment}",
+        )
+        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
+    stop = check_intent(manifest, tool=spec.name, arguments=args, risk=risk, confidence=intent.confidence)
+    if stop is not None:
+        return Verdict(Decision(decision="escalate", reasons=[stop], risk=risk, **base), "escalated", tool_rt)
+    try:
+        context: dict[str, Any] = {
+            "workflow": runtime.name,
+            "environment": environment,
+            "tool": spec.name,
+            "risk": risk,
+            "steps": steps,
+            "tool_calls": tool_calls,
+            "args": args_to_cedar(args, spec.input_schema),
+        }
+        if intent.confidence is not None:
+            context["confidence"] = {"__extn": {"fn": "decimal", "arg": decimal_text(intent.confidence)}}
+    except CedarValueError as exc:
+        reason = Reason(code="invalid_arguments", message=f"{exc} (cannot be judged exactly by policy)")
+        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "invalid", tool_rt)
+    verdict = policy_engine.decide(
+        runtime.compiled, agent_id=agent_id, verb=spec.verb, tool=spec.name, context=context
+    )
+    message = _POLICY_MESSAGES[verdict.code]
+    if verdict.errors:
+        message += ": " + "; ".join(verdict.errors)[:500]
+    reasons = [Reason(code=verdict.code, message=message, policy_id=p) for p in verdict.policy_ids] or [
+        Reason(code=verdict.code, message=message)
+    ]
+    decision = Decision(
+        decision=verdict.outcome, reasons=reasons, risk=risk, policy_ids=list(verdict.policy_ids), **base
+    )
+    status: ActionStatus = {"allow": "executed", "deny": "denied", "require_approval": "pending_approval"}[
+        verdict.outcome
+    ]  # type: ignore[assignment]
+    return Verdict(decision, status, tool_rt)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        runtimes: Callable[[str], WorkflowRuntime],
+        tokens: TokenService,
+        agents: AgentStore,
+        runs: RunStore,
+    ) -> None:
+        self.engine = engine
+        self._runtime = runtimes
+        self.tokens = tokens
+        self.agents = agents
+        self.runs = runs
+
+    # ---- the whole pipeline -------------------------------------------------------------------
+
+    def submit(self, token: str, run_id: str, intent: Intent) -> ActionResult:
+        principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
+        run = self._load_run(run_id)
+        if run.agent_id != principal.agent_id:
+            # Another agent's run is indistinguishable from a missing one.
+            raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        if run.workflow != principal.workflow or run.environment != principal.environment:
+            raise TokenScopeError(
+                f"token for {principal.workflow}/{principal.environment} used on a run of "
+                f"{run.workflow}/{run.environment}"
+            )
+        if intent.idempotency_key is not None:
+            replay = self._replay(principal.agent_id, intent)
+            if replay is not None:
+                return replay
+        try:
+            runtime = self._runtime(run.workflow)
+            verdict = self._gate(runtime, run, principal.agent_id, intent)
+        except InterlockError as exc:
+            verdict = self._error_verdict(intent, exc)
+            runtime = None
+        except Exception as exc:  # fail closed: never execute after an unexpected error
+            log.exception("pipeline error before execution")
+            verdict = self._error_verdict(intent, exc)
+            runtime = None
+        if verdict.decision.decision != "allow" or runtime is None or verdict.tool is None:
+            return self._record_without_execution(run, principal.agent_id, intent, verdict, runtime)
+        return self._execute(run, principal.agent_id, intent, verdict, runtime)
+
+    def _error_verdict(self, intent: Intent, exc: BaseException) -> Verdict:
+        reason = Reason(code="pipeline_error", message=f"denied to fail closed: {type(exc).__name__}: {exc}"[:500])
+        return Verdict(Decision(decision="deny", reasons=[reason], tool=intent.tool), "denied", None)
+
+    def _load_run(self, run_id: str) -> Run:
+        with reading(self.engine) as conn:
+            row = conn.execute(select(t.runs).where(t.runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        return run_from_row(row)
+
+    def _gate(self, runtime: WorkflowRuntime, run: Run, agent_id: str, intent: Intent) -> Verdict:
+        verdict = evaluate(
+            runtime,
+            agent_id=agent_id,
+            environment=run.environment,
+            intent=intent,
+            steps=run.steps,
+            tool_calls=run.tool_calls,
+        )
+        decision = verdict.decision
+        if decision.decision == "deny" or verdict.status == "invalid":
+            return verdict
+        # Run-level brakes apply to everything that would act or ask a person to act.
+        stop = self._run_brake(runtime, run)
+        if stop is not None:
+            reason, status = stop
+            return Verdict(
+                decision.model_copy(update={"decision": "deny", "reasons": [reason, *decision.reasons]}),
+                status,
+                verdict.tool,
+            )
+        return verdict
+
+    def _run_brake(self, runtime: WorkflowRuntime, run: Run) -> tuple[Reason, ActionStatus] | None:
+        with reading(self.engine) as conn:
+            paused = conn.execute(
+                select(t.workflows.c.paused, t.workflows.c.paused_reason).where(t.workflows.c.name == run.workflow)
+            ).first()
+        if paused is not None and paused[0]:
+            return _deny("workflow_paused", f"workflow {run.workflow} is paused: {paused[1] or 'no reason given'}")
+        if run.state != "running":
+            return _deny("run_not_active", f"run is {run.state}: {run.state_reason or ''}".strip(": "))
+        budget = runtime.manifest.budgets.per_run
+        if budget.max_duration_s is not None and time.time() - run.started_at > budget.max_duration_s:
+            return _deny(
+                "run_duration_exceeded",
+                f"run exceeded max_duration_s={budget.max_duration_s:g}",
+                status="limited",
+            )
+        return None
+
+    # ---- idempotency ------------------------------------------------------------------------
+
+    def _replay(self, agent_id: str, intent: Intent) -> ActionResult | None:
+        with reading(self.engine) as conn:
+            row = (
+                conn.execute(
+                    select(t.idempotency).where(
+                        and_(t.idempotency.c.agent_id == agent_id, t.idempotency.c.key == intent.idempotency_key)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        try:
+            args_hash = hash_value(intent.arguments)
+        except (TypeError, ValueError):
+            args_hash = ""
+        if row["args_hash"] != args_hash:
+            raise ConflictError(
+                f"idempotency key {intent.idempotency_key!r} was used with different arguments",
+                code="idempotency_key_reused",
+            )
+        if row["state"] == "in_flight" or row["outcome"] is None:
+            raise ConflictError(
+                f"an action with idempotency key {intent.idempotency_key!r} is still executing; retry shortly",
+                code="idempotency_in_flight",
+            )
+        result = ActionResult.model_validate(row["outcome"])
+        return result.model_copy(update={"replayed": True})
+
+    # ---- recording --------------------------------------------------------------------------
+
+    def _bump_steps(self, conn: Connection, run_id: str) -> int:
+        seq = conn.execute(
+            update(t.runs).where(t.runs.c.id == run_id).values(steps=t.runs.c.steps + 1).returning(t.runs.c.steps)
+        ).scalar_one()
+        return int(seq)
+
+    def _record_without_execution(
+        self,
+        run: Run,
+        agent_id: str,
+        intent: Intent,
+        verdict: Verdict,
+        runtime: WorkflowRuntime | None,
+    ) -> ActionResult:
+        decision = verdict.decision
+        step_id = new_id("stp")
+        approval_id: str | None = None
+        stored_args = _safe_redact(intent.arguments)
+        now = time.time()
+        with transaction(self.engine) as conn:
+            seq = self._bump_steps(conn, run.id)
+            if verdict.status == "escalated":
+                conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == run.id)
+                    .values(state="escalated", state_reason=decision.reasons[0].message)
+                )
+            if decision.decision == "require_approval" and runtime is not None and verdict.tool is not None:
+                approval_id = self._create_approval(
+                    conn, run, agent_id, intent, decision, verdict.tool, runtime, step_id, stored_args, now
+                )
+            self._write_step(conn, run, agent_id, intent, decision, verdict.status, step_id, seq, stored_args, now)
+            result = ActionResult(
+                status=verdict.status, decision=decision, run_id=run.id, step_id=step_id, seq=seq, approval_id=approval_id
+            )
+            if approval_id is not None and intent.idempotency_key is not None:
+                self._store_outcome(conn, agent_id, intent, run.id, step_id, decision.args_hash or "", result, now)
+        return result
+
+    def _create_approval(
+        self,
+        conn: Connection,
+        run: Run,
+        agent_id: str,
+        intent: Intent,
+        decision: Decision,
+        tool: ToolRuntime,
+        runtime: WorkflowRuntime,
+        step_id: str,
+        stored_args: Any,
+        now: float,
+    ) -> str:
+        manifest = runtime.manifest
+        rules = _rules_by_policy_id(manifest.rules.require_approval, "review")
+        matched = [rules[p] for p in decision.policy_ids if p in rules]
+        expires = min([r.expires_after_s for r in matched if r.expires_after_s] or [manifest.approvals.expires_after_s])
+        quorum = max([r.quorum for r in matched if r.quorum] or [manifest.approvals.quorum])
+        approval_id = new_id("apr")
+        spec = tool.spec
+        package = {
+            "action": f"{spec.verb} via {spec.name}",
+            "tool": spec.name,
+            "verb": spec.verb,
+            "description": spec.description,
+            "arguments": stored_args,
+            "reasoning": intent.reasoning,
+            "confidence": intent.confidence,
+            "evidence": list(intent.evidence or []),
+            "risk": decision.risk,
+            "impact_if_accepted": spec.impact_if_accepted,
+            "impact_if_rejected": spec.impact_if_rejected,
+            "policy_reasons": [r.model_dump(exclude_none=True) for r in decision.reasons],
+            "rules": [r.description for r in matched if r.description],
+        }
+        conn.execute(
+            t.approvals.insert().values(
+                id=approval_id,
+                run_id=run.id,
+                step_id=step_id,
+                decision_id=step_id,
+                workflow=run.workflow,
+                agent_id=agent_id,
+                tool=spec.name,
+                verb=spec.verb,
+                args_hash=decision.args_hash,
+                arguments=stored_args,
+                idempotency_key=intent.idempotency_key,
+                state="pending",
+                reasons=[r.model_dump() for r in decision.reasons],
+                package=package,
+                quorum=quorum,
+                expires_at=now + expires,
+                created_at=now,
+            )
+        )
+        append_event(
+            conn,
+            kind="approval.requested",
+            actor=f"agent:{agent_id}",
+            workflow=run.workflow,
+            run_id=run.id,
+            data={
+                "approval": approval_id,
+                "step": step_id,
+                "tool": spec.name,
+                "verb": spec.verb,
+                "args_hash": decision.args_hash,
+                "quorum": quorum,
+                "expires_at": now + expires,
+            },
+        )
+        return approval_id
+
+    def _write_step(
+        self,
+        conn: Connection,
+        run: Run,
+        agent_id: str,
+        intent: Intent,
+        decision: Decision,
+        status: str,
+        step_id: str,
+        seq: int,
+        stored_args: Any,
+        now: float,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
+        reasons = [r.model_dump() for r in decision.reasons]
+        conn.execute(
+            t.decisions.insert().values(
+                id=step_id,
+                run_id=run.id,
+                step_id=step_id,
+                agent_id=agent_id,
+                workflow=run.workflow,
+                environment=run.environment,
+                tool=decision.tool,
+                verb=decision.verb,
+                decision=decision.decision,
+                reasons=reasons,
+                policy_ids=decision.policy_ids,
+                risk=decision.risk,
+                args_hash=decision.args_hash,
+                arguments=stored_args,
+                manifest_version=decision.manifest_version,
+                policy_version=decision.policy_version,
+                confidence=intent.confidence,
+                created_at=now,
+            )
+        )
+        conn.execute(
+            t.steps.insert().values(
+                id=step_id,
+                run_id=run.id,
+                seq=seq,
+                kind="tool",
+                tool=decision.tool,
+                verb=decision.verb,
+                status=status,
+                decision_id=step_id,
+                args_hash=decision.args_hash,
+                arguments=stored_args,
+                result=result,
+                error=error,
+                reasoning=_safe_redact(intent.reasoning),
+                confidence=intent.confidence,
+                evidence=list(intent.evidence) if intent.evidence else None,
+                duration_ms=duration_ms,
+                cost_micros=0,
+                created_at=now,
+            )
+        )
+        append_event(
+            conn,
+            kind="action." + status,
+            actor=f"agent:{agent_id}",
+            workflow=run.workflow,
+            run_id=run.id,
+            data={
+                "step": step_id,
+                "seq": seq,
+                "tool": decision.tool,
+                "verb": decision.verb,
+                "args_hash": decision.args_hash,
+                "decision": decision.decision,
+                "reasons": [r.code for r in decision.reasons],
+                "policy_ids": decision.policy_ids,
+                "risk": decision.risk,
+                "manifest_version": decision.manifest_version,
+                "policy_version": decision.policy_version,
+                "result_hash": None if result is None else hash_value(result),
+                "error": error,
+            },
+        )
+
+    def _store_outcome(
+        self,
+        conn: Connection,
+        agent_id: str,
+        intent: Intent,
+        run_id: str,
+        step_id: str,
+        args_hash: str,
+        result: ActionResult,
+        now: float,
+    ) -> None:
+        outcome = result.model_dump(mode="json")
+        updated = conn.execute(
+            update(t.idempotency)
+            .where(and_(t.idempotency.c.agent_id == agent_id, t.idempotency.c.key == intent.idempotency_key))
+            .values(state="done", step_id=step_id, outcome=outcome)
+        ).rowcount
+        if not updated:
+            conn.execute(
+                t.idempotency.insert().values(
+                    agent_id=agent_id,
+                    key=intent.idempotency_key,
+                    run_id=run_id,
+                    args_hash=args_hash,
+                    state="done",
+                    step_id=step_id,
+                    outcome=outcome,
+                    created_at=now,
+                )
+            )
+
+    # ---- execution --------------------------------------------------------------------------
+
+    def _reserve(self, run: Run, agent_id: str, intent: Intent, runtime: WorkflowRuntime, args_hash: str) -> Reason | None:
+        """Atomically take a tool call from the run's caps and claim the idempotency key."""
+        budget = runtime.manifest.budgets.per_run
+        cond = [t.runs.c.id == run.id, t.runs.c.state == "running"]
+        if budget.max_steps is not None:
+            cond.append(t.runs.c.steps < budget.max_steps)
+        if budget.max_tool_calls is not None:
+            cond.append(t.runs.c.tool_calls < budget.max_tool_calls)
+        try:
+            with transaction(self.engine) as conn:
+                got = conn.execute(
+                    update(t.runs)
+                    .where(and_(*cond))
+                    .values(tool_calls=t.runs.c.tool_calls + 1)
+                    .returning(t.runs.c.tool_calls)
+                ).first()
+                if got is None:
+                    row = conn.execute(select(t.runs).where(t.runs.c.id == run.id)).mappings().one()
+                    if row["state"] != "running":
+                        return Reason(code="run_not_active", message=f"run is {row['state']}")
+                    if budget.max_steps is not None and row["steps"] >= budget.max_steps:
+                        code, limit = "step_cap_reached", f"max_steps={budget.max_steps}"
+                    else:
+                        code, limit = "tool_call_cap_reached", f"max_tool_calls={budget.max_tool_calls}"
+                    conn.execute(
+                        update(t.runs)
+                        .where(t.runs.c.id == run.id)
+                        .values(state="stopped", state_reason=f"{code} ({limit})", ended_at=time.time())
+                    )
+                    return Reason(code=code, message=f"run reached {limit}; the run is stopped")
+                if intent.idempotency_key is not None:
+                    conn.execute(
+                        t.idempotency.insert().values(
+                            agent_id=agent_id,
+                            key=intent.idempotency_key,
+                            run_id=run.id,
+                            args_hash=args_hash,
+                            state="in_flight",
+                            created_at=time.time(),
+                        )
+                    )
+        except Exception as exc:
+            if isinstance(getattr(exc, "__cause__", None), IntegrityError) or isinstance(exc, IntegrityError):
+                raise ConflictError(
+                    f"an action with idempotency key {intent.idempotency_key!r} is already in progress",
+                    code="idempotency_in_flight",
+                ) from exc
+            raise
+        return None
+
+    def _execute(
+        self, run: Run, agent_id: str, intent: Intent, verdict: Verdict, runtime: WorkflowRuntime
+    ) -> ActionResult:
+        decision = verdict.decision
+        tool = verdict.tool
+        assert tool is not None
+        args_hash = decision.args_hash or ""
+        stop = self._reserve(run, agent_id, intent, runtime, args_hash)
+        if stop is not None:
+            denied = decision.model_copy(update={"decision": "deny", "reasons": [stop]})
+            return self._record_without_execution(run, agent_id, intent, Verdict(denied, "limited", tool), runtime)
+        step_id = new_id("stp")
+        credential: str | None = None
+        started = time.perf_counter()
+        result: Any = None
+        error: str | None = None
+        try:
+            credential = resolve_credential(tool.spec.credential)
+            ctx = CallContext(
+                run_id=run.id,
+                step_id=step_id,
+                agent_id=agent_id,
+                workflow=run.workflow,
+                idempotency_key=intent.idempotency_key or step_id,
+                credential=credential,
+                timeout_s=tool.spec.timeout_s,
+            )
+            result = runtime.transport_for(tool.spec).call(tool.spec, intent.arguments, ctx)
+            problem = tool.output_errors(result)
+            if problem is not None:
+                error = f"output failed the tool's output_schema: {problem}"
+                result = None
+        except (UpstreamError, ConfigError, NotFound) as exc:
+            error = exc.message
+        except Exception as exc:  # a transport bug must not take the record with it
+            log.exception("transport error")
+            error = f"{type(exc).__name__}: {exc}"
+        duration_ms = (time.perf_counter() - started) * 1000
+        secrets = (credential,) if credential else ()
+        stored_result = _safe_redact(result, secrets)
+        if error is not None:
+            error = str(_safe_redact(error, secrets))
+        status: ActionStatus = "failed" if error else "executed"
+        stored_args = _safe_redact(intent.arguments, secrets)
+        now = time.time()
+        outcome = ActionResult(
+            status=status,
+            decision=decision,
+            run_id=run.id,
+            step_id=step_id,
+            result=stored_result,
+            error=error,
+        )
+        with transaction(self.engine) as conn:
+            seq = self._bump_steps(conn, run.id)
+            outcome = outcome.model_copy(update={"seq": seq})
+            self._write_step(
+                conn,
+                run,
+                agent_id,
+                intent,
+                decision,
+                status,
+                step_id,
+                seq,
+                stored_args,
+                now,
+                result=stored_result,
+                error=error,
+                duration_ms=duration_ms,
+            )
+            if intent.idempotency_key is not None:
+                if error is None:
+                    self._store_outcome(conn, agent_id, intent, run.id, step_id, args_hash, outcome, now)
+                else:
+                    # A failed call releases its key so a retry can run again; the upstream saw
+                    # the same idempotency key and can deduplicate on its side.
+                    conn.execute(
+                        delete(t.idempotency).where(
+                            and_(
+                                t.idempotency.c.agent_id == agent_id,
+                                t.idempotency.c.key == intent.idempotency_key,
+                            )
+                        )
+                    )
+        return outcome
+
+
+def _rules_by_policy_id(rules: list[RuleSpec], prefix: str) -> dict[str, RuleSpec]:
+    kind = "require_approval" if prefix == "review" else prefix
+    return {f"{prefix}:{r.id or f'{kind}[{i}]'}": r for i, r in enumerate(rules)}
+
+
+def _safe_redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError):
+        return {"unserialisable": type(value).__name__}
+    return redact(value, extra_secrets=secrets)

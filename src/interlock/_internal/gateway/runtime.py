@@ -1,0 +1,114 @@
+"""A workflow version ready to serve: compiled policy, compiled validators, transports."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema_rs
+
+from interlock._internal.gateway.transports.base import Transport
+from interlock._internal.gateway.transports.python import PythonTransport
+from interlock._internal.manifest.conditions import Condition, parse_condition
+from interlock._internal.manifest.loader import LoadedManifest
+from interlock._internal.manifest.models import Manifest, ToolSpec
+from interlock._internal.policy.compiler import CompiledPolicy, compile_manifest
+from interlock.exceptions import ArgumentsInvalid, NotFound
+
+MAX_ARGUMENT_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ToolRuntime:
+    spec: ToolSpec
+    validator: Any = field(repr=False)
+    output_validator: Any = field(repr=False)
+    risk_conditions: tuple[tuple[Condition, tuple[str, ...]], ...] = ()
+
+    def validate(self, arguments: Any) -> None:
+        """Raise ArgumentsInvalid naming the first offending field."""
+        if not isinstance(arguments, dict):
+            raise ArgumentsInvalid("arguments must be a JSON object", field="arguments")
+        for error in self.validator.iter_errors(arguments):
+            raise ArgumentsInvalid(error.message, field=_field_of(error))
+
+    def output_errors(self, result: Any) -> str | None:
+        if self.output_validator is None:
+            return None
+        for error in self.output_validator.iter_errors(result):
+            return f"{_field_of(error) or 'result'}: {error.message}"
+        return None
+
+    def risk(self, arguments: dict[str, Any]) -> list[str]:
+        traits = set(self.spec.traits)
+        for condition, extra in self.risk_conditions:
+            if condition.evaluate(arguments):
+                traits.update(extra)
+        return sorted(traits)
+
+
+def _field_of(error: Any) -> str:
+    path = [str(p) for p in error.instance_path]
+    prop = getattr(error.kind, "property", None)
+    if isinstance(prop, str):
+        path.append(prop)
+    return ".".join(path) or "arguments"
+
+
+@dataclass
+class WorkflowRuntime:
+    loaded: LoadedManifest
+    compiled: CompiledPolicy
+    tools: dict[str, ToolRuntime]
+    transports: dict[str, Transport]
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.loaded.manifest
+
+    @property
+    def name(self) -> str:
+        return self.loaded.manifest.name
+
+    @property
+    def version_id(self) -> str:
+        return self.loaded.version_id
+
+    def tool(self, name: str) -> ToolRuntime:
+        runtime = self.tools.get(name)
+        if runtime is None:
+            raise NotFound(f"unknown tool {name!r} in workflow {self.name}", code="unknown_tool")
+        return runtime
+
+    def transport_for(self, spec: ToolSpec) -> Transport:
+        kind = spec.upstream.kind if spec.upstream is not None else "none"
+        transport = self.transports.get(kind)
+        if transport is None:
+            raise NotFound(f"tool {spec.name} has no upstream this server can call ({kind})", code="no_upstream")
+        return transport
+
+    def close(self) -> None:
+        for transport in self.transports.values():
+            transport.close()
+
+
+def build_runtime(loaded: LoadedManifest, *, extra_transports: dict[str, Transport] | None = None) -> WorkflowRuntime:
+    compiled = compile_manifest(loaded)
+    tools: dict[str, ToolRuntime] = {}
+    for spec in loaded.manifest.tools:
+        out = spec.output_schema
+        tools[spec.name] = ToolRuntime(
+            spec=spec,
+            validator=jsonschema_rs.Draft202012Validator(spec.input_schema, validate_formats=True),
+            output_validator=(
+                jsonschema_rs.Draft202012Validator(out, validate_formats=True) if out is not None else None
+            ),
+            risk_conditions=tuple(
+                (parse_condition(rc.when, spec.input_schema), tuple(rc.traits)) for rc in spec.risk_conditions
+            ),
+        )
+    transports: dict[str, Transport] = {"python": PythonTransport(base_dir=loaded.base_dir)}
+    transports.update(extra_transports or {})
+    return WorkflowRuntime(loaded=loaded, compiled=compiled, tools=tools, transports=transports)

@@ -1,0 +1,112 @@
+"""Stop rules that can be judged from one intent alone: each one ends in ``escalate``."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from interlock._internal.gateway.models import Reason
+from interlock._internal.manifest.models import Manifest, StopRule
+
+_MISSING = object()
+
+# Argument patterns for the built-in sensitive categories (used when a rule names categories).
+CATEGORY_PATTERNS = {
+    "money": r"\b(refund|chargeback|wire|payment|invoice|credit card|bank)\b",
+    "access": r"\b(password|permission|admin|role|access|mfa|2fa|login)\b",
+    "legal": r"\b(lawsuit|lawyer|attorney|subpoena|legal action|court)\b",
+    "compliance": r"\b(gdpr|hipaa|ccpa|data (deletion|request|export)|right to be forgotten)\b",
+    "security": r"\b(breach|hacked|vulnerability|phishing|compromised|malware)\b",
+}
+
+
+def _lookup(args: dict[str, Any], path: str) -> Any:
+    value: Any = args
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _texts(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _texts(v)]
+    return []
+
+
+def _applies(rule: StopRule, tool: str) -> bool:
+    tools = rule.tool_list()
+    return not tools or tool in tools
+
+
+def check_intent(
+    manifest: Manifest, *, tool: str, arguments: dict[str, Any], risk: list[str], confidence: float | None
+) -> Reason | None:
+    """The first stop rule this intent trips, or None."""
+    for rule in manifest.stop_rules:
+        if not _applies(rule, tool):
+            continue
+        reason = _check(rule, arguments, risk, confidence)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _check(rule: StopRule, args: dict[str, Any], risk: list[str], confidence: float | None) -> Reason | None:
+    if rule.kind == "missing_data":
+        for path in rule.required:
+            value = _lookup(args, path)
+            if value is _MISSING or value is None or (isinstance(value, str | list | dict) and not value):
+                return Reason(
+                    code="missing_data",
+                    message=f"required data {path!r} is missing or empty (stop rule {rule.id})",
+                    policy_id=f"stop:{rule.id}",
+                    field=path,
+                )
+    elif rule.kind == "low_confidence" and rule.threshold is not None:
+        # An agent that reports no confidence is not judged by it; one that does is held to it.
+        if confidence is not None and confidence < rule.threshold:
+            return Reason(
+                code="low_confidence",
+                message=f"agent confidence {confidence:g} is below {rule.threshold:g} (stop rule {rule.id})",
+                policy_id=f"stop:{rule.id}",
+            )
+    elif rule.kind == "sensitive_category":
+        hit = sorted(set(rule.traits) & set(risk))
+        if hit:
+            return Reason(
+                code="sensitive_category",
+                message=f"action touches {', '.join(hit)} (stop rule {rule.id})",
+                policy_id=f"stop:{rule.id}",
+            )
+        patterns = [rule.pattern] if rule.pattern else []
+        patterns += [CATEGORY_PATTERNS[c] for c in rule.categories]
+        for pattern in patterns:
+            for text in _texts(args):
+                if _regex(pattern).search(text):
+                    return Reason(
+                        code="sensitive_category",
+                        message=f"arguments match a sensitive category (stop rule {rule.id})",
+                        policy_id=f"stop:{rule.id}",
+                    )
+    elif rule.kind == "outside_category" and rule.field:
+        value = _lookup(args, rule.field)
+        if value is not _MISSING and value not in rule.allowed:
+            return Reason(
+                code="outside_category",
+                message=f"{rule.field}={value!r} is outside the approved categories (stop rule {rule.id})",
+                policy_id=f"stop:{rule.id}",
+                field=rule.field,
+            )
+    return None

@@ -1,0 +1,248 @@
+"""Manifest → Cedar: a policy set, a Cedar schema and the static entities, built once per version.
+
+One request decides an action. The policy set holds four kinds of policy, told apart by the
+prefix of their ``@id``:
+
+- ``grant:*`` — one ``forbid … unless`` listing what each role may attempt at all;
+- ``forbid:*`` — forbid rules; in Cedar, forbid always wins over permit;
+- ``allow:*`` — permits that let an action run without a person;
+- ``review:*`` — permits that let an action run only after approval.
+
+Cedar answers Allow with every satisfied permit as a reason; a ``review:`` reason among them means
+approval is required. Deny with no reasons is deny-by-default. Users' own ``.cedar`` files join the
+set: their forbids apply as written, and a permit whose ``@id`` starts with ``review:`` asks for
+approval while any other permit allows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from interlock._internal.audit.canonical import sha256_hex
+from interlock._internal.manifest.conditions import parse_condition
+from interlock._internal.manifest.loader import LoadedManifest
+from interlock._internal.manifest.models import VERBS, Manifest, RuleSpec, ToolSpec
+from interlock._internal.policy.cedar_values import record_attributes
+from interlock.exceptions import PolicyError
+
+NS = "Interlock"
+CONTEXT_ATTRS: dict[str, Any] = {
+    "workflow": {"type": "String"},
+    "environment": {"type": "String"},
+    "tool": {"type": "String"},
+    "risk": {"type": "Set", "element": {"type": "String"}},
+    "steps": {"type": "Long"},
+    "tool_calls": {"type": "Long"},
+    "confidence": {"type": "Extension", "name": "decimal", "required": False},
+}
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    text: str
+    schema: dict[str, Any]
+    entities: list[dict[str, Any]]
+    sha256: str
+    policy_set: Any = field(repr=False)  # cedarpy.PolicySet, parsed once
+    entity_set: Any = field(repr=False)  # cedarpy.Entities, parsed once
+    ids: dict[str, str] = field(default_factory=dict)  # cedar positional id → @id
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid, fully escaped Cedar string literal
+
+
+def _uid(kind: str, ident: str) -> str:
+    return f"{NS}::{kind}::{_q(ident)}"
+
+
+def cedar_schema(manifest: Manifest) -> dict[str, Any]:
+    actions: dict[str, Any] = {}
+    for verb in VERBS:
+        args: dict[str, Any] = {}
+        conflicts: set[str] = set()
+        for tool in manifest.tools:
+            if tool.verb != verb:
+                continue
+            for name, typ in record_attributes(tool.input_schema).items():
+                if name in args and args[name] != typ:
+                    conflicts.add(name)
+                args.setdefault(name, typ)
+        for name in conflicts:
+            # Two tools with this verb type the argument differently; Cedar needs one type.
+            del args[name]
+        actions[verb] = {
+            "appliesTo": {
+                "principalTypes": ["Agent"],
+                "resourceTypes": ["Tool"],
+                "context": {
+                    "type": "Record",
+                    "attributes": {**CONTEXT_ATTRS, "args": {"type": "Record", "attributes": args}},
+                },
+            }
+        }
+    str_t = {"type": "String"}
+    return {
+        NS: {
+            "entityTypes": {
+                "Role": {},
+                "Agent": {
+                    "memberOfTypes": ["Role"],
+                    "shape": {
+                        "type": "Record",
+                        "attributes": {"workflow": str_t, "environment": str_t},
+                    },
+                },
+                "Tool": {
+                    "shape": {
+                        "type": "Record",
+                        "attributes": {
+                            "workflow": str_t,
+                            "verb": str_t,
+                            "traits": {"type": "Set", "element": str_t},
+                        },
+                    }
+                },
+            },
+            "actions": actions,
+        }
+    }
+
+
+def entities(manifest: Manifest) -> list[dict[str, Any]]:
+    roles = {r for a in manifest.agents for r in a.roles} | set(manifest.roles)
+    out: list[dict[str, Any]] = [
+        {"uid": {"type": f"{NS}::Role", "id": r}, "attrs": {}, "parents": []} for r in sorted(roles)
+    ]
+    for agent in manifest.agents:
+        out.append(
+            {
+                "uid": {"type": f"{NS}::Agent", "id": agent.id},
+                "attrs": {"workflow": manifest.name, "environment": agent.environment},
+                "parents": [{"type": f"{NS}::Role", "id": r} for r in agent.roles],
+            }
+        )
+    for tool in manifest.tools:
+        out.append(
+            {
+                "uid": {"type": f"{NS}::Tool", "id": tool.name},
+                "attrs": {"workflow": manifest.name, "verb": tool.verb, "traits": sorted(tool.traits)},
+                "parents": [],
+            }
+        )
+    return out
+
+
+def _grant_policy(manifest: Manifest) -> str:
+    clauses = []
+    for role, grant in sorted(manifest.roles.items()):
+        principal = f"principal in {_uid('Role', role)}"
+        if grant.verbs:
+            verbs = ", ".join(_uid("Action", v) for v in grant.verbs)
+            clauses.append(f"({principal} && action in [{verbs}])")
+        if grant.tools:
+            tools = ", ".join(_uid("Tool", t) for t in grant.tools)
+            clauses.append(f"({principal} && [{tools}].contains(resource))")
+    body = " || ".join(clauses) if clauses else "false"
+    return (
+        '@id("grant:role-grants")\n'
+        "forbid (principal, action, resource)\n"
+        f"unless {{ {body} }};"
+    )
+
+
+def _rule_policies(kind: str, prefix: str, index: int, rule: RuleSpec, manifest: Manifest) -> list[str]:
+    rule_id = f"{prefix}:{rule.id or f'{kind}[{index}]'}"
+    effect = "forbid" if prefix == "forbid" else "permit"
+    verbs = rule.verb_list()
+    base: list[str] = []
+    if verbs:
+        base.append("[" + ", ".join(_uid("Action", v) for v in verbs) + "].contains(action)")
+    traits = rule.trait_list()
+    if traits:
+        base.append("context.risk.containsAny([" + ", ".join(_q(t) for t in traits) + "])")
+    if rule.roles:
+        base.append("(" + " || ".join(f"principal in {_uid('Role', r)}" for r in rule.roles) + ")")
+    if rule.environments:
+        base.append("[" + ", ".join(_q(e) for e in rule.environments) + "].contains(context.environment)")
+    tools = rule.tool_list()
+    targets: list[ToolSpec | None] = [manifest.tool(t) for t in tools] if tools else [None]
+    out = []
+    for tool in targets:
+        conds = list(base)
+        resource = "resource"
+        if tool is not None:
+            resource = f"resource == {_uid('Tool', tool.name)}"
+        if rule.when is not None:
+            if tool is None:
+                raise PolicyError("a rule with 'when' must name its tool", field=f"rules.{kind}[{index}]")
+            try:
+                conds.append("(" + parse_condition(rule.when, tool.input_schema).to_cedar() + ")")
+            except ValueError as exc:
+                raise PolicyError(str(exc), field=f"rules.{kind}[{index}].when") from exc
+        when = f"\nwhen {{ {' && '.join(conds)} }}" if conds else ""
+        out.append(f"@id({_q(rule_id)})\n{effect} (principal, action, {resource}){when};")
+    return out
+
+
+def generated_policies(manifest: Manifest) -> list[str]:
+    policies = [_grant_policy(manifest)]
+    for prefix, kind, rules in (
+        ("forbid", "forbid", manifest.rules.forbid),
+        ("review", "require_approval", manifest.rules.require_approval),
+        ("allow", "allow", manifest.rules.allow),
+    ):
+        for i, rule in enumerate(rules):
+            policies.extend(_rule_policies(kind, prefix, i, rule, manifest))
+    return policies
+
+
+def compile_manifest(loaded: LoadedManifest) -> CompiledPolicy:
+    """Compile and validate; a policy that fails to parse or validate stops the load."""
+    manifest = loaded.manifest
+    schema = cedar_schema(manifest)
+    schema_json = json.dumps(schema)
+    parts = ["// generated from " + loaded.version_id, *generated_policies(manifest)]
+    _check(parts[1:], schema_json, file=str(loaded.path or "<manifest>"), what="generated policy")
+    for rel in manifest.policies:
+        path = (loaded.base_dir / rel).resolve()
+        try:
+            user_text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy file: {exc.strerror}", file=str(path)) from exc
+        _check([user_text], schema_json, file=str(path), what="policy")
+        parts.append(f"// from {rel}\n{user_text}")
+    text = "\n\n".join(parts) + "\n"
+    try:
+        policy_set = cedarpy.PolicySet.from_str(text)
+        ents = entities(manifest)
+        entity_set = cedarpy.Entities.from_json_str(json.dumps(ents), schema_json)
+    except ValueError as exc:
+        raise PolicyError(f"Cedar rejected the compiled policy: {exc}", file=str(loaded.path)) from exc
+    return CompiledPolicy(
+        text=text,
+        schema=schema,
+        entities=ents,
+        sha256=sha256_hex(text.encode() + schema_json.encode()),
+        policy_set=policy_set,
+        entity_set=entity_set,
+    )
+
+
+def _check(texts: list[str], schema_json: str, *, file: str, what: str) -> None:
+    text = "\n".join(texts)
+    try:
+        cedarpy.PolicySet.from_str(text)
+    except ValueError as exc:
+        raise PolicyError(f"{what} does not parse: {exc}", file=file) from exc
+    result = cedarpy.validate_policies(text, schema_json)
+    if not result.validation_passed:
+        names = result.id_annotations_by_policy_id
+        first = result.errors[0]
+        who = names.get(first.policy_id, first.policy_id)
+        raise PolicyError(f"{what} {who!r} fails validation against the schema: {first.error}", file=file)

@@ -1,0 +1,170 @@
+"""Runs and their steps: creation, reads, and the timeline view."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from interlock._internal.audit.chain import append_event
+from interlock._internal.gateway.models import Decision, Reason, Run, RunView, Step
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading, transaction
+from interlock.exceptions import NotFound
+
+MICROS = 1_000_000
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def run_from_row(row: RowMapping) -> Run:
+    return Run(
+        id=row["id"],
+        workflow=row["workflow"],
+        workflow_version=row["workflow_version_id"],
+        agent_id=row["agent_id"],
+        environment=row["environment"],
+        state=row["state"],
+        state_reason=row["state_reason"],
+        trigger=row["trigger"],
+        started_by=row["started_by"],
+        steps=row["steps"],
+        tool_calls=row["tool_calls"],
+        cost_usd=row["cost_micros"] / MICROS,
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+    )
+
+
+class RunStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(
+        self,
+        *,
+        workflow: str,
+        workflow_version_id: str,
+        agent_id: str,
+        environment: str,
+        trigger: Any = None,
+        started_by: str | None = None,
+    ) -> Run:
+        now = time.time()
+        row = {
+            "id": new_id("run"),
+            "workflow": workflow,
+            "workflow_version_id": workflow_version_id,
+            "agent_id": agent_id,
+            "environment": environment,
+            "state": "running",
+            "state_reason": None,
+            "trigger": trigger,
+            "started_by": started_by,
+            "steps": 0,
+            "tool_calls": 0,
+            "cost_micros": 0,
+            "started_at": now,
+            "ended_at": None,
+        }
+        with transaction(self.engine) as conn:
+            conn.execute(t.runs.insert().values(**row))
+            append_event(
+                conn,
+                kind="run.started",
+                actor=started_by or f"agent:{agent_id}",
+                workflow=workflow,
+                run_id=row["id"],
+                data={"agent": agent_id, "environment": environment, "manifest_version": workflow_version_id},
+            )
+        return run_from_row(row)  # type: ignore[arg-type]
+
+    def get(self, run_id: str, *, conn: Connection | None = None) -> Run:
+        if conn is not None:
+            return self._get(conn, run_id)
+        with reading(self.engine) as c:
+            return self._get(c, run_id)
+
+    def _get(self, conn: Connection, run_id: str) -> Run:
+        row = conn.execute(select(t.runs).where(t.runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        return run_from_row(row)
+
+    def finish(self, run_id: str, *, state: str, reason: str | None, actor: str) -> Run:
+        with transaction(self.engine) as conn:
+            run = self._get(conn, run_id)
+            conn.execute(
+                update(t.runs)
+                .where(t.runs.c.id == run_id)
+                .values(state=state, state_reason=reason, ended_at=time.time())
+            )
+            append_event(
+                conn,
+                kind=f"run.{state}",
+                actor=actor,
+                workflow=run.workflow,
+                run_id=run_id,
+                data={"state": state, "reason": reason},
+            )
+        return self.get(run_id)
+
+    def list(self, *, workflow: str | None = None, limit: int = 100) -> list[Run]:
+        query = select(t.runs).order_by(t.runs.c.started_at.desc()).limit(limit)
+        if workflow:
+            query = query.where(t.runs.c.workflow == workflow)
+        with reading(self.engine) as conn:
+            return [run_from_row(r) for r in conn.execute(query).mappings()]
+
+    def view(self, run_id: str) -> RunView:
+        with reading(self.engine) as conn:
+            run = self._get(conn, run_id)
+            rows = conn.execute(
+                select(t.steps, t.decisions)
+                .select_from(t.steps.outerjoin(t.decisions, t.decisions.c.id == t.steps.c.decision_id))
+                .where(t.steps.c.run_id == run_id)
+                .order_by(t.steps.c.seq)
+            ).all()
+        steps = []
+        for row in rows:
+            m = row._mapping
+            decision = None
+            if m[t.decisions.c.decision] is not None:
+                decision = Decision(
+                    decision=m[t.decisions.c.decision],
+                    reasons=[Reason(**r) for r in m[t.decisions.c.reasons]],
+                    tool=m[t.decisions.c.tool],
+                    verb=m[t.decisions.c.verb],
+                    risk=m[t.decisions.c.risk],
+                    policy_ids=m[t.decisions.c.policy_ids],
+                    args_hash=m[t.decisions.c.args_hash],
+                    manifest_version=m[t.decisions.c.manifest_version],
+                    policy_version=m[t.decisions.c.policy_version],
+                    confidence=m[t.decisions.c.confidence],
+                )
+            steps.append(
+                Step(
+                    id=m[t.steps.c.id],
+                    run_id=run_id,
+                    seq=m[t.steps.c.seq],
+                    kind=m[t.steps.c.kind],
+                    tool=m[t.steps.c.tool],
+                    verb=m[t.steps.c.verb],
+                    status=m[t.steps.c.status],
+                    decision=decision,
+                    arguments=m[t.steps.c.arguments],
+                    result=m[t.steps.c.result],
+                    error=m[t.steps.c.error],
+                    reasoning=m[t.steps.c.reasoning],
+                    confidence=m[t.steps.c.confidence],
+                    evidence=m[t.steps.c.evidence],
+                    duration_ms=m[t.steps.c.duration_ms],
+                    created_at=m[t.steps.c.created_at],
+                )
+            )
+        return RunView(**run.model_dump(), steps_detail=steps)

@@ -1,0 +1,309 @@
+"""The embedded Interlock: one object that owns the database, the workflows and the pipeline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from interlock._internal.audit.chain import append_event
+from interlock._internal.audit.verify import VerifyReport, verify_chain
+from interlock._internal.gateway.models import ActionResult, Decision, Run, RunView
+from interlock._internal.gateway.pipeline import Intent, Pipeline, evaluate
+from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
+from interlock._internal.identity.agents import AgentStore
+from interlock._internal.identity.operators import OperatorStore
+from interlock._internal.identity.tokens import AccessToken, TokenService, authenticate_agent
+from interlock._internal.manifest.loader import LoadedManifest, load_manifest
+from interlock._internal.runs.store import RunStore
+from interlock._internal.settings import Settings
+from interlock._internal.store import migrate as migrations
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import is_sqlite, make_engine, reading, transaction
+from interlock.exceptions import ConfigError, NotFound
+
+
+def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING on either engine; True when a row was written."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return bool(conn.execute(stmt).rowcount)
+
+
+class Interlock:
+    """Interlock embedded in your process.
+
+    >>> il = Interlock(Settings())                      # nothing happens until asked
+    >>> il.migrate(); il.load_workflow("workflow.yaml")
+    >>> creds = il.agents.create("triage-bot", workflow="support-triage", environment="production", actor="me")
+    >>> token = il.issue_token(creds.client_id, creds.client_secret)
+    >>> run = il.start_run(token.token)
+    >>> il.act(token.token, run.id, "tickets.get", {"ticket_id": "T-1001"}).status
+    'executed'
+    """
+
+    def __init__(self, settings: Settings | None = None, *, manifests: Sequence[str | Path] = ()) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self._runtimes: dict[str, WorkflowRuntime] = {}
+        self._lock = threading.Lock()
+        self._manifests = [*self.settings.manifests, *manifests]
+
+    # ---- built when first needed -------------------------------------------------------------
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database)
+
+    @cached_property
+    def tokens(self) -> TokenService:
+        return TokenService(self.settings.identity)
+
+    @cached_property
+    def agents(self) -> AgentStore:
+        return AgentStore(self.engine)
+
+    @cached_property
+    def operators(self) -> OperatorStore:
+        return OperatorStore(self.engine)
+
+    @cached_property
+    def runs(self) -> RunStore:
+        return RunStore(self.engine)
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        return Pipeline(
+            engine=self.engine, runtimes=self.runtime, tokens=self.tokens, agents=self.agents, runs=self.runs
+        )
+
+    def start(self) -> Interlock:
+        """Migrate the database and load the configured manifests."""
+        self.migrate()
+        for path in self._manifests:
+            self.load_workflow(path)
+        return self
+
+    def migrate(self) -> None:
+        migrations.upgrade(self.engine)
+
+    # ---- workflows ---------------------------------------------------------------------------
+
+    def load_workflow(self, source: str | Path | LoadedManifest, *, actor: str = "system") -> WorkflowRuntime:
+        """Validate, compile and activate a manifest; its version is stored for the record."""
+        loaded = source if isinstance(source, LoadedManifest) else load_manifest(source)
+        runtime = build_runtime(loaded)
+        now = time.time()
+        with transaction(self.engine) as conn:
+            if insert_ignore(
+                conn,
+                t.workflow_versions,
+                {
+                    "id": loaded.version_id,
+                    "workflow": loaded.manifest.name,
+                    "version": loaded.manifest.version,
+                    "sha256": loaded.sha256,
+                    "policy_sha256": runtime.compiled.sha256,
+                    "source_path": str(loaded.path) if loaded.path else None,
+                    "manifest": loaded.text,
+                    "cedar_policies": runtime.compiled.text,
+                    "created_at": now,
+                },
+            ):
+                for spec in loaded.manifest.tools:
+                    conn.execute(
+                        t.tools.insert().values(
+                            workflow_version_id=loaded.version_id,
+                            name=spec.name,
+                            verb=spec.verb,
+                            traits=list(spec.traits),
+                            definition=spec.model_dump(mode="json"),
+                        )
+                    )
+                append_event(
+                    conn,
+                    kind="workflow.version_stored",
+                    actor=actor,
+                    workflow=loaded.manifest.name,
+                    data={
+                        "version_id": loaded.version_id,
+                        "manifest_sha256": loaded.sha256,
+                        "policy_sha256": runtime.compiled.sha256,
+                    },
+                )
+            current = conn.execute(
+                select(t.workflows.c.active_version_id).where(t.workflows.c.name == loaded.manifest.name)
+            ).first()
+            if current is None:
+                insert_ignore(
+                    conn,
+                    t.workflows,
+                    {"name": loaded.manifest.name, "active_version_id": loaded.version_id, "paused": False,
+                     "updated_at": now},
+                )
+            elif current[0] != loaded.version_id:
+                conn.execute(
+                    update(t.workflows)
+                    .where(t.workflows.c.name == loaded.manifest.name)
+                    .values(active_version_id=loaded.version_id, updated_at=now)
+                )
+            if current is None or current[0] != loaded.version_id:
+                append_event(
+                    conn,
+                    kind="workflow.activated",
+                    actor=actor,
+                    workflow=loaded.manifest.name,
+                    data={"version_id": loaded.version_id, "previous": None if current is None else current[0]},
+                )
+        with self._lock:
+            old = self._runtimes.get(loaded.manifest.name)
+            self._runtimes[loaded.manifest.name] = runtime
+        if old is not None and old is not runtime:
+            old.close()
+        return runtime
+
+    def runtime(self, workflow: str) -> WorkflowRuntime:
+        runtime = self._runtimes.get(workflow)
+        if runtime is None:
+            raise NotFound(f"workflow {workflow!r} is not loaded on this server", code="unknown_workflow")
+        return runtime
+
+    @property
+    def workflows(self) -> list[WorkflowRuntime]:
+        return list(self._runtimes.values())
+
+    def set_paused(self, workflow: str, *, paused: bool, actor: str, reason: str | None = None) -> None:
+        """Kill switch: takes effect on the next action in every process sharing the database."""
+        self.runtime(workflow)
+        with transaction(self.engine) as conn:
+            conn.execute(
+                update(t.workflows)
+                .where(t.workflows.c.name == workflow)
+                .values(paused=paused, paused_by=actor if paused else None,
+                        paused_reason=reason if paused else None, updated_at=time.time())
+            )
+            append_event(
+                conn,
+                kind="workflow.paused" if paused else "workflow.resumed",
+                actor=actor,
+                workflow=workflow,
+                data={"reason": reason},
+            )
+
+    def is_paused(self, workflow: str) -> bool:
+        with reading(self.engine) as conn:
+            row = conn.execute(select(t.workflows.c.paused).where(t.workflows.c.name == workflow)).first()
+        return bool(row and row[0])
+
+    # ---- agents' side ------------------------------------------------------------------------
+
+    def issue_token(self, client_id: str, client_secret: str) -> AccessToken:
+        """OAuth2 client credentials: a short-lived token scoped to the agent's workflow and environment."""
+        return self.tokens.exchange(client_id, client_secret, store=self.agents)
+
+    def start_run(self, token: str, *, trigger: Any = None, started_by: str | None = None) -> Run:
+        principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
+        runtime = self.runtime(principal.workflow)
+        return self.runs.create(
+            workflow=principal.workflow,
+            workflow_version_id=runtime.version_id,
+            agent_id=principal.agent_id,
+            environment=principal.environment,
+            trigger=trigger,
+            started_by=started_by,
+        )
+
+    def act(
+        self,
+        token: str,
+        run_id: str,
+        tool: str,
+        arguments: Any,
+        *,
+        idempotency_key: str | None = None,
+        reasoning: str | None = None,
+        confidence: float | None = None,
+        evidence: Sequence[str] | None = None,
+    ) -> ActionResult:
+        """Submit one action through the pipeline. Decisions are results, not exceptions."""
+        intent = Intent(
+            tool=tool,
+            arguments=arguments,
+            idempotency_key=idempotency_key,
+            reasoning=reasoning,
+            confidence=confidence,
+            evidence=tuple(evidence) if evidence else None,
+        )
+        return self.pipeline.submit(token, run_id, intent)
+
+    def get_run(self, run_id: str) -> RunView:
+        return self.runs.view(run_id)
+
+    def check(
+        self,
+        *,
+        workflow: str,
+        agent: str,
+        tool: str,
+        arguments: Any,
+        environment: str | None = None,
+        confidence: float | None = None,
+    ) -> Decision:
+        """A dry-run decision: nothing executes and nothing is recorded."""
+        return check_decision(
+            self.runtime(workflow),
+            agent=agent,
+            tool=tool,
+            arguments=arguments,
+            environment=environment,
+            confidence=confidence,
+        )
+
+    def verify_audit(self) -> VerifyReport:
+        return verify_chain(self.engine)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for runtime in self._runtimes.values():
+            runtime.close()
+        self._runtimes.clear()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+    def __enter__(self) -> Interlock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return is_sqlite(self.engine)
+
+
+def check_decision(
+    runtime: WorkflowRuntime,
+    *,
+    agent: str,
+    tool: str,
+    arguments: Any,
+    environment: str | None = None,
+    confidence: float | None = None,
+) -> Decision:
+    spec = runtime.manifest.agent(agent)
+    if environment is None:
+        if spec is None:
+            raise ConfigError(f"agent {agent!r} is not declared in {runtime.name}; pass an environment")
+        environment = spec.environment
+    intent = Intent(tool=tool, arguments=arguments, confidence=confidence)
+    return evaluate(runtime, agent_id=agent, environment=environment, intent=intent).decision

@@ -1,0 +1,83 @@
+"""Redact before storing: secrets and PII are masked before the database, audit log or traces see
+a payload. Hashes are taken of the original values first, so redaction never weakens binding."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MASK = "[REDACTED]"
+
+# Keys whose values are secrets whatever they look like.
+_SECRET_KEYS = re.compile(
+    r"(pass(word|wd|phrase)?|secret|token|api[_-]?key|apikey|authorization|auth|credential|private[_-]?key"
+    r"|session|cookie|client[_-]?secret|access[_-]?key|signature)$",
+    re.IGNORECASE,
+)
+
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    ("bearer", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}")),
+    ("aws_key", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("api_key", re.compile(r"\b(sk|pk|rk|ilsk|ilop|ghp|gho|xox[abpr])[-_][A-Za-z0-9_-]{16,}")),
+    ("card", re.compile(r"\b(?:\d[ -]?){13,19}\b")),
+    ("us_ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
+    ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,4})?\b")),
+]
+_EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
+_MAX_DEPTH = 64
+
+
+def _luhn(digits: str) -> bool:
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = ord(ch) - 48
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+def redact_text(text: str) -> str:
+    if len(text) < 8:
+        return text
+    for name, pattern in _PATTERNS:
+        if name == "card":
+            text = pattern.sub(_card, text)
+        else:
+            text = pattern.sub(f"[REDACTED:{name}]", text)
+    # Emails keep their domain and first letter: enough to read a timeline, not to contact.
+    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return "[REDACTED:card]" if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
+
+
+def redact(value: Any, *, extra_secrets: tuple[str, ...] = (), _depth: int = 0) -> Any:
+    """A redacted deep copy of a JSON-like value. ``extra_secrets`` are exact strings to mask
+    wherever they appear (the injected upstream credentials, for example)."""
+    if _depth > _MAX_DEPTH:
+        return MASK
+    if isinstance(value, str):
+        for secret in extra_secrets:
+            if secret and secret in value:
+                value = value.replace(secret, MASK)
+        return redact_text(value)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and _SECRET_KEYS.search(key) and isinstance(item, str | int | float):
+                out[key] = MASK
+            else:
+                out[key] = redact(item, extra_secrets=extra_secrets, _depth=_depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact(v, extra_secrets=extra_secrets, _depth=_depth + 1) for v in value]
+    return value
+
+
+__all__ = ["MASK", "redact", "redact_text"]
