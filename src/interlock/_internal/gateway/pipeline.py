@@ -256,7 +256,7 @@ class Pipeline:
         if stop is not None:
             reason, status = stop
             return Verdict(
-                decision.model_copy(update={"decision": "deny", "reasons": [reason, *decision.reasons]}),
+                decision.model_copy(update={"decision": "deny", "reasons": [reason]}),
                 status,
                 verdict.tool,
             )

@@ -50,9 +50,13 @@ class ToolRuntime:
 
 def _field_of(error: Any) -> str:
     path = [str(p) for p in error.instance_path]
-    prop = getattr(error.kind, "property", None)
+    detail = error.kind.as_dict() if hasattr(error.kind, "as_dict") else {}
+    prop = detail.get("property")
+    unexpected = detail.get("unexpected")
     if isinstance(prop, str):
         path.append(prop)
+    elif isinstance(unexpected, list) and unexpected:
+        path.append(str(unexpected[0]))
     return ".".join(path) or "arguments"
 
 
