@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -43,11 +43,49 @@ from interlock.exceptions import (
     ConflictError,
     InterlockError,
     NotFound,
+    StorageError,
     TokenScopeError,
     UpstreamError,
 )
 
 log = logging.getLogger("interlock.pipeline")
+
+# Built once: the hot path only binds parameters (SQLAlchemy then reuses its compiled form).
+_LOAD_RUN = (
+    select(t.runs, t.workflows.c.paused, t.workflows.c.paused_reason)
+    .select_from(t.runs.outerjoin(t.workflows, t.workflows.c.name == t.runs.c.workflow))
+    .where(t.runs.c.id == bindparam("run_id"))
+)
+_BUMP_STEPS = (
+    update(t.runs)
+    .where(t.runs.c.id == bindparam("run_id"))
+    .values(steps=t.runs.c.steps + 1)
+    .returning(t.runs.c.steps)
+)
+_RESERVE = (
+    update(t.runs)
+    .where(
+        t.runs.c.id == bindparam("run_id"),
+        t.runs.c.state == "running",
+        t.runs.c.steps < bindparam("max_steps"),
+        t.runs.c.tool_calls < bindparam("max_tool_calls"),
+    )
+    .values(steps=t.runs.c.steps + 1, tool_calls=t.runs.c.tool_calls + 1)
+    .returning(t.runs.c.steps)
+)
+_INSERT_STEP = t.steps.insert()
+_INSERT_DECISION = t.decisions.insert()
+_INSERT_IDEMPOTENCY = t.idempotency.insert()
+_IDEMPOTENCY_KEY = and_(
+    t.idempotency.c.agent_id == bindparam("k_agent"), t.idempotency.c.key == bindparam("k_key")
+)
+_FIND_IDEMPOTENCY = select(t.idempotency).where(_IDEMPOTENCY_KEY)
+_DONE_IDEMPOTENCY = (
+    update(t.idempotency)
+    .where(_IDEMPOTENCY_KEY)
+    .values(state="done", step_id=bindparam("k_step"), outcome=bindparam("k_outcome"))
+)
+_RELEASE_IDEMPOTENCY = delete(t.idempotency).where(_IDEMPOTENCY_KEY)
 
 _POLICY_MESSAGES = {
     "permitted": "allowed by policy",
@@ -78,7 +116,9 @@ class Verdict:
     tool: ToolRuntime | None
 
 
-def _deny(code: str, message: str, *, status: ActionStatus = "denied", **kw: Any) -> tuple[Reason, ActionStatus]:
+def _deny(
+    code: str, message: str, *, status: ActionStatus = "denied", **kw: Any
+) -> tuple[Reason, ActionStatus]:
     return Reason(code=code, message=message, **kw), status
 
 
@@ -137,7 +177,9 @@ def evaluate(
     risk = tool_rt.risk(args)
     agent = manifest.agent(agent_id)
     if agent is None:
-        reason = Reason(code="agent_not_in_manifest", message=f"agent {agent_id} is not declared in {runtime.name}")
+        reason = Reason(
+            code="agent_not_in_manifest", message=f"agent {agent_id} is not declared in {runtime.name}"
+        )
         return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
     if agent.environment != environment:
         reason = Reason(
@@ -201,7 +243,7 @@ class Pipeline:
 
     def submit(self, token: str, run_id: str, intent: Intent) -> ActionResult:
         principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
-        run = self._load_run(run_id)
+        run, paused = self._load_run(run_id)
         if run.agent_id != principal.agent_id:
             # Another agent's run is indistinguishable from a missing one.
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
@@ -216,7 +258,7 @@ class Pipeline:
                 return replay
         try:
             runtime = self._runtime(run.workflow)
-            verdict = self._gate(runtime, run, principal.agent_id, intent)
+            verdict = self._gate(runtime, run, paused, principal.agent_id, intent)
         except InterlockError as exc:
             verdict = self._error_verdict(intent, exc)
             runtime = None
@@ -229,17 +271,23 @@ class Pipeline:
         return self._execute(run, principal.agent_id, intent, verdict, runtime)
 
     def _error_verdict(self, intent: Intent, exc: BaseException) -> Verdict:
-        reason = Reason(code="pipeline_error", message=f"denied to fail closed: {type(exc).__name__}: {exc}"[:500])
+        reason = Reason(
+            code="pipeline_error", message=f"denied to fail closed: {type(exc).__name__}: {exc}"[:500]
+        )
         return Verdict(Decision(decision="deny", reasons=[reason], tool=intent.tool), "denied", None)
 
-    def _load_run(self, run_id: str) -> Run:
+    def _load_run(self, run_id: str) -> tuple[Run, str | None]:
+        """The run and, when its workflow is paused, why (one query for both)."""
         with reading(self.engine) as conn:
-            row = conn.execute(select(t.runs).where(t.runs.c.id == run_id)).mappings().first()
+            row = conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().first()
         if row is None:
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
-        return run_from_row(row)
+        paused = (row["paused_reason"] or "no reason given") if row["paused"] else None
+        return run_from_row(row), paused
 
-    def _gate(self, runtime: WorkflowRuntime, run: Run, agent_id: str, intent: Intent) -> Verdict:
+    def _gate(
+        self, runtime: WorkflowRuntime, run: Run, paused: str | None, agent_id: str, intent: Intent
+    ) -> Verdict:
         verdict = evaluate(
             runtime,
             agent_id=agent_id,
@@ -252,7 +300,7 @@ class Pipeline:
         if decision.decision == "deny" or verdict.status == "invalid":
             return verdict
         # Run-level brakes apply to everything that would act or ask a person to act.
-        stop = self._run_brake(runtime, run)
+        stop = self._run_brake(runtime, run, paused)
         if stop is not None:
             reason, status = stop
             return Verdict(
@@ -262,13 +310,11 @@ class Pipeline:
             )
         return verdict
 
-    def _run_brake(self, runtime: WorkflowRuntime, run: Run) -> tuple[Reason, ActionStatus] | None:
-        with reading(self.engine) as conn:
-            paused = conn.execute(
-                select(t.workflows.c.paused, t.workflows.c.paused_reason).where(t.workflows.c.name == run.workflow)
-            ).first()
-        if paused is not None and paused[0]:
-            return _deny("workflow_paused", f"workflow {run.workflow} is paused: {paused[1] or 'no reason given'}")
+    def _run_brake(
+        self, runtime: WorkflowRuntime, run: Run, paused: str | None
+    ) -> tuple[Reason, ActionStatus] | None:
+        if paused is not None:
+            return _deny("workflow_paused", f"workflow {run.workflow} is paused: {paused}")
         if run.state != "running":
             return _deny("run_not_active", f"run is {run.state}: {run.state_reason or ''}".strip(": "))
         budget = runtime.manifest.budgets.per_run
@@ -285,11 +331,7 @@ class Pipeline:
     def _replay(self, agent_id: str, intent: Intent) -> ActionResult | None:
         with reading(self.engine) as conn:
             row = (
-                conn.execute(
-                    select(t.idempotency).where(
-                        and_(t.idempotency.c.agent_id == agent_id, t.idempotency.c.key == intent.idempotency_key)
-                    )
-                )
+                conn.execute(_FIND_IDEMPOTENCY, {"k_agent": agent_id, "k_key": intent.idempotency_key})
                 .mappings()
                 .first()
             )
@@ -315,10 +357,7 @@ class Pipeline:
     # ---- recording --------------------------------------------------------------------------
 
     def _bump_steps(self, conn: Connection, run_id: str) -> int:
-        seq = conn.execute(
-            update(t.runs).where(t.runs.c.id == run_id).values(steps=t.runs.c.steps + 1).returning(t.runs.c.steps)
-        ).scalar_one()
-        return int(seq)
+        return int(conn.execute(_BUMP_STEPS, {"run_id": run_id}).scalar_one())
 
     def _record_without_execution(
         self,
@@ -345,12 +384,21 @@ class Pipeline:
                 approval_id = self._create_approval(
                     conn, run, agent_id, intent, decision, verdict.tool, runtime, step_id, stored_args, now
                 )
-            self._write_step(conn, run, agent_id, intent, decision, verdict.status, step_id, seq, stored_args, now)
+            self._write_step(
+                conn, run, agent_id, intent, decision, verdict.status, step_id, seq, stored_args, now
+            )
             result = ActionResult(
-                status=verdict.status, decision=decision, run_id=run.id, step_id=step_id, seq=seq, approval_id=approval_id
+                status=verdict.status,
+                decision=decision,
+                run_id=run.id,
+                step_id=step_id,
+                seq=seq,
+                approval_id=approval_id,
             )
             if approval_id is not None and intent.idempotency_key is not None:
-                self._store_outcome(conn, agent_id, intent, run.id, step_id, decision.args_hash or "", result, now)
+                self._store_outcome(
+                    conn, agent_id, intent, run.id, step_id, decision.args_hash or "", result, now
+                )
         return result
 
     def _create_approval(
@@ -369,7 +417,9 @@ class Pipeline:
         manifest = runtime.manifest
         rules = _rules_by_policy_id(manifest.rules.require_approval, "review")
         matched = [rules[p] for p in decision.policy_ids if p in rules]
-        expires = min([r.expires_after_s for r in matched if r.expires_after_s] or [manifest.approvals.expires_after_s])
+        expires = min(
+            [r.expires_after_s for r in matched if r.expires_after_s] or [manifest.approvals.expires_after_s]
+        )
         quorum = max([r.quorum for r in matched if r.quorum] or [manifest.approvals.quorum])
         approval_id = new_id("apr")
         spec = tool.spec
@@ -446,48 +496,50 @@ class Pipeline:
     ) -> None:
         reasons = [r.model_dump() for r in decision.reasons]
         conn.execute(
-            t.decisions.insert().values(
-                id=step_id,
-                run_id=run.id,
-                step_id=step_id,
-                agent_id=agent_id,
-                workflow=run.workflow,
-                environment=run.environment,
-                tool=decision.tool,
-                verb=decision.verb,
-                decision=decision.decision,
-                reasons=reasons,
-                policy_ids=decision.policy_ids,
-                risk=decision.risk,
-                args_hash=decision.args_hash,
-                arguments=stored_args,
-                manifest_version=decision.manifest_version,
-                policy_version=decision.policy_version,
-                confidence=intent.confidence,
-                created_at=now,
-            )
+            _INSERT_DECISION,
+            {
+                "id": step_id,
+                "run_id": run.id,
+                "step_id": step_id,
+                "agent_id": agent_id,
+                "workflow": run.workflow,
+                "environment": run.environment,
+                "tool": decision.tool,
+                "verb": decision.verb,
+                "decision": decision.decision,
+                "reasons": reasons,
+                "policy_ids": decision.policy_ids,
+                "risk": decision.risk,
+                "args_hash": decision.args_hash,
+                "arguments": stored_args,
+                "manifest_version": decision.manifest_version,
+                "policy_version": decision.policy_version,
+                "confidence": intent.confidence,
+                "created_at": now,
+            },
         )
         conn.execute(
-            t.steps.insert().values(
-                id=step_id,
-                run_id=run.id,
-                seq=seq,
-                kind="tool",
-                tool=decision.tool,
-                verb=decision.verb,
-                status=status,
-                decision_id=step_id,
-                args_hash=decision.args_hash,
-                arguments=stored_args,
-                result=result,
-                error=error,
-                reasoning=_safe_redact(intent.reasoning),
-                confidence=intent.confidence,
-                evidence=list(intent.evidence) if intent.evidence else None,
-                duration_ms=duration_ms,
-                cost_micros=0,
-                created_at=now,
-            )
+            _INSERT_STEP,
+            {
+                "id": step_id,
+                "run_id": run.id,
+                "seq": seq,
+                "kind": "tool",
+                "tool": decision.tool,
+                "verb": decision.verb,
+                "status": status,
+                "decision_id": step_id,
+                "args_hash": decision.args_hash,
+                "arguments": stored_args,
+                "result": result,
+                "error": error,
+                "reasoning": _safe_redact(intent.reasoning),
+                "confidence": intent.confidence,
+                "evidence": list(intent.evidence) if intent.evidence else None,
+                "duration_ms": duration_ms,
+                "cost_micros": 0,
+                "created_at": now,
+            },
         )
         append_event(
             conn,
@@ -525,75 +577,80 @@ class Pipeline:
     ) -> None:
         outcome = result.model_dump(mode="json")
         updated = conn.execute(
-            update(t.idempotency)
-            .where(and_(t.idempotency.c.agent_id == agent_id, t.idempotency.c.key == intent.idempotency_key))
-            .values(state="done", step_id=step_id, outcome=outcome)
+            _DONE_IDEMPOTENCY,
+            {"k_agent": agent_id, "k_key": intent.idempotency_key, "k_step": step_id, "k_outcome": outcome},
         ).rowcount
         if not updated:
             conn.execute(
-                t.idempotency.insert().values(
-                    agent_id=agent_id,
-                    key=intent.idempotency_key,
-                    run_id=run_id,
-                    args_hash=args_hash,
-                    state="done",
-                    step_id=step_id,
-                    outcome=outcome,
-                    created_at=now,
-                )
+                _INSERT_IDEMPOTENCY,
+                {
+                    "agent_id": agent_id,
+                    "key": intent.idempotency_key,
+                    "run_id": run_id,
+                    "args_hash": args_hash,
+                    "state": "done",
+                    "step_id": step_id,
+                    "outcome": outcome,
+                    "created_at": now,
+                },
             )
 
     # ---- execution --------------------------------------------------------------------------
 
-    def _reserve(self, run: Run, agent_id: str, intent: Intent, runtime: WorkflowRuntime, args_hash: str) -> Reason | None:
-        """Atomically take a tool call from the run's caps and claim the idempotency key."""
+    def _reserve(
+        self, run: Run, agent_id: str, intent: Intent, runtime: WorkflowRuntime, args_hash: str
+    ) -> int | Reason:
+        """Atomically take a step and a tool call from the run's caps and claim the idempotency key.
+
+        Returns the step's sequence number, or the reason the run's caps refuse it.
+        """
         budget = runtime.manifest.budgets.per_run
-        cond = [t.runs.c.id == run.id, t.runs.c.state == "running"]
-        if budget.max_steps is not None:
-            cond.append(t.runs.c.steps < budget.max_steps)
-        if budget.max_tool_calls is not None:
-            cond.append(t.runs.c.tool_calls < budget.max_tool_calls)
+        params = {
+            "run_id": run.id,
+            "max_steps": budget.max_steps if budget.max_steps is not None else 2**62,
+            "max_tool_calls": budget.max_tool_calls if budget.max_tool_calls is not None else 2**62,
+        }
         try:
             with transaction(self.engine) as conn:
-                got = conn.execute(
-                    update(t.runs)
-                    .where(and_(*cond))
-                    .values(tool_calls=t.runs.c.tool_calls + 1)
-                    .returning(t.runs.c.tool_calls)
-                ).first()
+                got = conn.execute(_RESERVE, params).first()
                 if got is None:
-                    row = conn.execute(select(t.runs).where(t.runs.c.id == run.id)).mappings().one()
-                    if row["state"] != "running":
-                        return Reason(code="run_not_active", message=f"run is {row['state']}")
-                    if budget.max_steps is not None and row["steps"] >= budget.max_steps:
-                        code, limit = "step_cap_reached", f"max_steps={budget.max_steps}"
-                    else:
-                        code, limit = "tool_call_cap_reached", f"max_tool_calls={budget.max_tool_calls}"
-                    conn.execute(
-                        update(t.runs)
-                        .where(t.runs.c.id == run.id)
-                        .values(state="stopped", state_reason=f"{code} ({limit})", ended_at=time.time())
-                    )
-                    return Reason(code=code, message=f"run reached {limit}; the run is stopped")
+                    return self._refuse_reservation(conn, run, runtime)
                 if intent.idempotency_key is not None:
                     conn.execute(
-                        t.idempotency.insert().values(
-                            agent_id=agent_id,
-                            key=intent.idempotency_key,
-                            run_id=run.id,
-                            args_hash=args_hash,
-                            state="in_flight",
-                            created_at=time.time(),
-                        )
+                        _INSERT_IDEMPOTENCY,
+                        {
+                            "agent_id": agent_id,
+                            "key": intent.idempotency_key,
+                            "run_id": run.id,
+                            "args_hash": args_hash,
+                            "state": "in_flight",
+                            "created_at": time.time(),
+                        },
                     )
-        except Exception as exc:
-            if isinstance(getattr(exc, "__cause__", None), IntegrityError) or isinstance(exc, IntegrityError):
+                return int(got[0])
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
                 raise ConflictError(
                     f"an action with idempotency key {intent.idempotency_key!r} is already in progress",
                     code="idempotency_in_flight",
                 ) from exc
             raise
-        return None
+
+    def _refuse_reservation(self, conn: Connection, run: Run, runtime: WorkflowRuntime) -> Reason:
+        budget = runtime.manifest.budgets.per_run
+        row = conn.execute(select(t.runs).where(t.runs.c.id == run.id)).mappings().one()
+        if row["state"] != "running":
+            return Reason(code="run_not_active", message=f"run is {row['state']}")
+        if budget.max_steps is not None and row["steps"] >= budget.max_steps:
+            code, limit = "step_cap_reached", f"max_steps={budget.max_steps}"
+        else:
+            code, limit = "tool_call_cap_reached", f"max_tool_calls={budget.max_tool_calls}"
+        conn.execute(
+            update(t.runs)
+            .where(t.runs.c.id == run.id)
+            .values(state="stopped", state_reason=f"{code} ({limit})", ended_at=time.time())
+        )
+        return Reason(code=code, message=f"run reached {limit}; the run is stopped")
 
     def _execute(
         self, run: Run, agent_id: str, intent: Intent, verdict: Verdict, runtime: WorkflowRuntime
@@ -602,10 +659,12 @@ class Pipeline:
         tool = verdict.tool
         assert tool is not None
         args_hash = decision.args_hash or ""
-        stop = self._reserve(run, agent_id, intent, runtime, args_hash)
-        if stop is not None:
-            denied = decision.model_copy(update={"decision": "deny", "reasons": [stop]})
-            return self._record_without_execution(run, agent_id, intent, Verdict(denied, "limited", tool), runtime)
+        seq = self._reserve(run, agent_id, intent, runtime, args_hash)
+        if isinstance(seq, Reason):
+            denied = decision.model_copy(update={"decision": "deny", "reasons": [seq]})
+            return self._record_without_execution(
+                run, agent_id, intent, Verdict(denied, "limited", tool), runtime
+            )
         step_id = new_id("stp")
         credential: str | None = None
         started = time.perf_counter()
@@ -647,10 +706,9 @@ class Pipeline:
             step_id=step_id,
             result=stored_result,
             error=error,
+            seq=seq,
         )
         with transaction(self.engine) as conn:
-            seq = self._bump_steps(conn, run.id)
-            outcome = outcome.model_copy(update={"seq": seq})
             self._write_step(
                 conn,
                 run,
@@ -672,14 +730,7 @@ class Pipeline:
                 else:
                     # A failed call releases its key so a retry can run again; the upstream saw
                     # the same idempotency key and can deduplicate on its side.
-                    conn.execute(
-                        delete(t.idempotency).where(
-                            and_(
-                                t.idempotency.c.agent_id == agent_id,
-                                t.idempotency.c.key == intent.idempotency_key,
-                            )
-                        )
-                    )
+                    conn.execute(_RELEASE_IDEMPOTENCY, {"k_agent": agent_id, "k_key": intent.idempotency_key})
         return outcome
 
 

@@ -90,7 +90,9 @@ class WorkflowRuntime:
         kind = spec.upstream.kind if spec.upstream is not None else "none"
         transport = self.transports.get(kind)
         if transport is None:
-            raise NotFound(f"tool {spec.name} has no upstream this server can call ({kind})", code="no_upstream")
+            raise NotFound(
+                f"tool {spec.name} has no upstream this server can call ({kind})", code="no_upstream"
+            )
         return transport
 
     def close(self) -> None:
@@ -98,7 +100,9 @@ class WorkflowRuntime:
             transport.close()
 
 
-def build_runtime(loaded: LoadedManifest, *, extra_transports: dict[str, Transport] | None = None) -> WorkflowRuntime:
+def build_runtime(
+    loaded: LoadedManifest, *, extra_transports: dict[str, Transport] | None = None
+) -> WorkflowRuntime:
     compiled = compile_manifest(loaded)
     tools: dict[str, ToolRuntime] = {}
     for spec in loaded.manifest.tools:

@@ -37,6 +37,7 @@ ALGORITHM = "EdDSA"
 TOKEN_TYPE = "at+jwt"
 # Far above any token we mint (~500 bytes); refuses oversized input before any parsing.
 MAX_TOKEN_CHARS = 4096
+VERIFIED_CACHE_SIZE = 10_000
 # Replicas' clocks differ a little; a token minted on one must be usable at once on another.
 CLOCK_SKEW_S = 30
 
@@ -102,6 +103,7 @@ class TokenService:
     def __init__(self, settings: IdentitySettings, *, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._clock = clock
+        self._verified: dict[str, TokenClaims] = {}
 
     @cached_property
     def _keys(self) -> _Keys:
@@ -185,6 +187,27 @@ class TokenService:
         """
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             raise AuthenticationError(_INVALID, code="token_invalid")
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signature(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                # Crude but bounded; a token re-verifies at most once after a flush.
+                self._verified.clear()
+            self._verified[token] = claims
+        at = self._clock() if now is None else now
+        if at >= claims.expires_at:
+            raise AuthenticationError(
+                "access token expired; exchange the client credentials for a new one",
+                code="token_expired",
+                details={"expired_at": claims.expires_at},
+            )
+        if claims.not_before > at + CLOCK_SKEW_S or claims.issued_at > at + CLOCK_SKEW_S:
+            raise AuthenticationError(f"{_INVALID}: not valid yet", code="token_invalid")
+        return claims
+
+    def _verify_signature(self, token: str) -> TokenClaims:
+        # A signature that verified once verifies forever, so its claims are cached per token;
+        # lifetime is still checked on every call and revocation is checked by the caller.
         try:
             decoded = jwt.api_jwt.decode_complete(
                 token,
@@ -207,17 +230,7 @@ class TokenService:
             raise AuthenticationError(f"{_INVALID}: {_reason(exc)}", code="token_invalid") from exc
         if decoded["header"].get("typ") != TOKEN_TYPE:
             raise AuthenticationError(f"{_INVALID}: not an access token", code="token_invalid")
-        claims = _claims(decoded["payload"])
-        at = self._clock() if now is None else now
-        if at >= claims.expires_at:
-            raise AuthenticationError(
-                "access token expired; exchange the client credentials for a new one",
-                code="token_expired",
-                details={"expired_at": claims.expires_at},
-            )
-        if claims.not_before > at + CLOCK_SKEW_S or claims.issued_at > at + CLOCK_SKEW_S:
-            raise AuthenticationError(f"{_INVALID}: not valid yet", code="token_invalid")
-        return claims
+        return _claims(decoded["payload"])
 
 
 def _claims(payload: dict[str, Any]) -> TokenClaims:

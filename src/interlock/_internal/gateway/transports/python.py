@@ -96,7 +96,9 @@ class PythonTransport:
             return future.result(timeout=ctx.timeout_s)
         except FutureTimeout as exc:
             future.cancel()
-            raise UpstreamError(f"{tool.name} timed out after {ctx.timeout_s:g}s", code="upstream_timeout") from exc
+            raise UpstreamError(
+                f"{tool.name} timed out after {ctx.timeout_s:g}s", code="upstream_timeout"
+            ) from exc
         except UpstreamError:
             raise
         except Exception as exc:
