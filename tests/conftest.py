@@ -121,13 +121,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 class Harness:
     """The reference workflow on a fresh database, with both agents' tokens ready."""
 
-    def __init__(self, db_url: str, manifest: Path = SUPPORT_TRIAGE, **settings_overrides: object) -> None:
+    def __init__(self, db_url: str, manifest: object = SUPPORT_TRIAGE, **settings_overrides: object) -> None:
         from interlock import Interlock, Settings
 
         settings = Settings(database={"url": db_url}, **settings_overrides)  # type: ignore[arg-type]
         self.il = Interlock(settings)
         self.il.migrate()
-        self.runtime = self.il.load_workflow(manifest)
+        self.runtime = self.il.load_workflow(manifest)  # type: ignore[arg-type]
         self.workflow = self.runtime.name
         self.tokens: dict[str, str] = {}
         self.secrets: dict[str, str] = {}

@@ -148,26 +148,23 @@ def test_idempotent_retry_executes_once(harness, desk) -> None:
         harness.act(run, "payments.refund", {**args, "amount": 25}, idempotency_key="refund-T-1004")
 
 
-def test_step_cap_stops_the_run(db_url, tmp_path) -> None:
+def test_step_cap_stops_the_run(db_url) -> None:
     from conftest import SUPPORT_TRIAGE, Harness
 
+    from interlock._internal.manifest.loader import load_manifest_text
+
     text_ = SUPPORT_TRIAGE.read_text().replace("max_steps: 40", "max_steps: 3")
-    manifest = SUPPORT_TRIAGE.parent / f".capped-{tmp_path.name}.yaml"
-    manifest.write_text(text_)
-    try:
-        h = Harness(db_url, manifest)
-        run = h.run()
-        for _ in range(3):
-            assert h.act(run, "tickets.get", {"ticket_id": "T-1001"}).executed
-        res = h.act(run, "tickets.get", {"ticket_id": "T-1001"})
-        assert res.status == "limited"
-        assert res.decision.reason_codes == ["step_cap_reached"]
-        assert h.il.get_run(run).state == "stopped"
-        again = h.act(run, "tickets.get", {"ticket_id": "T-1001"})
-        assert again.decision.reason_codes == ["run_not_active"]
-        h.close()
-    finally:
-        manifest.unlink()
+    h = Harness(db_url, load_manifest_text(text_, file="capped.yaml", base_dir=SUPPORT_TRIAGE.parent))
+    run = h.run()
+    for _ in range(3):
+        assert h.act(run, "tickets.get", {"ticket_id": "T-1001"}).executed
+    res = h.act(run, "tickets.get", {"ticket_id": "T-1001"})
+    assert res.status == "limited"
+    assert res.decision.reason_codes == ["step_cap_reached"]
+    assert h.il.get_run(run).state == "stopped"
+    again = h.act(run, "tickets.get", {"ticket_id": "T-1001"})
+    assert again.decision.reason_codes == ["run_not_active"]
+    h.close()
 
 
 def test_low_confidence_escalates(harness) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from interlock._internal.settings import DatabaseSettings
 from interlock.exceptions import ConfigError, StorageError
@@ -71,11 +70,14 @@ def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # Every transaction takes the write lock up front: no deadlocking lock upgrades, and
+        # Write transactions take the write lock up front: no deadlocking lock upgrades, and
         # read-modify-write sequences (counters, the audit head) serialize across processes.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (see `reading`) take a snapshot and block nobody.
+        if conn.get_execution_options().get("interlock_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    _ = NullPool
     return engine
 
 
@@ -93,6 +95,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 def reading(engine: Engine) -> Iterator[Connection]:
     try:
         with engine.connect() as conn:
+            conn.execution_options(interlock_read_only=True)
             yield conn
     except SQLAlchemyError as exc:
         raise StorageError(f"database error: {exc.__class__.__name__}: {_short(exc)}") from exc
