@@ -1,0 +1,497 @@
+"""The MCP gateway: agents speak MCP (streamable HTTP) to Interlock instead of to the tools.
+
+One ASGI app, meant for ``/mcp``. Every HTTP request must carry the agent's access token
+(``Authorization: Bearer …``); without a valid one the answer is ``401`` before any MCP is
+spoken. Then:
+
+- ``tools/list`` shows the tools of the agent's workflow that policy lets it see
+  (:func:`visible_tools`);
+- ``tools/call`` submits an :class:`Intent` to the one pipeline. A denial, an invalid argument or
+  a failed upstream is a tool error result (``isError: true``) whose text gives the reasons;
+  ``require_approval`` is a normal result saying the action awaits approval, with its id;
+  an executed action returns the tool's result as text plus ``structuredContent``.
+
+Which run a call belongs to, first match wins:
+
+1. ``params._meta["interlock/run_id"]`` on the call;
+2. the ``Interlock-Run-Id`` HTTP header;
+3. an implicit run, started on the first call (trigger ``{"source": "mcp"}``) and reused: one per
+   MCP session (``Mcp-Session-Id``, handshake-era clients), or one per access token on
+   sessionless 2026-07-28 connections. A fresh token therefore starts a fresh run.
+
+The call's ``_meta`` may also carry ``interlock/idempotency_key``, ``interlock/reasoning``,
+``interlock/confidence`` and ``interlock/evidence``. Every result's ``_meta`` names the
+``interlock/run_id``, ``interlock/step_id`` and ``interlock/status`` (and ``interlock/approval_id``).
+
+Mounting (the session manager's task group must run for the app's lifetime)::
+
+    gateway = build_mcp_app(interlock)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async with gateway.lifespan():
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_route("/mcp", gateway, include_in_schema=False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from functools import cache, partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import cedarpy
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter, ValidationError
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from interlock import __version__
+from interlock._internal.gateway.models import ActionResult, Reason
+from interlock._internal.gateway.pipeline import Intent
+from interlock._internal.gateway.runtime import WorkflowRuntime
+from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent
+from interlock._internal.manifest.models import ToolSpec
+from interlock._internal.policy.compiler import NS
+from interlock.exceptions import (
+    ArgumentsInvalid,
+    AuthenticationError,
+    ConfigError,
+    InterlockError,
+    NotFound,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from interlock._internal.service import Interlock
+
+log = logging.getLogger("interlock.mcp_gateway")
+
+RUN_META_KEY = "interlock/run_id"
+IDEMPOTENCY_META_KEY = "interlock/idempotency_key"
+REASONING_META_KEY = "interlock/reasoning"
+CONFIDENCE_META_KEY = "interlock/confidence"
+EVIDENCE_META_KEY = "interlock/evidence"
+RUN_HEADER = "interlock-run-id"
+_SESSION_HEADER = "mcp-session-id"
+_PRINCIPAL = "interlock.principal"
+_TOKEN = "interlock.token"
+_MAX_IMPLICIT_RUNS = 10_000
+
+
+# ---- what an agent may see ---------------------------------------------------------------------
+
+
+def visible_tools(
+    runtime: WorkflowRuntime, agent_id: str, *, environment: str | None = None
+) -> list[ToolSpec]:
+    """The tools ``agent_id`` sees in ``tools/list``.
+
+    A tool is hidden when Cedar denies it *because a forbid fired* with no arguments at all:
+    the role grants (``grant:*``) do not cover it, or a forbid that needs no argument applies
+    (``customers.delete`` under ``no-deletes``). Forbids that depend on arguments cannot fire on
+    an empty ``args`` record (Cedar skips a policy whose evaluation errors), so a tool that is
+    only *sometimes* forbidden stays visible. Visibility is a courtesy: every call still goes
+    through the pipeline, which decides on the real arguments.
+    """
+    manifest = runtime.manifest
+    agent = manifest.agent(agent_id)
+    if agent is None or (environment is not None and environment != agent.environment):
+        return []
+    requests = [
+        {
+            "principal": {"type": f"{NS}::Agent", "id": agent_id},
+            "action": {"type": f"{NS}::Action", "id": tool.verb},
+            "resource": {"type": f"{NS}::Tool", "id": tool.name},
+            "context": {
+                "workflow": manifest.name,
+                "environment": agent.environment,
+                "tool": tool.name,
+                # Risk conditions only ever add traits, so the static ones are the least risk.
+                "risk": sorted(tool.traits),
+                "steps": 0,
+                "tool_calls": 0,
+                "args": {},
+            },
+        }
+        for tool in manifest.tools
+    ]
+    compiled = runtime.compiled
+    try:
+        results = cedarpy.is_authorized_batch(requests, compiled.policy_set, compiled.entity_set)
+    except (ValueError, TypeError, RuntimeError):  # fail closed: show nothing rather than too much
+        log.exception("tools/list: policy evaluation failed for agent %s", agent_id)
+        return []
+    return [
+        tool
+        for tool, result in zip(manifest.tools, results, strict=True)
+        if result.allowed or not result.diagnostics.reasons
+    ]
+
+
+def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
+    traits = set(spec.traits)
+    return types.ToolAnnotations(
+        read_only_hint=spec.verb == "read" and "write" not in traits,
+        destructive_hint=spec.verb == "delete" or "irreversible" in traits,
+        idempotent_hint=spec.idempotent,
+        open_world_hint="external" in traits,
+    )
+
+
+# ---- results ----------------------------------------------------------------------------------
+
+
+@cache
+def _content_adapter() -> TypeAdapter[types.ContentBlock]:
+    return TypeAdapter(types.ContentBlock)
+
+
+def _text(value: Any) -> types.TextContent:
+    return types.TextContent(text=value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
+def _object(value: Any) -> dict[str, Any]:
+    # Handshake-era clients accept only an object as structuredContent.
+    return value if isinstance(value, dict) else {"result": value}
+
+
+def _reasons_text(reasons: list[Reason]) -> str:
+    parts = []
+    for reason in reasons:
+        where = f"{reason.code}, {reason.policy_id}" if reason.policy_id else reason.code
+        parts.append(f"{reason.message} [{where}]")
+    return "; ".join(parts) or "no reason recorded"
+
+
+def _executed_content(spec: ToolSpec | None, result: Any) -> tuple[list[types.ContentBlock], Any]:
+    envelope = spec is not None and spec.upstream is not None and spec.upstream.kind == "mcp"
+    if envelope and isinstance(result, dict) and isinstance(result.get("content"), list):
+        blocks: list[types.ContentBlock] = []
+        for item in result["content"]:
+            try:
+                blocks.append(_content_adapter().validate_python(item))
+            except ValidationError:
+                blocks.append(_text(item))
+        structured = result.get("structured")
+        return blocks, None if structured is None else _object(structured)
+    return [_text(result)], _object(result)
+
+
+def to_call_result(action: ActionResult, spec: ToolSpec | None) -> types.CallToolResult:
+    """An :class:`ActionResult` as MCP sees it."""
+    meta: dict[str, Any] = {RUN_META_KEY: action.run_id, "interlock/status": action.status}
+    if action.step_id is not None:
+        meta["interlock/step_id"] = action.step_id
+    if action.approval_id is not None:
+        meta["interlock/approval_id"] = action.approval_id
+    decision = action.decision
+    summary: dict[str, Any] = {
+        "status": action.status,
+        "decision": decision.decision,
+        "run_id": action.run_id,
+        "step_id": action.step_id,
+        "reasons": [r.model_dump(exclude_none=True) for r in decision.reasons],
+    }
+    if action.status == "executed":
+        blocks, structured = _executed_content(spec, action.result)
+        return types.CallToolResult(content=blocks, structured_content=structured, meta=meta)
+    if action.status == "pending_approval":
+        text = (
+            f"Awaiting approval: {decision.tool} has not run; a person must approve it first. "
+            f"Approval id: {action.approval_id}. Why: {_reasons_text(decision.reasons)}"
+        )
+        summary["approval_id"] = action.approval_id
+        return types.CallToolResult(content=[_text(text)], structured_content=summary, meta=meta)
+    if action.status == "invalid":
+        fields = [r for r in decision.reasons if r.code == "invalid_arguments"]
+        text = "Invalid arguments: " + "; ".join(r.message for r in fields or decision.reasons)
+    elif action.status == "failed":
+        text = f"Failed: {decision.tool} was allowed but did not complete: {action.error or 'unknown error'}"
+    elif action.status == "escalated":
+        text = f"Escalated: the run waits for a person to take over. Why: {_reasons_text(decision.reasons)}"
+    elif action.status == "limited":
+        text = f"Limited: {_reasons_text(decision.reasons)}"
+        if action.retry_after is not None:
+            text += f" (retry after {action.retry_after:g}s)"
+            summary["retry_after"] = action.retry_after
+    else:
+        text = f"Denied: {_reasons_text(decision.reasons)}"
+    if action.error is not None:
+        summary["error"] = action.error
+    return types.CallToolResult(content=[_text(text)], structured_content=summary, is_error=True, meta=meta)
+
+
+def _error_result(code: str, message: str) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[_text(f"{code}: {message}")],
+        structured_content={"status": "error", "code": code, "message": message},
+        is_error=True,
+    )
+
+
+# ---- the gateway ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Caller:
+    principal: AgentPrincipal
+    token: str
+    session_id: str | None
+    run_header: str | None
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> _Caller:
+    scope = getattr(ctx.request, "scope", None)
+    if not isinstance(scope, dict) or not isinstance(scope.get(_PRINCIPAL), AgentPrincipal):
+        # Only reachable if the app is served without its own authentication wrapper.
+        raise MCPError(code=types.INVALID_REQUEST, message="unauthenticated: no agent on this request")
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    return _Caller(
+        principal=scope[_PRINCIPAL],
+        token=scope[_TOKEN],
+        session_id=headers.get(_SESSION_HEADER),
+        run_header=headers.get(RUN_HEADER),
+    )
+
+
+class McpGateway:
+    """The ``/mcp`` ASGI app. Call it like any ASGI app; run :meth:`lifespan` around the server.
+
+    ``transport_security`` turns on the SDK's Host/Origin checks (DNS-rebinding protection);
+    leave it ``None`` when the host app or a proxy already checks them.
+    """
+
+    def __init__(
+        self,
+        interlock: Interlock,
+        *,
+        json_response: bool = False,
+        transport_security: TransportSecuritySettings | None = None,
+    ) -> None:
+        self.interlock = interlock
+        self.server: Server[Any] = Server(
+            "interlock",
+            version=__version__,
+            instructions=(
+                "Every tool call is an intent that Interlock checks against the workflow's policy: "
+                "it may run, be denied with reasons, or wait for a person's approval."
+            ),
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+        )
+        self.session_manager = StreamableHTTPSessionManager(
+            app=self.server, json_response=json_response, security_settings=transport_security
+        )
+        self._runs: OrderedDict[tuple[str, ...], str] = OrderedDict()
+        self._runs_lock = threading.Lock()
+        self._start_lock = anyio.Lock()
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
+        """Runs the MCP session manager; enter it once, in the host app's lifespan."""
+        return self.session_manager.run()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served on its own (uvicorn gateway), not mounted
+            await self._serve_lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            return
+        principal, token, problem = await self._authenticate(scope)
+        if problem is not None:
+            await problem(scope, receive, send)
+            return
+        assert principal is not None
+        assert token is not None
+        user = AuthenticatedUser(AccessToken(token=token, client_id=principal.agent_id, scopes=[]))
+        # The session manager binds each MCP session to this user: another agent presenting the
+        # session id gets 404. Keyed by agent, not token, so a refreshed token keeps the session.
+        scope = {**scope, "user": user, _PRINCIPAL: principal, _TOKEN: token}
+        await self.session_manager.handle_request(scope, receive, send)
+
+    async def _authenticate(
+        self, scope: Scope
+    ) -> tuple[AgentPrincipal | None, str | None, JSONResponse | None]:
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"), "")
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None, None, _unauthorized("unauthenticated", "an agent access token is required (Bearer)")
+        il = self.interlock
+        try:
+            principal = await anyio.to_thread.run_sync(
+                partial(authenticate_agent, token, tokens=il.tokens, store=il.agents)
+            )
+        except AuthenticationError as exc:
+            return None, None, _unauthorized(exc.code, exc.message)
+        except InterlockError as exc:
+            log.warning("MCP gateway could not authenticate: %s", exc)
+            body = {"error": {"code": exc.code, "message": "authentication is unavailable; retry"}}
+            return None, None, JSONResponse(body, status_code=503)
+        return principal, token, None
+
+    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        async with self.lifespan():
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # ---- MCP handlers ---------------------------------------------------------------------------
+
+    def _runtime(self, principal: AgentPrincipal) -> WorkflowRuntime | None:
+        try:
+            return self.interlock.runtime(principal.workflow)
+        except NotFound:
+            return None
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        caller = _caller(ctx)
+        runtime = self._runtime(caller.principal)
+        specs = (
+            []
+            if runtime is None
+            else visible_tools(runtime, caller.principal.agent_id, environment=caller.principal.environment)
+        )
+        tools = [
+            types.Tool(
+                name=spec.name,
+                description=spec.description or None,
+                input_schema=spec.input_schema,
+                annotations=_annotations(spec),
+            )
+            for spec in specs
+        ]
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        caller = _caller(ctx)
+        meta: Mapping[str, Any] = params.meta or {}
+        try:
+            intent = _intent(params.name, params.arguments or {}, meta)
+            run_id = await self._run_for(caller, meta)
+            action = await anyio.to_thread.run_sync(
+                self.interlock.pipeline.submit, caller.token, run_id, intent
+            )
+        except (StorageError, ConfigError) as exc:
+            # Server-side faults: their text can name hosts or files, so the agent gets a sentence.
+            log.warning("MCP tools/call %s failed on the server: %s", params.name, exc)
+            return _error_result(exc.code, "the server could not take this action now; retry shortly")
+        except InterlockError as exc:
+            return _error_result(exc.code, exc.message)
+        runtime = self._runtime(caller.principal)
+        tool = runtime.tools.get(params.name) if runtime is not None else None
+        return to_call_result(action, tool.spec if tool is not None else None)
+
+    async def _run_for(self, caller: _Caller, meta: Mapping[str, Any]) -> str:
+        explicit = meta.get(RUN_META_KEY, caller.run_header)
+        if explicit is not None:
+            if not isinstance(explicit, str) or not explicit:
+                raise _bad_meta(RUN_META_KEY, "a run id")
+            return explicit  # the pipeline checks it is this agent's run
+        agent = caller.principal.agent_id
+        if caller.session_id is not None:
+            key: tuple[str, ...] = ("session", agent, caller.session_id)
+        else:
+            key = ("token", agent, hashlib.sha256(caller.token.encode()).hexdigest())
+        found = self._implicit(key)
+        if found is not None:
+            return found
+        async with self._start_lock:
+            found = self._implicit(key)
+            if found is not None:
+                return found
+            run = await anyio.to_thread.run_sync(
+                partial(self.interlock.start_run, caller.token, trigger={"source": "mcp"})
+            )
+            with self._runs_lock:
+                self._runs[key] = run.id
+                while len(self._runs) > _MAX_IMPLICIT_RUNS:
+                    self._runs.popitem(last=False)
+            return run.id
+
+    def _implicit(self, key: tuple[str, ...]) -> str | None:
+        with self._runs_lock:
+            run_id = self._runs.get(key)
+            if run_id is not None:
+                self._runs.move_to_end(key)
+            return run_id
+
+
+def _bad_meta(key: str, expected: str) -> ArgumentsInvalid:
+    return ArgumentsInvalid(f"_meta {key!r} must be {expected}", field=f"_meta.{key}")
+
+
+def _intent(tool: str, arguments: Any, meta: Mapping[str, Any]) -> Intent:
+    key = meta.get(IDEMPOTENCY_META_KEY)
+    reasoning = meta.get(REASONING_META_KEY)
+    confidence = meta.get(CONFIDENCE_META_KEY)
+    evidence = meta.get(EVIDENCE_META_KEY)
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
+        raise _bad_meta(IDEMPOTENCY_META_KEY, "a string of 1-200 characters")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise _bad_meta(REASONING_META_KEY, "a string")
+    number = isinstance(confidence, int | float) and not isinstance(confidence, bool)
+    if confidence is not None and not (number and 0 <= confidence <= 1):
+        raise _bad_meta(CONFIDENCE_META_KEY, "a number from 0 to 1")
+    if evidence is not None and not (
+        isinstance(evidence, list) and all(isinstance(e, str) for e in evidence)
+    ):
+        raise _bad_meta(EVIDENCE_META_KEY, "a list of strings")
+    return Intent(
+        tool=tool,
+        arguments=arguments,
+        idempotency_key=key,
+        reasoning=reasoning,
+        confidence=None if confidence is None else float(confidence),
+        evidence=tuple(evidence) if evidence else None,
+    )
+
+
+def _unauthorized(code: str, message: str) -> JSONResponse:
+    safe = message.replace('"', "'").encode("latin-1", "replace").decode("latin-1")
+    challenge = f'Bearer realm="interlock", error="invalid_token", error_description="{safe}"'
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=401,
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def build_mcp_app(
+    interlock: Interlock,
+    *,
+    json_response: bool = False,
+    transport_security: TransportSecuritySettings | None = None,
+) -> McpGateway:
+    """The MCP gateway for ``interlock``: an ASGI app whose :meth:`~McpGateway.lifespan` must run
+    while it serves. The lifespan runs once per gateway; build a new one for every app instance."""
+    return McpGateway(interlock, json_response=json_response, transport_security=transport_security)
+
+
+__all__ = ["McpGateway", "build_mcp_app", "to_call_result", "visible_tools"]

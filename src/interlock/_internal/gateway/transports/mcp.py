@@ -1,0 +1,515 @@
+"""MCP servers as tool upstreams: pooled client sessions on one background event loop.
+
+The pipeline is synchronous and calls :meth:`McpTransport.call` from worker threads, while an MCP
+client session is asynchronous and must stay on the loop that opened it. So the transport owns
+one event-loop thread; every session lives there, each inside a long-lived *owner task* that
+enters the SDK client and holds it open until the session is retired. Calls are bridged with
+``asyncio.run_coroutine_threadsafe``.
+
+Sessions are opened on first use, shared by every tool of that server, and replaced when the
+upstream dies: a call that finds the connection closed retires the session, and is retried once
+on a fresh one only when the tool is idempotent (the first attempt may have reached the server).
+
+:func:`import_mcp_tools` turns an upstream's ``tools/list`` into :class:`ToolSpec` objects, so a
+manifest can govern an MCP server's tools with their own input schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import difflib
+import hashlib
+import logging
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from interlock._internal.gateway.transports.base import CallContext
+from interlock._internal.manifest.models import McpServerSpec, McpUpstream, ToolSpec
+from interlock.exceptions import ConfigError, UpstreamError
+
+if TYPE_CHECKING:
+    from mcp import Client
+
+log = logging.getLogger("interlock.transport.mcp")
+
+_T = TypeVar("_T")
+
+# JSON-RPC codes the MCP SDK uses for a dead connection and for its own request timeout.
+_CONNECTION_CLOSED = -32000
+_REQUEST_TIMEOUT = -32001
+# Sent to the upstream with each call so it can deduplicate retries on its side.
+IDEMPOTENCY_META_KEY = "interlock/idempotency_key"
+
+
+@dataclass(eq=False)
+class _Session:
+    server: McpServerSpec
+    headers: dict[str, str]
+    ready: asyncio.Future[Client]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class McpTransport:
+    """Calls tools on upstream MCP servers (stdio ``command`` or streamable HTTP ``url``).
+
+    ``cwd`` is where stdio servers start (the manifest's folder, typically). A tool's injected
+    credential is sent to an HTTP server as the credential reference's header; sessions are pooled
+    per server and credential, so two credentials never share a connection. Stdio servers get
+    their secrets through the server's ``env`` instead.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[McpServerSpec],
+        *,
+        cwd: Path | None = None,
+        connect_timeout_s: float = 30.0,
+        close_timeout_s: float = 15.0,
+    ) -> None:
+        self._servers = {server.name: server for server in servers}
+        self._cwd = cwd
+        self._connect_timeout = connect_timeout_s
+        self._close_timeout = close_timeout_s
+        self._thread_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Touched only on the loop thread.
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # ---- the public, synchronous side ----------------------------------------------------------
+
+    def call(self, tool: ToolSpec, arguments: dict[str, Any], ctx: CallContext) -> Any:
+        upstream = tool.upstream
+        if not isinstance(upstream, McpUpstream):
+            raise UpstreamError(f"tool {tool.name} is not bound to an MCP server tool")
+        server = self._server(upstream.server)
+        headers = _credential_headers(tool, ctx.credential) if server.url is not None else {}
+        meta = {IDEMPOTENCY_META_KEY: ctx.idempotency_key} if ctx.idempotency_key else None
+        coro = self._call(
+            server,
+            headers,
+            tool_name=upstream.tool,
+            label=tool.name,
+            arguments=arguments,
+            timeout=ctx.timeout_s,
+            idempotent=tool.idempotent,
+            meta=meta,
+        )
+        # Connecting has its own budget; a retry may connect and call a second time.
+        return self._run(coro, timeout=2 * (self._connect_timeout + ctx.timeout_s) + 5, label=tool.name)
+
+    def list_tools(self, server: str, *, headers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """The upstream's tools as plain JSON: ``name``, ``description``, ``inputSchema`` (and
+        ``outputSchema`` / ``annotations`` when the server declares them)."""
+        spec = self._server(server)
+        coro = self._list_tools(spec, dict(headers or {}))
+        return self._run(coro, timeout=3 * self._connect_timeout, label=f"{server} tools/list")
+
+    def close(self) -> None:
+        """Close every session (stopping stdio servers) and the loop thread. Idempotent."""
+        with self._thread_lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        try:
+            future.result(timeout=self._close_timeout + 5)
+        except Exception:  # closing must never raise; the log says what was left behind
+            log.exception("MCP transport: sessions did not close cleanly")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
+
+    # ---- loop thread ---------------------------------------------------------------------------
+
+    def _server(self, name: str) -> McpServerSpec:
+        server = self._servers.get(name)
+        if server is None:
+            raise ConfigError(f"upstream.server: unknown MCP server {name!r}; declare it under mcp_servers")
+        return server
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._thread_lock:
+            if self._closed:
+                raise UpstreamError("the MCP transport is closed", code="upstream_unavailable")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="interlock-mcp", daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def _run(self, coro: Coroutine[Any, Any, _T], *, timeout: float, label: str) -> _T:
+        try:
+            loop = self._ensure_loop()
+        except BaseException:
+            coro.close()
+            raise
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise UpstreamError(f"{label} timed out after {timeout:g}s", code="upstream_timeout") from exc
+        except concurrent.futures.CancelledError as exc:
+            raise UpstreamError(
+                f"{label} was cancelled: the MCP transport closed", code="upstream_unavailable"
+            ) from exc
+
+    async def _owner(self, session: _Session) -> None:
+        """Holds one client session open, in one task, until asked to stop.
+
+        The SDK's task groups and cancel scopes must be entered and left by the same task, so the
+        session is opened and closed here while other tasks only send requests through it.
+        """
+        try:
+            async with AsyncExitStack() as stack:
+                client = await stack.enter_async_context(await self._client(session, stack))
+                session.ready.set_result(client)
+                await session.stop.wait()
+        except asyncio.CancelledError:
+            if not session.ready.done():
+                session.ready.set_exception(
+                    UpstreamError("connecting was cancelled", code="upstream_unavailable")
+                )
+            raise
+        except Exception as exc:
+            if not session.ready.done():
+                session.ready.set_exception(exc)
+            else:  # the upstream died under us; the session is already being replaced
+                log.debug("MCP server %s: session closed with %r", session.server.name, exc)
+
+    async def _client(self, session: _Session, stack: AsyncExitStack) -> Client:
+        from mcp import Client, StdioServerParameters
+
+        server = session.server
+        if server.command is not None:
+            params = StdioServerParameters(
+                command=server.command[0],
+                args=list(server.command[1:]),
+                env=dict(server.env) or None,
+                cwd=self._cwd,
+            )
+            return Client(params, cache=None)
+        assert server.url is not None
+        if not session.headers:
+            return Client(server.url, cache=None)
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(headers=session.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        )
+        return Client(streamable_http_client(server.url, http_client=http), cache=None)
+
+    async def _acquire(self, server: McpServerSpec, headers: dict[str, str]) -> tuple[_Session, Client]:
+        if self._closed:  # a call retrying while close() runs must not start a new server
+            raise UpstreamError("the MCP transport is closed", code="upstream_unavailable")
+        key = (server.name, _fingerprint(headers))
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            session = self._sessions.get(key)
+            if session is None or session.task is None or session.task.done():
+                loop = asyncio.get_running_loop()
+                session = _Session(server=server, headers=headers, ready=loop.create_future())
+                session.task = loop.create_task(self._owner(session), name=f"mcp-session:{server.name}")
+                self._sessions[key] = session
+            try:
+                client = await asyncio.wait_for(asyncio.shield(session.ready), self._connect_timeout)
+            except TimeoutError as exc:
+                await self._retire(session)
+                raise UpstreamError(
+                    f"connecting to MCP server {server.name} timed out after {self._connect_timeout:g}s",
+                    code="upstream_timeout",
+                ) from exc
+            except UpstreamError:
+                await self._retire(session)
+                raise
+            except Exception as exc:
+                await self._retire(session)
+                raise UpstreamError(
+                    f"cannot connect to MCP server {server.name}: {_describe(exc)}",
+                    code="upstream_unavailable",
+                ) from exc
+        return session, client
+
+    async def _retire(self, session: _Session) -> None:
+        for key, current in list(self._sessions.items()):
+            if current is session:
+                del self._sessions[key]
+        session.stop.set()
+        task = session.task
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._close_timeout)
+        except TimeoutError:
+            task.cancel()
+        except Exception:  # the owner already logged why
+            log.debug("MCP server %s: owner task ended with an error", session.server.name)
+
+    async def _call(
+        self,
+        server: McpServerSpec,
+        headers: dict[str, str],
+        *,
+        tool_name: str,
+        label: str,
+        arguments: dict[str, Any],
+        timeout: float,
+        idempotent: bool,
+        meta: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        from mcp import MCPError
+
+        for attempt in (1, 2):
+            session, client = await self._acquire(server, headers)
+            try:
+                result = await asyncio.wait_for(
+                    client.call_tool(tool_name, arguments, meta=meta),  # type: ignore[arg-type]
+                    timeout,
+                )
+            except TimeoutError as exc:
+                raise UpstreamError(f"{label} timed out after {timeout:g}s", code="upstream_timeout") from exc
+            except MCPError as exc:
+                if exc.code == _REQUEST_TIMEOUT:
+                    raise UpstreamError(f"{label} timed out: {exc.message}", code="upstream_timeout") from exc
+                if exc.code != _CONNECTION_CLOSED:
+                    raise UpstreamError(f"{label}: MCP server {server.name} answered: {exc.message}") from exc
+                lost: Exception = exc
+            except ValidationError as exc:
+                raise UpstreamError(f"{label}: MCP server {server.name} sent a malformed result") from exc
+            except Exception as exc:  # pipes and sockets: the connection itself failed
+                lost = exc
+            else:
+                return _result_json(label, result)
+            await self._retire(session)
+            if not idempotent:
+                raise UpstreamError(
+                    f"{label}: lost the connection to MCP server {server.name} ({_describe(lost)}); "
+                    "not retried because the tool is not idempotent",
+                    code="upstream_unavailable",
+                ) from lost
+            if attempt == 2:
+                raise UpstreamError(
+                    f"{label}: lost the connection to MCP server {server.name} twice ({_describe(lost)})",
+                    code="upstream_unavailable",
+                ) from lost
+            log.info(
+                "MCP server %s: connection lost; reconnecting to retry idempotent %s", server.name, label
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _list_tools(self, server: McpServerSpec, headers: dict[str, str]) -> list[dict[str, Any]]:
+        from mcp import MCPError
+
+        _session, client = await self._acquire(server, headers)
+        tools: list[dict[str, Any]] = []
+        cursor: str | None = None
+        try:
+            for _ in range(1000):  # a server whose cursor never ends must not hang the load
+                page = await asyncio.wait_for(client.list_tools(cursor=cursor), self._connect_timeout)
+                for tool in page.tools:
+                    entry = {
+                        "name": tool.name,
+                        "description": tool.description or "",
+                        "inputSchema": tool.input_schema,
+                    }
+                    if tool.output_schema is not None:
+                        entry["outputSchema"] = tool.output_schema
+                    if tool.annotations is not None:
+                        entry["annotations"] = tool.annotations.model_dump(
+                            mode="json", by_alias=True, exclude_none=True
+                        )
+                    tools.append(entry)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        except TimeoutError as exc:
+            raise UpstreamError(f"{server.name} tools/list timed out", code="upstream_timeout") from exc
+        except (MCPError, ValidationError) as exc:
+            raise UpstreamError(f"{server.name} tools/list failed: {_describe(exc)}") from exc
+        return tools
+
+    async def _shutdown(self) -> None:
+        await asyncio.gather(
+            *(self._retire(s) for s in list(self._sessions.values())), return_exceptions=True
+        )
+        current = asyncio.current_task()
+        rest = [task for task in asyncio.all_tasks() if task is not current]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _credential_headers(tool: ToolSpec, credential: str | None) -> dict[str, str]:
+    if credential is None or tool.credential is None:
+        return {}
+    ref = tool.credential
+    return {ref.header: f"{ref.scheme} {credential}" if ref.scheme else credential}
+
+
+def _fingerprint(headers: Mapping[str, str]) -> str:
+    if not headers:
+        return ""
+    text = "\n".join(f"{k.lower()}:{v}" for k, v in sorted(headers.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _result_json(label: str, result: Any) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    for block in result.content:
+        item = block.model_dump(mode="json", by_alias=True, exclude_none=True)
+        item.pop("_meta", None)
+        content.append(item)
+    if result.is_error:
+        text = (
+            "\n".join(c["text"] for c in content if c.get("type") == "text") or "the tool reported an error"
+        )
+        raise UpstreamError(f"{label}: {text}", details={"content": content})
+    return {"content": content, "structured": result.structured_content}
+
+
+# ---- importing an upstream's tools into a manifest ---------------------------------------------
+
+_COMPOSITION = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+_OPEN_OBJECT = ("additionalProperties", "unevaluatedProperties", "patternProperties", *_COMPOSITION)
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_ONE = ("items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+
+
+def normalise_input_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an upstream input schema that rejects unknown fields.
+
+    Every object that lists its ``properties`` and says nothing else about extra keys gets
+    ``additionalProperties: false``. Members of an ``allOf`` are left open, since closing each
+    would reject the properties the others add; the root becomes ``type: object`` if unset.
+    """
+    out = copy.deepcopy(dict(schema))
+    out.setdefault("type", "object")
+    _close(out, in_all_of=False)
+    return out
+
+
+def _close(schema: dict[str, Any], *, in_all_of: bool) -> None:
+    if not in_all_of and "properties" in schema and not any(k in schema for k in _OPEN_OBJECT):
+        schema["additionalProperties"] = False
+    for key in _SUBSCHEMA_MAPS:
+        members = schema.get(key)
+        if isinstance(members, dict):
+            for sub in members.values():
+                if isinstance(sub, dict):
+                    _close(sub, in_all_of=False)
+    for key in _SUBSCHEMA_ONE:
+        sub = schema.get(key)
+        if isinstance(sub, dict):
+            _close(sub, in_all_of=False)
+    for key in _SUBSCHEMA_LISTS:
+        members = schema.get(key)
+        if isinstance(members, list):
+            for sub in members:
+                if isinstance(sub, dict):
+                    _close(sub, in_all_of=False)
+    all_of = schema.get("allOf")
+    if isinstance(all_of, list):
+        for sub in all_of:
+            if isinstance(sub, dict):
+                _close(sub, in_all_of=True)
+
+
+def result_schema(output_schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The output schema of an imported tool: the transport's envelope around the upstream's
+    structured result. Definitions move to the root so ``#/$defs/...`` references still resolve."""
+    structured = copy.deepcopy(dict(output_schema))
+    envelope: dict[str, Any] = {
+        "type": "object",
+        "properties": {"content": {"type": "array"}, "structured": structured},
+        "required": ["content", "structured"],
+    }
+    for key in ("$defs", "definitions"):
+        if key in structured:
+            envelope[key] = structured.pop(key)
+    return envelope
+
+
+_NOT_FROM_MAPPING = ("input_schema", "upstream")
+
+
+def import_mcp_tools(
+    upstream_tools: Sequence[Mapping[str, Any]],
+    mapping: Mapping[str, Mapping[str, Any]],
+    *,
+    server: str,
+) -> list[ToolSpec]:
+    """Tool specs for the mapped tools of one MCP server.
+
+    ``upstream_tools`` is what :meth:`McpTransport.list_tools` returns; ``mapping`` is
+    ``{upstream_tool_name: {verb, traits, ...}}``, where each value may set any tool field but
+    the input schema and the upstream binding (``name`` renames the tool locally). Only mapped
+    tools are imported: a tool the server adds later gains no authority until someone maps it.
+    Pure: it reads nothing and starts nothing.
+    """
+    by_name = {str(tool.get("name")): tool for tool in upstream_tools}
+    specs: list[ToolSpec] = []
+    for upstream_name, fields in mapping.items():
+        tool = by_name.get(upstream_name)
+        if tool is None:
+            close = difflib.get_close_matches(upstream_name, list(by_name), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"MCP server {server!r} has no tool {upstream_name!r}{hint}")
+        where = f"MCP server {server!r}, tool {upstream_name!r}"
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{where}: the mapping must be an object such as {{verb: read}}")
+        blocked = [key for key in _NOT_FROM_MAPPING if key in fields]
+        if blocked:
+            raise ConfigError(f"{where}: {blocked[0]} comes from the server and cannot be mapped")
+        input_schema = tool.get("inputSchema")
+        if not isinstance(input_schema, Mapping):
+            raise ConfigError(f"{where}: the server declares no inputSchema object")
+        data: dict[str, Any] = {
+            "name": upstream_name,
+            "description": tool.get("description") or "",
+            "input_schema": normalise_input_schema(input_schema),
+            "upstream": {"kind": "mcp", "server": server, "tool": upstream_name},
+        }
+        output_schema = tool.get("outputSchema")
+        if isinstance(output_schema, Mapping):
+            data["output_schema"] = result_schema(output_schema)
+        data.update(fields)
+        try:
+            specs.append(ToolSpec.model_validate(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "tool"
+            raise ConfigError(f"{where}: {loc}: {first['msg']}") from exc
+    return specs
+
+
+__all__ = [
+    "IDEMPOTENCY_META_KEY",
+    "McpTransport",
+    "import_mcp_tools",
+    "normalise_input_schema",
+    "result_schema",
+]
