@@ -118,5 +118,10 @@ def build_runtime(
             ),
         )
     transports: dict[str, Transport] = {"python": PythonTransport(base_dir=loaded.base_dir)}
+    if loaded.manifest.mcp_servers:
+        # Construction starts nothing: sessions open on the first call and close with the runtime.
+        from interlock._internal.gateway.transports.mcp import McpTransport
+
+        transports["mcp"] = McpTransport(loaded.manifest.mcp_servers, cwd=loaded.base_dir)
     transports.update(extra_transports or {})
     return WorkflowRuntime(loaded=loaded, compiled=compiled, tools=tools, transports=transports)
