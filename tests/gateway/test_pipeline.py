@@ -156,9 +156,9 @@ def test_step_cap_stops_the_run(db_url) -> None:
     text_ = SUPPORT_TRIAGE.read_text().replace("max_steps: 40", "max_steps: 3")
     h = Harness(db_url, load_manifest_text(text_, file="capped.yaml", base_dir=SUPPORT_TRIAGE.parent))
     run = h.run()
-    for _ in range(3):
-        assert h.act(run, "tickets.get", {"ticket_id": "T-1001"}).executed
-    res = h.act(run, "tickets.get", {"ticket_id": "T-1001"})
+    for n in range(3):
+        assert h.act(run, "tickets.get", {"ticket_id": f"T-100{n + 1}"}).executed
+    res = h.act(run, "tickets.get", {"ticket_id": "T-1004"})
     assert res.status == "limited"
     assert res.decision.reason_codes == ["step_cap_reached"]
     assert h.il.get_run(run).state == "stopped"

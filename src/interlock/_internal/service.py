@@ -11,8 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.audit.verify import VerifyReport, verify_chain
@@ -27,15 +26,8 @@ from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
 from interlock._internal.store import migrate as migrations
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import is_sqlite, make_engine, reading, transaction
+from interlock._internal.store.engine import insert_ignore, is_sqlite, make_engine, reading, transaction
 from interlock.exceptions import ConfigError, NotFound
-
-
-def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING on either engine; True when a row was written."""
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
 
 
 class Interlock:

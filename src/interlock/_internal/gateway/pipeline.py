@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -29,10 +29,22 @@ from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, ToolRuntime,
 from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.identity.agents import AgentStore
 from interlock._internal.identity.tokens import TokenService, authenticate_agent
-from interlock._internal.limits.stop_rules import check_intent
-from interlock._internal.manifest.models import CredentialRef, RuleSpec
+from interlock._internal.limits.budgets import (
+    BudgetRefused,
+    Scope,
+    reserve,
+    scopes_for,
+    settle,
+    usd_to_micros,
+)
+from interlock._internal.limits.locks import acquire as lock_acquire
+from interlock._internal.limits.locks import lock_key
+from interlock._internal.limits.stop_rules import check_history, check_intent, sequence_broken
+from interlock._internal.manifest.models import CredentialRef, Manifest, RuleSpec
 from interlock._internal.policy import engine as policy_engine
+from interlock._internal.policy.engine import Outcome
 from interlock._internal.policy.cedar_values import CedarValueError, args_to_cedar, decimal_text
+from interlock._internal.runs.state import open_handoff, set_state
 from interlock._internal.runs.store import RunStore, new_id, run_from_row
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
@@ -51,9 +63,27 @@ from interlock.exceptions import (
 log = logging.getLogger("interlock.pipeline")
 
 # Built once: the hot path only binds parameters (SQLAlchemy then reuses its compiled form).
+_AGENT_PAUSE = t.pauses.alias("agent_pause")
+_ENV_PAUSE = t.pauses.alias("env_pause")
 _LOAD_RUN = (
-    select(t.runs, t.workflows.c.paused, t.workflows.c.paused_reason)
-    .select_from(t.runs.outerjoin(t.workflows, t.workflows.c.name == t.runs.c.workflow))
+    select(
+        t.runs,
+        t.workflows.c.paused,
+        t.workflows.c.paused_reason,
+        _AGENT_PAUSE.c.reason.label("agent_paused_reason"),
+        _AGENT_PAUSE.c.paused_by.label("agent_paused_by"),
+        _ENV_PAUSE.c.reason.label("env_paused_reason"),
+        _ENV_PAUSE.c.paused_by.label("env_paused_by"),
+    )
+    .select_from(
+        t.runs.outerjoin(t.workflows, t.workflows.c.name == t.runs.c.workflow)
+        .outerjoin(
+            _AGENT_PAUSE, and_(_AGENT_PAUSE.c.scope == "agent", _AGENT_PAUSE.c.key == t.runs.c.agent_id)
+        )
+        .outerjoin(
+            _ENV_PAUSE, and_(_ENV_PAUSE.c.scope == "environment", _ENV_PAUSE.c.key == t.runs.c.environment)
+        )
+    )
     .where(t.runs.c.id == bindparam("run_id"))
 )
 _BUMP_STEPS = (
@@ -72,6 +102,17 @@ _RESERVE = (
     )
     .values(steps=t.runs.c.steps + 1, tool_calls=t.runs.c.tool_calls + 1)
     .returning(t.runs.c.steps)
+)
+_ADD_COST = (
+    update(t.runs)
+    .where(t.runs.c.id == bindparam("run_id"))
+    .values(cost_micros=t.runs.c.cost_micros + bindparam("c_cost"))
+)
+_COUNT_REPEATS = select(func.count()).where(
+    t.steps.c.run_id == bindparam("r_run"),
+    t.steps.c.tool == bindparam("r_tool"),
+    t.steps.c.args_hash == bindparam("r_hash"),
+    t.steps.c.status.in_(("executed", "failed")),
 )
 _INSERT_STEP = t.steps.insert()
 _INSERT_DECISION = t.decisions.insert()
@@ -114,6 +155,15 @@ class Verdict:
     decision: Decision
     status: ActionStatus
     tool: ToolRuntime | None
+    stop_run: bool = False  # a cap or budget refused it: the run stops with this step
+
+
+class _Refused(Exception):
+    """Raised inside the reservation so everything it took rolls back."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.decision.reasons[0].message)
+        self.verdict = verdict
 
 
 def _deny(
@@ -214,13 +264,38 @@ def evaluate(
     reasons = [Reason(code=verdict.code, message=message, policy_id=p) for p in verdict.policy_ids] or [
         Reason(code=verdict.code, message=message)
     ]
+    outcome = verdict.outcome
+    routed = _route_by_confidence(manifest, outcome, intent.confidence)
+    if routed is not None:
+        outcome, reason = routed
+        reasons = [reason, *reasons] if outcome == "require_approval" else [reason]
     decision = Decision(
-        decision=verdict.outcome, reasons=reasons, risk=risk, policy_ids=list(verdict.policy_ids), **base
+        decision=outcome, reasons=reasons, risk=risk, policy_ids=list(verdict.policy_ids), **base
     )
     status: ActionStatus = {"allow": "executed", "deny": "denied", "require_approval": "pending_approval"}[
-        verdict.outcome
+        outcome
     ]  # type: ignore[assignment]
     return Verdict(decision, status, tool_rt)
+
+
+def _route_by_confidence(
+    manifest: Manifest, outcome: str, confidence: float | None
+) -> tuple[Outcome, Reason] | None:
+    """Per-workflow thresholds: alone at or above ``auto``, review between, reject below ``review``."""
+    thresholds = manifest.confidence
+    if confidence is None or outcome == "deny" or (thresholds.auto <= 0 and thresholds.review <= 0):
+        return None
+    if confidence < thresholds.review:
+        return "deny", Reason(
+            code="low_confidence_rejected",
+            message=f"confidence {confidence:g} is below the review threshold {thresholds.review:g}",
+        )
+    if outcome == "allow" and confidence < thresholds.auto:
+        return "require_approval", Reason(
+            code="confidence_review",
+            message=f"confidence {confidence:g} is below {thresholds.auto:g}: a person reviews it",
+        )
+    return None
 
 
 class Pipeline:
@@ -276,17 +351,32 @@ class Pipeline:
         )
         return Verdict(Decision(decision="deny", reasons=[reason], tool=intent.tool), "denied", None)
 
-    def _load_run(self, run_id: str) -> tuple[Run, str | None]:
-        """The run and, when its workflow is paused, why (one query for both)."""
+    def _load_run(self, run_id: str) -> tuple[Run, tuple[str, str] | None]:
+        """The run and, when its workflow, agent or environment is paused, why (one query)."""
         with reading(self.engine) as conn:
             row = conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().first()
         if row is None:
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
-        paused = (row["paused_reason"] or "no reason given") if row["paused"] else None
-        return run_from_row(row), paused
+        run = run_from_row(row)
+        paused = None
+        if row["paused"]:
+            why = row["paused_reason"] or "no reason given"
+            paused = ("workflow_paused", f"workflow {run.workflow} is paused: {why}")
+        elif row["agent_paused_by"] is not None:
+            why = row["agent_paused_reason"] or "no reason given"
+            paused = ("agent_paused", f"agent {run.agent_id} is paused: {why}")
+        elif row["env_paused_by"] is not None:
+            why = row["env_paused_reason"] or "no reason given"
+            paused = ("environment_paused", f"environment {run.environment} is paused: {why}")
+        return run, paused
 
     def _gate(
-        self, runtime: WorkflowRuntime, run: Run, paused: str | None, agent_id: str, intent: Intent
+        self,
+        runtime: WorkflowRuntime,
+        run: Run,
+        paused: tuple[str, str] | None,
+        agent_id: str,
+        intent: Intent,
     ) -> Verdict:
         verdict = evaluate(
             runtime,
@@ -311,10 +401,10 @@ class Pipeline:
         return verdict
 
     def _run_brake(
-        self, runtime: WorkflowRuntime, run: Run, paused: str | None
+        self, runtime: WorkflowRuntime, run: Run, paused: tuple[str, str] | None
     ) -> tuple[Reason, ActionStatus] | None:
         if paused is not None:
-            return _deny("workflow_paused", f"workflow {run.workflow} is paused: {paused}")
+            return _deny(*paused)
         if run.state != "running":
             return _deny("run_not_active", f"run is {run.state}: {run.state_reason or ''}".strip(": "))
         budget = runtime.manifest.budgets.per_run
@@ -374,12 +464,6 @@ class Pipeline:
         now = time.time()
         with transaction(self.engine) as conn:
             seq = self._bump_steps(conn, run.id)
-            if verdict.status == "escalated":
-                conn.execute(
-                    update(t.runs)
-                    .where(t.runs.c.id == run.id)
-                    .values(state="escalated", state_reason=decision.reasons[0].message)
-                )
             if decision.decision == "require_approval" and runtime is not None and verdict.tool is not None:
                 approval_id = self._create_approval(
                     conn, run, agent_id, intent, decision, verdict.tool, runtime, step_id, stored_args, now
@@ -387,6 +471,27 @@ class Pipeline:
             self._write_step(
                 conn, run, agent_id, intent, decision, verdict.status, step_id, seq, stored_args, now
             )
+            if verdict.status == "escalated":
+                open_handoff(
+                    conn,
+                    run_id=run.id,
+                    workflow=run.workflow,
+                    step_id=step_id,
+                    tool=decision.tool,
+                    arguments=stored_args,
+                    reason=decision.reasons[0],
+                    actor="interlock",
+                )
+            elif verdict.stop_run:
+                set_state(
+                    conn,
+                    run.id,
+                    "stopped",
+                    reason=decision.reasons[0].message,
+                    actor="interlock",
+                    workflow=run.workflow,
+                    data={"code": decision.reasons[0].code, "step": step_id},
+                )
             result = ActionResult(
                 status=verdict.status,
                 decision=decision,
@@ -493,6 +598,7 @@ class Pipeline:
         result: Any = None,
         error: str | None = None,
         duration_ms: float | None = None,
+        cost_micros: int = 0,
     ) -> None:
         reasons = [r.model_dump() for r in decision.reasons]
         conn.execute(
@@ -537,7 +643,7 @@ class Pipeline:
                 "confidence": intent.confidence,
                 "evidence": list(intent.evidence) if intent.evidence else None,
                 "duration_ms": duration_ms,
-                "cost_micros": 0,
+                "cost_micros": cost_micros,
                 "created_at": now,
             },
         )
@@ -598,13 +704,34 @@ class Pipeline:
     # ---- execution --------------------------------------------------------------------------
 
     def _reserve(
-        self, run: Run, agent_id: str, intent: Intent, runtime: WorkflowRuntime, args_hash: str
-    ) -> int | Reason:
-        """Atomically take a step and a tool call from the run's caps and claim the idempotency key.
+        self, run: Run, agent_id: str, intent: Intent, verdict: Verdict, runtime: WorkflowRuntime
+    ) -> tuple[int, list[Scope], int] | Verdict:
+        """Take what the action needs before it runs, all or nothing.
 
-        Returns the step's sequence number, or the reason the run's caps refuse it.
+        In order: the record's lock (may wait), then in one transaction loop detection and the
+        stop rules that read the run's history, the run's step and tool-call caps, every budget
+        scope, and the idempotency key. Returns (seq, budget scopes, reserved micros), or the
+        verdict that refused it.
         """
-        budget = runtime.manifest.budgets.per_run
+        tool = verdict.tool
+        assert tool is not None
+        spec = tool.spec
+        manifest = runtime.manifest
+        args_hash = verdict.decision.args_hash or ""
+        key = lock_key(run.workflow, spec, intent.arguments)
+        if key is not None and spec.lock is not None:
+            if not lock_acquire(
+                self.engine, key, run_id=run.id, hold_s=spec.lock.hold_s, wait_s=spec.lock.wait_s
+            ):
+                reason = Reason(
+                    code="conflict",
+                    message=f"another run is changing {key.split(':', 1)[1]}; waited {spec.lock.wait_s:g}s",
+                )
+                return self._refusal(verdict, reason, "denied")
+        budget = manifest.budgets.per_run
+        cost = usd_to_micros(spec.cost_usd)
+        now = time.time()
+        scopes = scopes_for(manifest, run_id=run.id, agent_id=agent_id, now=now)
         params = {
             "run_id": run.id,
             "max_steps": budget.max_steps if budget.max_steps is not None else 2**62,
@@ -612,9 +739,27 @@ class Pipeline:
         }
         try:
             with transaction(self.engine) as conn:
+                if budget.max_repeats is not None:
+                    repeats = conn.execute(
+                        _COUNT_REPEATS, {"r_run": run.id, "r_tool": spec.name, "r_hash": args_hash}
+                    ).scalar_one()
+                    if repeats >= budget.max_repeats:
+                        reason = Reason(
+                            code="loop_detected",
+                            message=f"{spec.name} with these arguments already ran {repeats} times in this run "
+                            f"(max_repeats={budget.max_repeats})",
+                        )
+                        raise _Refused(self._refusal(verdict, reason, "escalated"))
+                history = check_history(conn, manifest, run_id=run.id, tool=spec.name)
+                if history is not None:
+                    raise _Refused(self._refusal(verdict, history, "escalated"))
                 got = conn.execute(_RESERVE, params).first()
                 if got is None:
-                    return self._refuse_reservation(conn, run, runtime)
+                    raise _Refused(self._refuse_caps(conn, run, runtime, verdict))
+                try:
+                    reserve(conn, scopes, cost_micros=cost)
+                except BudgetRefused as exc:
+                    raise _Refused(self._refusal(verdict, exc.reason, "limited", stop_run=True)) from None
                 if intent.idempotency_key is not None:
                     conn.execute(
                         _INSERT_IDEMPOTENCY,
@@ -624,10 +769,12 @@ class Pipeline:
                             "run_id": run.id,
                             "args_hash": args_hash,
                             "state": "in_flight",
-                            "created_at": time.time(),
+                            "created_at": now,
                         },
                     )
-                return int(got[0])
+                return int(got[0]), scopes, cost
+        except _Refused as refused:
+            return refused.verdict
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 raise ConflictError(
@@ -636,21 +783,25 @@ class Pipeline:
                 ) from exc
             raise
 
-    def _refuse_reservation(self, conn: Connection, run: Run, runtime: WorkflowRuntime) -> Reason:
+    @staticmethod
+    def _refusal(
+        verdict: Verdict, reason: Reason, status: ActionStatus, *, stop_run: bool = False
+    ) -> Verdict:
+        kind = "escalate" if status == "escalated" else "deny"
+        decision = verdict.decision.model_copy(update={"decision": kind, "reasons": [reason]})
+        return Verdict(decision, status, verdict.tool, stop_run=stop_run)
+
+    def _refuse_caps(self, conn: Connection, run: Run, runtime: WorkflowRuntime, verdict: Verdict) -> Verdict:
         budget = runtime.manifest.budgets.per_run
-        row = conn.execute(select(t.runs).where(t.runs.c.id == run.id)).mappings().one()
-        if row["state"] != "running":
-            return Reason(code="run_not_active", message=f"run is {row['state']}")
-        if budget.max_steps is not None and row["steps"] >= budget.max_steps:
+        row = conn.execute(select(t.runs.c.state, t.runs.c.steps).where(t.runs.c.id == run.id)).one()
+        if row[0] != "running":
+            return self._refusal(verdict, Reason(code="run_not_active", message=f"run is {row[0]}"), "denied")
+        if budget.max_steps is not None and row[1] >= budget.max_steps:
             code, limit = "step_cap_reached", f"max_steps={budget.max_steps}"
         else:
             code, limit = "tool_call_cap_reached", f"max_tool_calls={budget.max_tool_calls}"
-        conn.execute(
-            update(t.runs)
-            .where(t.runs.c.id == run.id)
-            .values(state="stopped", state_reason=f"{code} ({limit})", ended_at=time.time())
-        )
-        return Reason(code=code, message=f"run reached {limit}; the run is stopped")
+        reason = Reason(code=code, message=f"run reached {limit}; the run is stopped")
+        return self._refusal(verdict, reason, "limited", stop_run=True)
 
     def _execute(
         self, run: Run, agent_id: str, intent: Intent, verdict: Verdict, runtime: WorkflowRuntime
@@ -659,12 +810,10 @@ class Pipeline:
         tool = verdict.tool
         assert tool is not None
         args_hash = decision.args_hash or ""
-        seq = self._reserve(run, agent_id, intent, runtime, args_hash)
-        if isinstance(seq, Reason):
-            denied = decision.model_copy(update={"decision": "deny", "reasons": [seq]})
-            return self._record_without_execution(
-                run, agent_id, intent, Verdict(denied, "limited", tool), runtime
-            )
+        reserved = self._reserve(run, agent_id, intent, verdict, runtime)
+        if isinstance(reserved, Verdict):
+            return self._record_without_execution(run, agent_id, intent, reserved, runtime)
+        seq, scopes, cost = reserved
         step_id = new_id("stp")
         credential: str | None = None
         started = time.perf_counter()
@@ -708,6 +857,7 @@ class Pipeline:
             error=error,
             seq=seq,
         )
+        spent = cost if error is None else 0  # a failed call releases its reservation
         with transaction(self.engine) as conn:
             self._write_step(
                 conn,
@@ -723,7 +873,25 @@ class Pipeline:
                 result=stored_result,
                 error=error,
                 duration_ms=duration_ms,
+                cost_micros=spent,
             )
+            if scopes:
+                settle(conn, scopes, reserved_micros=cost, actual_micros=spent)
+            if spent:
+                conn.execute(_ADD_COST, {"run_id": run.id, "c_cost": spent})
+            if error is not None:
+                broken = sequence_broken(conn, runtime.manifest, run_id=run.id, tool=tool.spec.name)
+                if broken is not None:
+                    open_handoff(
+                        conn,
+                        run_id=run.id,
+                        workflow=run.workflow,
+                        step_id=step_id,
+                        tool=tool.spec.name,
+                        arguments=stored_args,
+                        reason=broken,
+                        actor="interlock",
+                    )
             if intent.idempotency_key is not None:
                 if error is None:
                     self._store_outcome(conn, agent_id, intent, run.id, step_id, args_hash, outcome, now)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
+
 from interlock._internal.gateway.models import Reason
 from interlock._internal.manifest.models import Manifest, StopRule
+from interlock._internal.store import tables as t
 
 _MISSING = object()
 
@@ -108,5 +113,54 @@ def _check(rule: StopRule, args: dict[str, Any], risk: list[str], confidence: fl
                 message=f"{rule.field}={value!r} is outside the approved categories (stop rule {rule.id})",
                 policy_id=f"stop:{rule.id}",
                 field=rule.field,
+            )
+    return None
+
+
+# ---- stop rules that read the run's history (inside the reservation transaction) ----------------
+
+_EXECUTED = select(t.steps.c.tool, t.steps.c.result).where(
+    t.steps.c.run_id == bindparam("h_run"),
+    t.steps.c.status == "executed",
+    t.steps.c.tool.in_(bindparam("h_tools", expanding=True)),
+)
+
+
+def check_history(conn: Connection, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
+    """Conflicting records: the outputs of the declared source tools disagree on the declared key."""
+    for rule in manifest.stop_rules:
+        if rule.kind != "conflicting_records" or not rule.key or not rule.sources or not _applies(rule, tool):
+            continue
+        seen: dict[str, set[str]] = {}
+        for src, result in conn.execute(_EXECUTED, {"h_run": run_id, "h_tools": list(rule.sources)}):
+            value = _lookup(result, rule.key) if isinstance(result, dict) else _MISSING
+            if value is not _MISSING and value is not None:
+                seen.setdefault(json.dumps(value, sort_keys=True), set()).add(src)
+        if len(seen) > 1:
+            shown = "; ".join(f"{', '.join(sorted(v))} say {k}" for k, v in sorted(seen.items()))
+            return Reason(
+                code="conflicting_records",
+                message=f"sources disagree on {rule.key!r}: {shown} (stop rule {rule.id})",
+                policy_id=f"stop:{rule.id}",
+                field=rule.key,
+            )
+    return None
+
+
+def sequence_broken(conn: Connection, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
+    """A tool failed after an earlier tool of its declared sequence changed something."""
+    for rule in manifest.stop_rules:
+        if rule.kind != "sequence_failure" or tool not in rule.sequence:
+            continue
+        earlier = rule.sequence[: rule.sequence.index(tool)]
+        if not earlier:
+            continue
+        done = [row[0] for row in conn.execute(_EXECUTED, {"h_run": run_id, "h_tools": earlier})]
+        if done:
+            return Reason(
+                code="sequence_failure",
+                message=f"{tool} failed after {', '.join(sorted(set(done)))} in the sequence "
+                f"{' → '.join(rule.sequence)}; a person must finish or undo it (stop rule {rule.id})",
+                policy_id=f"stop:{rule.id}",
             )
     return None

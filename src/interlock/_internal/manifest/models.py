@@ -113,6 +113,14 @@ class CredentialRef(Strict):
         return self
 
 
+class ResourceLock(Strict):
+    """Two runs may not change the same record at once: the lock key is built from arguments."""
+
+    key: str = Field(min_length=1, max_length=200)  # an argument path, e.g. ticket_id
+    wait_s: float = Field(default=5.0, ge=0, le=300)
+    hold_s: float = Field(default=300.0, gt=0, le=86_400)
+
+
 class RiskCondition(Strict):
     """Traits an action gains from its arguments, e.g. ``{when: "limit > 50", traits: [bulk]}``."""
 
@@ -134,6 +142,7 @@ class ToolSpec(Strict):
     idempotent: bool = False
     cost_usd: float = Field(default=0.0, ge=0, le=1_000_000)
     risk_conditions: list[RiskCondition] = Field(default_factory=list)
+    lock: ResourceLock | None = None
     impact_if_accepted: str | None = None
     impact_if_rejected: str | None = None
 
@@ -219,15 +228,34 @@ class StopRule(Strict):
         return [] if self.tool is None else [self.tool] if isinstance(self.tool, str) else list(self.tool)
 
 
-class RunBudget(Strict):
-    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_tool_calls: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_cost_usd: float | None = Field(default=None, ge=0, le=1_000_000)
+class Limits(Strict):
+    """Caps for one scope (a run, an agent's day, a workflow's day). Unset means no cap."""
+
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    max_tool_calls: int | None = Field(default=None, ge=1, le=100_000_000)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=1_000_000_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=10**13)
+
+
+class RunBudget(Limits):
     max_duration_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    # The same tool with the same arguments more than this many times in one run is a loop.
+    max_repeats: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class ModelPrice(Strict):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0, le=10_000)
+    output: float = Field(ge=0, le=10_000)
 
 
 class Budgets(Strict):
     per_run: RunBudget = RunBudget()
+    per_agent_day: Limits = Limits()
+    per_workflow_day: Limits = Limits()
+    max_concurrent_runs: int | None = Field(default=None, ge=1, le=1_000_000)
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
 
 class Evaluation(Strict):

@@ -106,9 +106,18 @@ def _short(exc: SQLAlchemyError) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
+def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING on either engine; True when a row was written."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return bool(conn.execute(stmt).rowcount)
+
+
 def lock_clause(engine: Engine) -> bool:
     """Whether SELECT … FOR UPDATE means anything on this engine (SQLite locks the whole file)."""
     return not is_sqlite(engine)
 
 
-__all__ = ["is_sqlite", "make_engine", "reading", "transaction"]
+__all__ = ["insert_ignore", "is_sqlite", "make_engine", "reading", "transaction"]

@@ -133,6 +133,7 @@ runs = Table(
     Column("steps", Integer, nullable=False, default=0),
     Column("tool_calls", Integer, nullable=False, default=0),
     Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("tokens", BigInteger, nullable=False, default=0, server_default="0"),
     _ts("started_at"),
     _ts("ended_at", nullable=True),
 )
@@ -251,15 +252,112 @@ __all__ = [
     "JSONText",
     "agents",
     "approvals",
+    "audit_checkpoints",
     "audit_events",
     "audit_head",
+    "budget_counters",
     "decisions",
+    "handoffs",
     "idempotency",
     "metadata",
     "operators",
+    "pauses",
+    "rate_limits",
+    "resource_locks",
     "runs",
     "steps",
     "tools",
     "workflow_versions",
     "workflows",
 ]
+
+# Rate-limit counters, one row per (scope, key, window length, window start). A hit is one atomic
+# upsert-and-increment, so a limit holds across replicas; expires_at lets old windows go.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("scope", String(50), primary_key=True),
+    Column("key", String(400), primary_key=True),
+    Column("window_s", Integer, primary_key=True, autoincrement=False),
+    Column("window_start", BigInteger, primary_key=True, autoincrement=False),
+    Column("count", Integer, nullable=False),
+    Column("max_count", Integer, nullable=False),  # the limit in force at the latest hit
+    _ts("expires_at"),
+    Index("ix_rate_limits_expires_at", "expires_at"),
+)
+
+# Budget counters: one row per (scope, key, period), e.g. ("agent_day", "triage-bot", "2026-11-21").
+# Reservations add to reserved_* with a conditional UPDATE that refuses to pass the limit, so a
+# budget holds with any number of concurrent writers on either engine.
+budget_counters = Table(
+    "budget_counters",
+    metadata,
+    Column("scope", String(30), primary_key=True),  # run | agent_day | workflow_day | workflow_runs
+    Column("key", String(300), primary_key=True),
+    Column("period", String(20), primary_key=True),  # "" for run scope, else the UTC day
+    Column("used_micros", BigInteger, nullable=False, default=0),
+    Column("reserved_micros", BigInteger, nullable=False, default=0),
+    Column("used_tokens", BigInteger, nullable=False, default=0),
+    Column("used_steps", BigInteger, nullable=False, default=0),
+    Column("used_tool_calls", BigInteger, nullable=False, default=0),
+    _ts("updated_at"),
+)
+
+# Kill switches below the workflow: an agent or a whole environment (workflow pauses live on
+# the workflows row). Read with the run on every action, so they hold on the next action anywhere.
+pauses = Table(
+    "pauses",
+    metadata,
+    Column("scope", String(20), primary_key=True),  # agent | environment
+    Column("key", String(200), primary_key=True),
+    Column("paused_by", String(200), nullable=False),
+    Column("reason", Text, nullable=True),
+    _ts("created_at"),
+)
+
+# What a stop rule hands to a person: resume, resume with edited arguments, or stop.
+handoffs = Table(
+    "handoffs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("step_id", String(64), nullable=True),
+    Column("workflow", String(200), nullable=False, index=True),
+    Column("tool", String(200), nullable=True),
+    Column("arguments", JSONText, nullable=True),  # redacted, for display
+    Column("reason_code", String(50), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("state", String(20), nullable=False),  # open | resumed | stopped
+    _ts("created_at"),
+    _ts("resolved_at", nullable=True),
+    Column("resolved_by", String(200), nullable=True),
+    Column("resolution", JSONText, nullable=True),
+)
+
+# Resource locks from a tool's `lock` key: a record one run is changing, held until the run ends
+# or the hold expires.
+resource_locks = Table(
+    "resource_locks",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    _ts("acquired_at"),
+    _ts("expires_at"),
+)
+
+Index("ix_steps_run_args", steps.c.run_id, steps.c.tool, steps.c.args_hash)
+
+# Signed audit checkpoints: (seq, tip hash, Merkle root over event hashes 1..seq), one row per
+# checkpoint and signing key. ``frontier`` holds the roots of the perfect subtrees left of seq, so
+# the next checkpoint extends the tree from here instead of rereading the whole log.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("key_id", String(64), primary_key=True),
+    _ts("ts"),
+    Column("tip_hash", String(64), nullable=False),
+    Column("merkle_root", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("frontier", JSONText, nullable=False),
+)

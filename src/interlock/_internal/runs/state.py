@@ -1,0 +1,90 @@
+"""Run state changes, in one place: what leaving ``running`` releases, and the audit event."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from interlock._internal.audit.chain import append_event
+from interlock._internal.gateway.models import Reason
+from interlock._internal.limits.locks import release_run
+from interlock._internal.runs.store import new_id
+from interlock._internal.store import tables as t
+
+TERMINAL = ("completed", "failed", "stopped")
+STATES = ("running", "escalated", *TERMINAL)
+
+
+def set_state(
+    conn: Connection,
+    run_id: str,
+    state: str,
+    *,
+    reason: str | None,
+    actor: str,
+    workflow: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}")
+    values: dict[str, Any] = {"state": state, "state_reason": reason}
+    values["ended_at"] = time.time() if state in TERMINAL else None
+    conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
+    if state != "running":
+        # Records the run was changing are free for other runs once it stops acting.
+        release_run(conn, run_id)
+    append_event(
+        conn,
+        kind=f"run.{state}",
+        actor=actor,
+        workflow=workflow,
+        run_id=run_id,
+        data={"state": state, "reason": reason, **(data or {})},
+    )
+
+
+def open_handoff(
+    conn: Connection,
+    *,
+    run_id: str,
+    workflow: str,
+    step_id: str | None,
+    tool: str | None,
+    arguments: Any,
+    reason: Reason,
+    actor: str,
+) -> str:
+    """Escalate the run and leave a handoff item for a person: resume, edit and resume, or stop."""
+    handoff_id = new_id("hof")
+    conn.execute(
+        t.handoffs.insert().values(
+            id=handoff_id,
+            run_id=run_id,
+            step_id=step_id,
+            workflow=workflow,
+            tool=tool,
+            arguments=arguments,
+            reason_code=reason.code,
+            message=reason.message,
+            state="open",
+            created_at=time.time(),
+        )
+    )
+    set_state(
+        conn,
+        run_id,
+        "escalated",
+        reason=reason.message,
+        actor=actor,
+        workflow=workflow,
+        data={"handoff": handoff_id, "code": reason.code, "step": step_id},
+    )
+    return handoff_id
+
+
+def current_state(conn: Connection, run_id: str) -> str | None:
+    row = conn.execute(select(t.runs.c.state).where(t.runs.c.id == run_id)).first()
+    return None if row is None else str(row[0])
