@@ -105,8 +105,8 @@ def address_problem(ip: IPAddress) -> str | None:
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("shared address space (100.64.0.0/10)", isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED),
-        ("private", ip.is_private),
         ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
     )
     for name, hit in checks:
         if hit:
@@ -157,6 +157,8 @@ class EgressPolicy:
         return name
 
     def check_address(self, ip: IPAddress, *, host: str) -> None:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # the socket layer connects to the IPv4 address; so judge that
         if any(ip in net for net in self.cidrs if net.version == ip.version):
             return
         problem = address_problem(ip)
@@ -302,7 +304,9 @@ class PinnedHTTPTransport(httpx.BaseTransport):
         ssl_context: ssl.SSLContext | None = None,
         limits: httpx.Limits | None = None,
     ) -> None:
-        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+        limits = limits or httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0
+        )
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context or httpx.create_ssl_context(),
             max_connections=limits.max_connections,
