@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import time
 from typing import Annotated
 
@@ -9,9 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from interlock._internal.cli.agents import cli_actor
 from interlock._internal.cli.common import console, err_console, fail_from, load_settings, print_json
 from interlock.exceptions import InterlockError
+
+
+def _actor() -> str:
+    # Who the purge's audit event names; some containers have no user name.
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 def purge(
@@ -48,7 +56,7 @@ def purge(
             upgrade(engine)
             with err_console.status("purging payloads…" if not dry_run else "counting payloads…"):
                 report = purge_payloads(
-                    engine, workflow=workflow, older_than_s=age, dry_run=dry_run, actor=cli_actor()
+                    engine, workflow=workflow, older_than_s=age, dry_run=dry_run, actor=_actor()
                 )
         finally:
             engine.dispose()
