@@ -10,24 +10,32 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.audit.verify import VerifyReport, verify_chain
-from interlock._internal.gateway.models import ActionResult, Decision, Run, RunView
+from interlock._internal.gateway.models import (
+    ActionResult,
+    Decision,
+    ModelCall,
+    ModelCallResult,
+    Run,
+    RunView,
+)
 from interlock._internal.gateway.pipeline import Intent, Pipeline, evaluate
 from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.identity.agents import AgentStore
 from interlock._internal.identity.operators import OperatorStore
-from interlock._internal.identity.tokens import AccessToken, TokenService, authenticate_agent
+from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest
+from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
 from interlock._internal.store import migrate as migrations
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, is_sqlite, make_engine, reading, transaction
-from interlock.exceptions import ConfigError, NotFound
+from interlock.exceptions import ArgumentsInvalid, ConfigError, ConflictError, NotFound
 
 
 class Interlock:
@@ -73,7 +81,12 @@ class Interlock:
     @cached_property
     def pipeline(self) -> Pipeline:
         return Pipeline(
-            engine=self.engine, runtimes=self.runtime, tokens=self.tokens, agents=self.agents, runs=self.runs
+            engine=self.engine,
+            runtimes=self.runtime,
+            tokens=self.tokens,
+            agents=self.agents,
+            runs=self.runs,
+            model_prices=self.settings.model_prices,
         )
 
     def start(self) -> Interlock:
@@ -137,8 +150,12 @@ class Interlock:
                 insert_ignore(
                     conn,
                     t.workflows,
-                    {"name": loaded.manifest.name, "active_version_id": loaded.version_id, "paused": False,
-                     "updated_at": now},
+                    {
+                        "name": loaded.manifest.name,
+                        "active_version_id": loaded.version_id,
+                        "paused": False,
+                        "updated_at": now,
+                    },
                 )
             elif current[0] != loaded.version_id:
                 conn.execute(
@@ -152,7 +169,10 @@ class Interlock:
                     kind="workflow.activated",
                     actor=actor,
                     workflow=loaded.manifest.name,
-                    data={"version_id": loaded.version_id, "previous": None if current is None else current[0]},
+                    data={
+                        "version_id": loaded.version_id,
+                        "previous": None if current is None else current[0],
+                    },
                 )
         with self._lock:
             old = self._runtimes.get(loaded.manifest.name)
@@ -178,8 +198,12 @@ class Interlock:
             conn.execute(
                 update(t.workflows)
                 .where(t.workflows.c.name == workflow)
-                .values(paused=paused, paused_by=actor if paused else None,
-                        paused_reason=reason if paused else None, updated_at=time.time())
+                .values(
+                    paused=paused,
+                    paused_by=actor if paused else None,
+                    paused_reason=reason if paused else None,
+                    updated_at=time.time(),
+                )
             )
             append_event(
                 conn,
@@ -188,6 +212,51 @@ class Interlock:
                 workflow=workflow,
                 data={"reason": reason},
             )
+
+    def pause(self, scope: str, key: str, *, actor: str, reason: str | None = None) -> None:
+        """Pause a ``workflow``, an ``agent`` or a whole ``environment``: the next action anywhere
+        is denied, and approved actions are held, until resumed."""
+        if scope == "workflow":
+            self.set_paused(key, paused=True, actor=actor, reason=reason)
+            return
+        if scope not in ("agent", "environment"):
+            raise ArgumentsInvalid(
+                f"cannot pause a {scope!r}; pause a workflow, agent or environment", field="scope"
+            )
+        with transaction(self.engine) as conn:
+            insert_ignore(
+                conn,
+                t.pauses,
+                {"scope": scope, "key": key, "paused_by": actor, "reason": reason, "created_at": time.time()},
+            )
+            append_event(
+                conn, kind=f"{scope}.paused", actor=actor, data={"scope": scope, "key": key, "reason": reason}
+            )
+
+    def resume(self, scope: str, key: str, *, actor: str) -> None:
+        if scope == "workflow":
+            self.set_paused(key, paused=False, actor=actor)
+            return
+        with transaction(self.engine) as conn:
+            gone = conn.execute(
+                delete(t.pauses).where(t.pauses.c.scope == scope, t.pauses.c.key == key)
+            ).rowcount
+            if gone:
+                append_event(conn, kind=f"{scope}.resumed", actor=actor, data={"scope": scope, "key": key})
+
+    def pauses(self) -> list[dict[str, Any]]:
+        with reading(self.engine) as conn:
+            rows = [dict(r) for r in conn.execute(select(t.pauses)).mappings()]
+            rows += [
+                {
+                    "scope": "workflow",
+                    "key": r["name"],
+                    "paused_by": r["paused_by"],
+                    "reason": r["paused_reason"],
+                }
+                for r in conn.execute(select(t.workflows).where(t.workflows.c.paused.is_(True))).mappings()
+            ]
+        return rows
 
     def is_paused(self, workflow: str) -> bool:
         with reading(self.engine) as conn:
@@ -210,7 +279,43 @@ class Interlock:
             environment=principal.environment,
             trigger=trigger,
             started_by=started_by,
+            max_concurrent=runtime.manifest.budgets.max_concurrent_runs,
         )
+
+    def finish_run(
+        self, token: str, run_id: str, *, state: str = "completed", reason: str | None = None
+    ) -> Run:
+        """The agent ends its run: ``completed`` or ``failed``."""
+        principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
+        run = self.runs.get(run_id)
+        if run.agent_id != principal.agent_id:
+            raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        if state not in ("completed", "failed"):
+            raise ArgumentsInvalid("an agent can end its run as completed or failed", field="state")
+        if run.state != "running":
+            raise ConflictError(f"run is {run.state}", code="run_not_active")
+        return self.runs.finish(run_id, state=state, reason=reason, actor=f"agent:{principal.agent_id}")
+
+    def report_model_call(
+        self,
+        token: str,
+        run_id: str,
+        *,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None = None,
+        duration_ms: float | None = None,
+    ) -> ModelCallResult:
+        """Count a model call against the run's, agent's and workflow's budgets."""
+        call = ModelCall(
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+            duration_ms=duration_ms,
+        )
+        return self.pipeline.record_model_call(token, run_id, call)
 
     def act(
         self,
@@ -257,6 +362,31 @@ class Interlock:
             environment=environment,
             confidence=confidence,
         )
+
+    @cached_property
+    def handoffs(self) -> HandoffStore:
+        return HandoffStore(self.engine)
+
+    def resolve_handoff(
+        self,
+        handoff_id: str,
+        *,
+        action: Resolution,
+        actor: str,
+        arguments: Any = None,
+        comment: str | None = None,
+    ) -> tuple[Handoff, ActionResult | None]:
+        """A person decides an escalated run: resume it, resume it with the held action's arguments
+        edited (the edited action then goes through the whole pipeline), or stop it."""
+        if action == "resume_with_arguments" and arguments is None:
+            raise ArgumentsInvalid("resume_with_arguments needs the edited arguments", field="arguments")
+        handoff = self.handoffs.resolve(handoff_id, action=action, actor=actor, comment=comment)
+        if action != "resume_with_arguments" or handoff.tool is None:
+            return handoff, None
+        run = self.runs.get(handoff.run_id)
+        principal = AgentPrincipal(agent_id=run.agent_id, workflow=run.workflow, environment=run.environment)
+        intent = Intent(tool=handoff.tool, arguments=arguments, reasoning=f"arguments edited by {actor}")
+        return handoff, self.pipeline.submit_as(principal, run.id, intent)
 
     def verify_audit(self) -> VerifyReport:
         return verify_chain(self.engine)

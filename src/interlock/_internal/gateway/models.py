@@ -59,6 +59,28 @@ class ActionResult(BaseModel):
         return self.status == "executed"
 
 
+class ModelCall(BaseModel):
+    """A model call the agent reports so its tokens and cost count against budgets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    input_tokens: int = Field(ge=0, le=10**9)
+    output_tokens: int = Field(ge=0, le=10**9)
+    cost_usd: float | None = Field(default=None, ge=0, le=1_000_000)
+    duration_ms: float | None = Field(default=None, ge=0)
+
+
+class ModelCallResult(BaseModel):
+    run_id: str
+    step_id: str
+    seq: int
+    cost_usd: float
+    tokens: int
+    run_state: str
+    reasons: list[Reason] = Field(default_factory=list)
+
+
 class Run(BaseModel):
     id: str
     workflow: str
@@ -72,6 +94,7 @@ class Run(BaseModel):
     steps: int = 0
     tool_calls: int = 0
     cost_usd: float = 0.0
+    tokens: int = 0
     started_at: float
     ended_at: float | None = None
 

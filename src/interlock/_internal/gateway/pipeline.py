@@ -24,14 +24,23 @@ from sqlalchemy.exc import IntegrityError
 
 from interlock._internal.audit.canonical import canonical_json, hash_value
 from interlock._internal.audit.chain import append_event
-from interlock._internal.gateway.models import ActionResult, ActionStatus, Decision, Reason, Run
+from interlock._internal.gateway.models import (
+    ActionResult,
+    ActionStatus,
+    Decision,
+    ModelCall,
+    ModelCallResult,
+    Reason,
+    Run,
+)
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, ToolRuntime, WorkflowRuntime
 from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.identity.agents import AgentStore
-from interlock._internal.identity.tokens import TokenService, authenticate_agent
+from interlock._internal.identity.tokens import AgentPrincipal, TokenService, authenticate_agent
 from interlock._internal.limits.budgets import (
     BudgetRefused,
     Scope,
+    charge,
     reserve,
     scopes_for,
     settle,
@@ -45,7 +54,8 @@ from interlock._internal.policy import engine as policy_engine
 from interlock._internal.policy.engine import Outcome
 from interlock._internal.policy.cedar_values import CedarValueError, args_to_cedar, decimal_text
 from interlock._internal.runs.state import open_handoff, set_state
-from interlock._internal.runs.store import RunStore, new_id, run_from_row
+from interlock._internal.ids import new_id
+from interlock._internal.runs.store import RunStore, run_from_row
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.telemetry.redaction import redact
@@ -103,10 +113,18 @@ _RESERVE = (
     .values(steps=t.runs.c.steps + 1, tool_calls=t.runs.c.tool_calls + 1)
     .returning(t.runs.c.steps)
 )
+_INT_MAX = 2**31 - 1  # runs.steps and runs.tool_calls are INTEGER on PostgreSQL
 _ADD_COST = (
     update(t.runs)
     .where(t.runs.c.id == bindparam("run_id"))
     .values(cost_micros=t.runs.c.cost_micros + bindparam("c_cost"))
+)
+_ADD_USAGE = (
+    update(t.runs)
+    .where(t.runs.c.id == bindparam("run_id"))
+    .values(
+        cost_micros=t.runs.c.cost_micros + bindparam("c_cost"), tokens=t.runs.c.tokens + bindparam("c_tokens")
+    )
 )
 _COUNT_REPEATS = select(func.count()).where(
     t.steps.c.run_id == bindparam("r_run"),
@@ -307,7 +325,9 @@ class Pipeline:
         tokens: TokenService,
         agents: AgentStore,
         runs: RunStore,
+        model_prices: dict[str, dict[str, float]] | None = None,
     ) -> None:
+        self.model_prices = model_prices or {}
         self.engine = engine
         self._runtime = runtimes
         self.tokens = tokens
@@ -318,6 +338,11 @@ class Pipeline:
 
     def submit(self, token: str, run_id: str, intent: Intent) -> ActionResult:
         principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
+        return self.submit_as(principal, run_id, intent)
+
+    def submit_as(self, principal: AgentPrincipal, run_id: str, intent: Intent) -> ActionResult:
+        """The pipeline after authentication: for an agent whose token was just verified, or for a
+        person acting on an agent's run (an edited handoff). Nothing here skips a check."""
         run, paused = self._load_run(run_id)
         if run.agent_id != principal.agent_id:
             # Another agent's run is indistinguishable from a missing one.
@@ -415,6 +440,96 @@ class Pipeline:
                 status="limited",
             )
         return None
+
+    # ---- model usage --------------------------------------------------------------------------
+
+    def record_model_call(self, token: str, run_id: str, call: ModelCall) -> ModelCallResult:
+        """Record a model call the agent made and charge it to every budget.
+
+        The spend already happened, so it is always recorded; when it passes a budget the run
+        stops and the agent's next action is denied.
+        """
+        principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
+        run, _paused = self._load_run(run_id)
+        if run.agent_id != principal.agent_id:
+            raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        runtime = self._runtime(run.workflow)
+        cost_usd = call.cost_usd
+        if cost_usd is None:
+            price = runtime.manifest.budgets.model_prices.get(call.model)
+            table = price.model_dump() if price is not None else self.model_prices.get(call.model)
+            if table is None:
+                raise ArgumentsInvalid(
+                    f"no price for model {call.model!r}: report cost_usd or add it to the price table",
+                    field="model",
+                )
+            cost_usd = (call.input_tokens * table["input"] + call.output_tokens * table["output"]) / 1_000_000
+        cost = usd_to_micros(cost_usd)
+        tokens = call.input_tokens + call.output_tokens
+        step_id = new_id("stp")
+        now = time.time()
+        scopes = scopes_for(runtime.manifest, run_id=run.id, agent_id=run.agent_id, now=now)
+        with transaction(self.engine) as conn:
+            seq = self._bump_steps(conn, run.id)
+            conn.execute(_ADD_USAGE, {"run_id": run.id, "c_cost": cost, "c_tokens": tokens})
+            usage = {
+                "model": call.model,
+                "input_tokens": call.input_tokens,
+                "output_tokens": call.output_tokens,
+            }
+            conn.execute(
+                _INSERT_STEP,
+                {
+                    "id": step_id,
+                    "run_id": run.id,
+                    "seq": seq,
+                    "kind": "model",
+                    "tool": None,
+                    "verb": None,
+                    "status": "recorded",
+                    "decision_id": None,
+                    "args_hash": None,
+                    "arguments": usage,
+                    "result": None,
+                    "error": None,
+                    "reasoning": None,
+                    "confidence": None,
+                    "evidence": None,
+                    "duration_ms": call.duration_ms,
+                    "cost_micros": cost,
+                    "created_at": now,
+                },
+            )
+            over = charge(conn, scopes, cost_micros=cost, tokens=tokens)
+            append_event(
+                conn,
+                kind="model.call",
+                actor=f"agent:{run.agent_id}",
+                workflow=run.workflow,
+                run_id=run.id,
+                data={**usage, "step": step_id, "seq": seq, "cost_micros": cost},
+            )
+            state = run.state
+            if over is not None and run.state == "running":
+                set_state(
+                    conn,
+                    run.id,
+                    "stopped",
+                    reason=over.message,
+                    actor="interlock",
+                    workflow=run.workflow,
+                    data={"code": over.code, "step": step_id},
+                )
+                state = "stopped"
+        return ModelCallResult(
+            run_id=run.id,
+            step_id=step_id,
+            seq=seq,
+            cost_usd=cost / 1_000_000,
+            tokens=tokens,
+            run_state=state,
+            reasons=[over] if over is not None else [],
+        )
 
     # ---- idempotency ------------------------------------------------------------------------
 
@@ -734,8 +849,8 @@ class Pipeline:
         scopes = scopes_for(manifest, run_id=run.id, agent_id=agent_id, now=now)
         params = {
             "run_id": run.id,
-            "max_steps": budget.max_steps if budget.max_steps is not None else 2**62,
-            "max_tool_calls": budget.max_tool_calls if budget.max_tool_calls is not None else 2**62,
+            "max_steps": budget.max_steps if budget.max_steps is not None else _INT_MAX,
+            "max_tool_calls": budget.max_tool_calls if budget.max_tool_calls is not None else _INT_MAX,
         }
         try:
             with transaction(self.engine) as conn:
@@ -858,7 +973,19 @@ class Pipeline:
             seq=seq,
         )
         spent = cost if error is None else 0  # a failed call releases its reservation
+        # Lock order in every transaction: the run row, then budget rows, then the audit tip
+        # (appended last). Reservations take the same order, so concurrent actions never deadlock.
         with transaction(self.engine) as conn:
+            conn.execute(_ADD_COST, {"run_id": run.id, "c_cost": spent})
+            if scopes:
+                settle(conn, scopes, reserved_micros=cost, actual_micros=spent)
+            if intent.idempotency_key is not None:
+                if error is None:
+                    self._store_outcome(conn, agent_id, intent, run.id, step_id, args_hash, outcome, now)
+                else:
+                    # A failed call releases its key so a retry can run again; the upstream saw
+                    # the same idempotency key and can deduplicate on its side.
+                    conn.execute(_RELEASE_IDEMPOTENCY, {"k_agent": agent_id, "k_key": intent.idempotency_key})
             self._write_step(
                 conn,
                 run,
@@ -875,10 +1002,6 @@ class Pipeline:
                 duration_ms=duration_ms,
                 cost_micros=spent,
             )
-            if scopes:
-                settle(conn, scopes, reserved_micros=cost, actual_micros=spent)
-            if spent:
-                conn.execute(_ADD_COST, {"run_id": run.id, "c_cost": spent})
             if error is not None:
                 broken = sequence_broken(conn, runtime.manifest, run_id=run.id, tool=tool.spec.name)
                 if broken is not None:
@@ -892,13 +1015,6 @@ class Pipeline:
                         reason=broken,
                         actor="interlock",
                     )
-            if intent.idempotency_key is not None:
-                if error is None:
-                    self._store_outcome(conn, agent_id, intent, run.id, step_id, args_hash, outcome, now)
-                else:
-                    # A failed call releases its key so a retry can run again; the upstream saw
-                    # the same idempotency key and can deduplicate on its side.
-                    conn.execute(_RELEASE_IDEMPOTENCY, {"k_agent": agent_id, "k_key": intent.idempotency_key})
         return outcome
 
 

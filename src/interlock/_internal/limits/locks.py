@@ -40,8 +40,8 @@ def _try(conn: Connection, key: str, run_id: str, hold_s: float, now: float) -> 
         index_elements=[_l.c.key],
         set_={"run_id": run_id, "acquired_at": now, "expires_at": now + hold_s},
         where=(_l.c.run_id == run_id) | (_l.c.expires_at < now),
-    )
-    return bool(conn.execute(stmt).rowcount)
+    ).returning(_l.c.key)
+    return conn.execute(stmt).first() is not None
 
 
 def acquire(engine: Engine, key: str, *, run_id: str, hold_s: float, wait_s: float) -> bool:

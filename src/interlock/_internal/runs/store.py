@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Decision, Reason, Run, RunView, Step
+from interlock._internal.ids import new_id
+from interlock._internal.runs.state import set_state
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading, transaction
-from interlock.exceptions import NotFound
+from interlock._internal.store.engine import insert_ignore, reading, transaction
+from interlock.exceptions import LimitExceeded, NotFound
 
 MICROS = 1_000_000
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
 
 
 def run_from_row(row: RowMapping) -> Run:
@@ -36,6 +33,7 @@ def run_from_row(row: RowMapping) -> Run:
         steps=row["steps"],
         tool_calls=row["tool_calls"],
         cost_usd=row["cost_micros"] / MICROS,
+        tokens=row.get("tokens") or 0,
         started_at=row["started_at"],
         ended_at=row["ended_at"],
     )
@@ -54,6 +52,7 @@ class RunStore:
         environment: str,
         trigger: Any = None,
         started_by: str | None = None,
+        max_concurrent: int | None = None,
     ) -> Run:
         now = time.time()
         row = {
@@ -69,10 +68,13 @@ class RunStore:
             "steps": 0,
             "tool_calls": 0,
             "cost_micros": 0,
+            "tokens": 0,
             "started_at": now,
             "ended_at": None,
         }
         with transaction(self.engine) as conn:
+            if max_concurrent is not None:
+                self._check_concurrency(conn, workflow, max_concurrent, now)
             conn.execute(t.runs.insert().values(**row))
             append_event(
                 conn,
@@ -83,6 +85,39 @@ class RunStore:
                 data={"agent": agent_id, "environment": environment, "manifest_version": workflow_version_id},
             )
         return run_from_row(row)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _check_concurrency(conn: Connection, workflow: str, limit: int, now: float) -> None:
+        # Lock one row per workflow so two replicas cannot both count N-1 and both start a run.
+        insert_ignore(
+            conn,
+            t.budget_counters,
+            {
+                "scope": "workflow_runs",
+                "key": workflow,
+                "period": "",
+                "used_micros": 0,
+                "reserved_micros": 0,
+                "used_tokens": 0,
+                "used_steps": 0,
+                "used_tool_calls": 0,
+                "updated_at": now,
+            },
+        )
+        conn.execute(
+            select(t.budget_counters.c.key)
+            .where(t.budget_counters.c.scope == "workflow_runs", t.budget_counters.c.key == workflow)
+            .with_for_update()
+        ).first()
+        running = conn.execute(
+            select(func.count()).where(t.runs.c.workflow == workflow, t.runs.c.state == "running")
+        ).scalar_one()
+        if running >= limit:
+            raise LimitExceeded(
+                f"workflow {workflow} already has {running} running runs (max_concurrent_runs={limit})",
+                code="concurrency_limit",
+                retry_after=5.0,
+            )
 
     def get(self, run_id: str, *, conn: Connection | None = None) -> Run:
         if conn is not None:
@@ -97,21 +132,10 @@ class RunStore:
         return run_from_row(row)
 
     def finish(self, run_id: str, *, state: str, reason: str | None, actor: str) -> Run:
+        """End or change a run's state (completed, failed, stopped; or back to running)."""
         with transaction(self.engine) as conn:
             run = self._get(conn, run_id)
-            conn.execute(
-                update(t.runs)
-                .where(t.runs.c.id == run_id)
-                .values(state=state, state_reason=reason, ended_at=time.time())
-            )
-            append_event(
-                conn,
-                kind=f"run.{state}",
-                actor=actor,
-                workflow=run.workflow,
-                run_id=run_id,
-                data={"state": state, "reason": reason},
-            )
+            set_state(conn, run_id, state, reason=reason, actor=actor, workflow=run.workflow)
         return self.get(run_id)
 
     def list(self, *, workflow: str | None = None, limit: int = 100) -> list[Run]:

@@ -111,8 +111,9 @@ def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
     from sqlalchemy.dialects import postgresql, sqlite
 
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return conn.execute(stmt).first() is not None
 
 
 def lock_clause(engine: Engine) -> bool:

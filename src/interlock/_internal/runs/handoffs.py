@@ -1,0 +1,94 @@
+"""Handoffs: what a stop rule leaves for a person — resume, resume with edited arguments, or stop."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from interlock._internal.runs.state import set_state
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading, transaction
+from interlock.exceptions import ConflictError, NotFound
+
+Resolution = Literal["resume", "resume_with_arguments", "stop"]
+
+
+class Handoff(BaseModel):
+    id: str
+    run_id: str
+    step_id: str | None
+    workflow: str
+    tool: str | None
+    arguments: Any
+    reason_code: str
+    message: str
+    state: str
+    created_at: float
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    resolution: Any = None
+
+
+class HandoffStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def list(
+        self, *, workflow: str | None = None, state: str | None = "open", limit: int = 200
+    ) -> list[Handoff]:
+        query = select(t.handoffs).order_by(t.handoffs.c.created_at.desc()).limit(limit)
+        if workflow is not None:
+            query = query.where(t.handoffs.c.workflow == workflow)
+        if state is not None:
+            query = query.where(t.handoffs.c.state == state)
+        with reading(self.engine) as conn:
+            return [Handoff(**r) for r in conn.execute(query).mappings()]
+
+    def get(self, handoff_id: str) -> Handoff:
+        with reading(self.engine) as conn:
+            row = conn.execute(select(t.handoffs).where(t.handoffs.c.id == handoff_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"unknown handoff {handoff_id!r}", code="unknown_handoff")
+        return Handoff(**row)
+
+    def resolve(
+        self, handoff_id: str, *, action: Resolution, actor: str, comment: str | None = None
+    ) -> Handoff:
+        """Close the handoff and move the run: back to ``running`` or ``stopped``. Decided once."""
+        with transaction(self.engine) as conn:
+            row = (
+                conn.execute(select(t.handoffs).where(t.handoffs.c.id == handoff_id).with_for_update())
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFound(f"unknown handoff {handoff_id!r}", code="unknown_handoff")
+            if row["state"] != "open":
+                raise ConflictError(
+                    f"handoff {handoff_id} was already {row['state']}", code="already_decided"
+                )
+            new_state = "stopped" if action == "stop" else "running"
+            conn.execute(
+                update(t.handoffs)
+                .where(t.handoffs.c.id == handoff_id)
+                .values(
+                    state="stopped" if action == "stop" else "resumed",
+                    resolved_at=time.time(),
+                    resolved_by=actor,
+                    resolution={"action": action, "comment": comment},
+                )
+            )
+            set_state(
+                conn,
+                row["run_id"],
+                new_state,
+                reason=f"handoff {action} by {actor}" + (f": {comment}" if comment else ""),
+                actor=actor,
+                workflow=row["workflow"],
+                data={"handoff": handoff_id, "action": action},
+            )
+        return self.get(handoff_id)
