@@ -67,16 +67,15 @@ def test_a_refused_hit_consumes_nothing(limiter) -> None:
     assert [limiter.hit_all([wide], now=NOW) for _ in range(10)].count(None) == 9
 
 
-def test_check_tool_applies_minute_hour_and_burst_per_agent_and_per_tool(limiter) -> None:
+def test_check_tool_applies_minute_hour_and_burst_per_tool(limiter) -> None:
     tool = ToolSpec(
         name="tickets.search", verb="read", rate_limit={"per_minute": 3, "per_hour": 4, "burst": 2}
     )
     assert limiter.check_tool("bot-a", tool, now=NOW) is None
-    assert limiter.check_tool("bot-a", tool, now=NOW) is None
-    burst = limiter.check_tool("bot-a", tool, now=NOW)
+    assert limiter.check_tool("bot-b", tool, now=NOW) is None
+    burst = limiter.check_tool("bot-c", tool, now=NOW)
     assert burst is not None
-    assert burst.window_s == 1
-    assert burst.scope == "agent_tool"
+    assert (burst.scope, burst.window_s) == ("tool", 1)
     assert limiter.check_tool("bot-b", tool, now=NOW + 1) is None  # per-tool minute: 3 of 3
     minute = limiter.check_tool("bot-c", tool, now=NOW + 2)
     assert minute is not None
@@ -92,6 +91,15 @@ def test_check_tool_applies_minute_hour_and_burst_per_agent_and_per_tool(limiter
     assert err.retry_after == hour.retry_after
     assert "per hour" in err.message
     assert limiter.check_tool("bot-a", ToolSpec(name="free", verb="read"), now=NOW) is None
+
+
+def test_check_tool_applies_the_per_agent_limit_per_agent(limiter) -> None:
+    tool = ToolSpec(name="tickets.get", verb="read", rate_limit={"per_minute": 10, "per_agent_per_minute": 2})
+    assert limiter.check_tool("bot-a", tool, now=NOW) is None
+    assert limiter.check_tool("bot-a", tool, now=NOW) is None
+    mine = limiter.check_tool("bot-a", tool, now=NOW)
+    assert mine is not None and (mine.scope, mine.limit) == ("agent_tool", 2)
+    assert limiter.check_tool("bot-b", tool, now=NOW) is None  # another agent has its own allowance
 
 
 def test_workflows_do_not_share_a_tool_name(limiter) -> None:

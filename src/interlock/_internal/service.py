@@ -24,7 +24,12 @@ from interlock._internal.gateway.models import (
     RunView,
 )
 from interlock._internal.gateway.pipeline import Intent, Pipeline, evaluate
+from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
+from interlock._internal.gateway.transports.base import Transport
+from interlock._internal.gateway.transports.http import HttpTransport
+from interlock._internal.limits.breaker import CircuitBreakerRegistry
+from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.identity.agents import AgentStore
 from interlock._internal.identity.operators import OperatorStore
 from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
@@ -79,6 +84,20 @@ class Interlock:
         return RunStore(self.engine)
 
     @cached_property
+    def http_transport(self) -> HttpTransport:
+        """One HTTP client pool, egress policy and set of circuit breakers for every workflow."""
+        egress = EgressPolicy.from_config(self.settings.egress.allow_hosts, self.settings.egress.allow_cidrs)
+        breaker = CircuitBreakerRegistry(
+            failure_threshold=self.settings.breaker.failure_threshold,
+            cooldown_s=self.settings.breaker.cooldown_s,
+        )
+        return HttpTransport(egress=egress, breaker=breaker)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(self.engine)
+
+    @cached_property
     def pipeline(self) -> Pipeline:
         return Pipeline(
             engine=self.engine,
@@ -87,6 +106,7 @@ class Interlock:
             agents=self.agents,
             runs=self.runs,
             model_prices=self.settings.model_prices,
+            rate_limiter=self.rate_limiter,
         )
 
     def start(self) -> Interlock:
@@ -104,7 +124,10 @@ class Interlock:
     def load_workflow(self, source: str | Path | LoadedManifest, *, actor: str = "system") -> WorkflowRuntime:
         """Validate, compile and activate a manifest; its version is stored for the record."""
         loaded = source if isinstance(source, LoadedManifest) else load_manifest(source)
-        runtime = build_runtime(loaded)
+        shared: dict[str, Transport] = {}
+        if any(spec.upstream is not None and spec.upstream.kind == "http" for spec in loaded.manifest.tools):
+            shared["http"] = self.http_transport
+        runtime = build_runtime(loaded, shared_transports=shared)
         now = time.time()
         with transaction(self.engine) as conn:
             if insert_ignore(
@@ -397,6 +420,8 @@ class Interlock:
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
+        if "http_transport" in self.__dict__:
+            self.http_transport.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

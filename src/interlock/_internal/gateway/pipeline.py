@@ -47,6 +47,7 @@ from interlock._internal.limits.budgets import (
     usd_to_micros,
 )
 from interlock._internal.limits.locks import acquire as lock_acquire
+from interlock._internal.limits.ratelimit import RateLimited, RateLimiter
 from interlock._internal.limits.locks import lock_key
 from interlock._internal.limits.stop_rules import check_history, check_intent, sequence_broken
 from interlock._internal.manifest.models import CredentialRef, Manifest, RuleSpec
@@ -174,6 +175,7 @@ class Verdict:
     status: ActionStatus
     tool: ToolRuntime | None
     stop_run: bool = False  # a cap or budget refused it: the run stops with this step
+    retry_after: float | None = None  # a rate limit refused it: when to try again
 
 
 class _Refused(Exception):
@@ -326,8 +328,10 @@ class Pipeline:
         agents: AgentStore,
         runs: RunStore,
         model_prices: dict[str, dict[str, float]] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.model_prices = model_prices or {}
+        self.rate_limiter = rate_limiter
         self.engine = engine
         self._runtime = runtimes
         self.tokens = tokens
@@ -614,6 +618,7 @@ class Pipeline:
                 step_id=step_id,
                 seq=seq,
                 approval_id=approval_id,
+                retry_after=verdict.retry_after,
             )
             if approval_id is not None and intent.idempotency_key is not None:
                 self._store_outcome(
@@ -833,6 +838,12 @@ class Pipeline:
         spec = tool.spec
         manifest = runtime.manifest
         args_hash = verdict.decision.args_hash or ""
+        if self.rate_limiter is not None and spec.rate_limit is not None:
+            limited = self.rate_limiter.check_tool(agent_id, spec, workflow=run.workflow)
+            if limited is not None:
+                return self._refusal(
+                    verdict, _rate_reason(limited), "limited", retry_after=limited.retry_after
+                )
         key = lock_key(run.workflow, spec, intent.arguments)
         if key is not None and spec.lock is not None:
             if not lock_acquire(
@@ -1016,6 +1027,10 @@ class Pipeline:
                         actor="interlock",
                     )
         return outcome
+
+
+def _rate_reason(limited: RateLimited) -> Reason:
+    return Reason(code="rate_limited", message=limited.error().message, policy_id=f"rate:{limited.scope}")
 
 
 def _rules_by_policy_id(rules: list[RuleSpec], prefix: str) -> dict[str, RuleSpec]:

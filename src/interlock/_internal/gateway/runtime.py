@@ -66,6 +66,7 @@ class WorkflowRuntime:
     compiled: CompiledPolicy
     tools: dict[str, ToolRuntime]
     transports: dict[str, Transport]
+    owned: tuple[str, ...] = ()  # transports this runtime created and closes; shared ones stay open
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -96,13 +97,18 @@ class WorkflowRuntime:
         return transport
 
     def close(self) -> None:
-        for transport in self.transports.values():
-            transport.close()
+        for kind in self.owned:
+            self.transports[kind].close()
 
 
 def build_runtime(
-    loaded: LoadedManifest, *, extra_transports: dict[str, Transport] | None = None
+    loaded: LoadedManifest,
+    *,
+    extra_transports: dict[str, Transport] | None = None,
+    shared_transports: dict[str, Transport] | None = None,
 ) -> WorkflowRuntime:
+    """``extra_transports`` become the runtime's own (closed with it); ``shared_transports`` (one
+    HTTP client pool per server, say) are used but left open."""
     compiled = compile_manifest(loaded)
     tools: dict[str, ToolRuntime] = {}
     for spec in loaded.manifest.tools:
@@ -124,4 +130,7 @@ def build_runtime(
 
         transports["mcp"] = McpTransport(loaded.manifest.mcp_servers, cwd=loaded.base_dir)
     transports.update(extra_transports or {})
-    return WorkflowRuntime(loaded=loaded, compiled=compiled, tools=tools, transports=transports)
+    owned = tuple(transports)
+    for kind, transport in (shared_transports or {}).items():
+        transports.setdefault(kind, transport)
+    return WorkflowRuntime(loaded=loaded, compiled=compiled, tools=tools, transports=transports, owned=owned)

@@ -133,19 +133,19 @@ class RateLimiter:
     def check_tool(
         self, agent_id: str, tool: ToolSpec, *, workflow: str | None = None, now: float | None = None
     ) -> RateLimited | None:
-        """Apply a tool's ``rate_limit`` to this agent's calls of it and to all calls of it.
-
-        ``per_minute`` and ``per_hour`` are windows of 60 s and 3600 s; ``burst`` caps calls per
-        second. Scopes: ``agent_tool`` (key ``agent|tool``) and ``tool`` (key ``tool``, or
-        ``workflow|tool`` when ``workflow`` is given, as tool names are unique per workflow only).
-        """
+        """Apply a tool's ``rate_limit``: ``per_minute``, ``per_hour`` and ``burst`` (per second) to
+        all calls of the tool (scope ``tool``, key ``workflow|tool``), and ``per_agent_per_minute``
+        to one agent's calls of it (scope ``agent_tool``, key ``agent|tool``)."""
         spec = tool.rate_limit
         if spec is None:
             return None
         windows = [(n, w) for n, w in ((spec.per_minute, 60), (spec.per_hour, 3600), (spec.burst, 1)) if n]
         tool_key = f"{workflow}|{tool.name}" if workflow else tool.name
-        limits = [Limit("agent_tool", f"{agent_id}|{tool.name}", n, w) for n, w in windows]
-        limits += [Limit("tool", tool_key, n, w) for n, w in windows]
+        limits = [Limit("tool", tool_key, n, w) for n, w in windows]
+        if spec.per_agent_per_minute:
+            limits.append(Limit("agent_tool", f"{agent_id}|{tool.name}", spec.per_agent_per_minute, 60))
+        if not limits:
+            return None
         return self.hit_all(limits, now=now)
 
     def purge(self, *, now: float | None = None) -> int:

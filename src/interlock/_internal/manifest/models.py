@@ -73,7 +73,8 @@ class RoleGrant(Strict):
 class RateLimit(Strict):
     per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     per_hour: int | None = Field(default=None, ge=1, le=100_000_000)
-    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)  # per second
+    per_agent_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class PythonUpstream(Strict):

@@ -37,6 +37,19 @@ class AuditSettings(BaseModel):
     signing_seed: str = "interlock-dev-audit-seed-change-me"
 
 
+class EgressSettings(BaseModel):
+    """Where HTTP tools may connect. Deny by default; private, loopback and link-local addresses
+    (cloud metadata included) stay blocked unless a CIDR here allows them."""
+
+    allow_hosts: list[str] = Field(default_factory=list)
+    allow_cidrs: list[str] = Field(default_factory=list)
+
+
+class BreakerSettings(BaseModel):
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    cooldown_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -57,6 +70,8 @@ class Settings(BaseSettings):
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     server: ServerSettings = ServerSettings()
+    egress: EgressSettings = EgressSettings()
+    breaker: BreakerSettings = BreakerSettings()
     manifests: list[Path] = Field(default_factory=list)
     # USD per million tokens, {"model": {"input": x, "output": y}}; a manifest may override.
     model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -87,4 +102,12 @@ class Settings(BaseSettings):
         return Settings.model_validate(data)
 
 
-__all__ = ["AuditSettings", "DatabaseSettings", "IdentitySettings", "ServerSettings", "Settings"]
+__all__ = [
+    "AuditSettings",
+    "BreakerSettings",
+    "DatabaseSettings",
+    "EgressSettings",
+    "IdentitySettings",
+    "ServerSettings",
+    "Settings",
+]
