@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -113,6 +113,17 @@ _RESERVE = (
     )
     .values(steps=t.runs.c.steps + 1, tool_calls=t.runs.c.tool_calls + 1)
     .returning(t.runs.c.steps)
+)
+# Claim an approved, not yet executed (or held) approval for execution, exactly once.
+_CLAIM_APPROVAL = (
+    update(t.approvals)
+    .where(
+        t.approvals.c.id == bindparam("a_id"),
+        t.approvals.c.state == "approved",
+        or_(t.approvals.c.execution.is_(None), t.approvals.c.execution == "held"),
+    )
+    .values(execution="executing")
+    .returning(t.approvals)
 )
 _INT_MAX = 2**31 - 1  # runs.steps and runs.tool_calls are INTEGER on PostgreSQL
 _ADD_COST = (
@@ -445,6 +456,106 @@ class Pipeline:
             )
         return None
 
+    # ---- approved actions ---------------------------------------------------------------------
+
+    def execute_approved(self, approval_id: str) -> ActionResult | None:
+        """Run an approved action once, with exactly the approved arguments.
+
+        Claims the execution atomically (two replicas or two approvers racing run it once), then
+        goes through the pipeline again: a paused workflow, agent or environment holds it (None
+        is returned and it stays approved, to run on resume); a policy that now forbids it refuses
+        it; budgets, caps and locks apply as for any action. The outcome is stored on the approval
+        and under the agent's idempotency key, so polling and retrying both see it.
+        """
+        with transaction(self.engine) as conn:
+            claimed = conn.execute(_CLAIM_APPROVAL, {"a_id": approval_id}).first()
+        if claimed is None:
+            return None
+        row = claimed._mapping
+        run, paused = self._load_run(row["run_id"])
+        arguments = row["payload"]
+        intent = Intent(
+            tool=row["tool"],
+            arguments=arguments,
+            idempotency_key=row["idempotency_key"],
+            reasoning=f"approved: {approval_id}",
+        )
+        execution = "done"
+        try:
+            if paused is not None:
+                self._set_execution(approval_id, "held", None)
+                return None
+            if hash_value(arguments) != row["args_hash"]:
+                raise ConflictError("approved arguments do not match their hash", code="approval_mismatch")
+            runtime = self._runtime(run.workflow)
+            verdict = evaluate(
+                runtime,
+                agent_id=row["agent_id"],
+                environment=run.environment,
+                intent=intent,
+                steps=run.steps,
+                tool_calls=run.tool_calls,
+            )
+            approved = Reason(
+                code="approved", message=f"approved ({approval_id})", policy_id=f"approval:{approval_id}"
+            )
+            if verdict.decision.decision in ("allow", "require_approval") and verdict.tool is not None:
+                decision = verdict.decision.model_copy(
+                    update={"decision": "allow", "reasons": [approved, *verdict.decision.reasons]}
+                )
+                if run.state != "running":
+                    reason = Reason(code="run_not_active", message=f"run is {run.state}")
+                    result = self._record_without_execution(
+                        run,
+                        row["agent_id"],
+                        intent,
+                        self._refusal(Verdict(decision, "denied", verdict.tool), reason, "denied"),
+                        runtime,
+                    )
+                    execution = "refused"
+                else:
+                    # The approval claim already makes this run once; the agent's idempotency key
+                    # is answered with the outcome afterwards (see _set_execution).
+                    once = Intent(tool=intent.tool, arguments=arguments, reasoning=intent.reasoning)
+                    result = self._execute(
+                        run, row["agent_id"], once, Verdict(decision, "executed", verdict.tool), runtime
+                    )
+                    execution = "done" if result.status in ("executed", "failed") else "refused"
+            else:
+                # Policy changed since the request: what is forbidden now is not run.
+                result = self._record_without_execution(run, row["agent_id"], intent, verdict, runtime)
+                execution = "refused"
+        except Exception:
+            self._set_execution(approval_id, None, None)
+            raise
+        result = result.model_copy(update={"approval_id": approval_id})
+        self._set_execution(approval_id, execution, result)
+        return result
+
+    def _set_execution(self, approval_id: str, execution: str | None, result: ActionResult | None) -> None:
+        values: dict[str, Any] = {"execution": execution}
+        if result is not None:
+            values["outcome"] = result.model_dump(mode="json")
+            values["payload"] = None  # the exact arguments are no longer needed once acted upon
+        with transaction(self.engine) as conn:
+            conn.execute(update(t.approvals).where(t.approvals.c.id == approval_id).values(**values))
+            if result is not None and result.status == "executed":
+                row = conn.execute(
+                    select(t.approvals.c.agent_id, t.approvals.c.idempotency_key).where(
+                        t.approvals.c.id == approval_id
+                    )
+                ).first()
+                if row is not None and row[1] is not None:
+                    conn.execute(
+                        _DONE_IDEMPOTENCY,
+                        {
+                            "k_agent": row[0],
+                            "k_key": row[1],
+                            "k_step": result.step_id,
+                            "k_outcome": values["outcome"],
+                        },
+                    )
+
     # ---- model usage --------------------------------------------------------------------------
 
     def record_model_call(self, token: str, run_id: str, call: ModelCall) -> ModelCallResult:
@@ -675,6 +786,7 @@ class Pipeline:
                 verb=spec.verb,
                 args_hash=decision.args_hash,
                 arguments=stored_args,
+                payload=intent.arguments,
                 idempotency_key=intent.idempotency_key,
                 state="pending",
                 reasons=[r.model_dump() for r in decision.reasons],

@@ -200,6 +200,9 @@ approvals = Table(
     Column("args_hash", String(64), nullable=False),
     Column("arguments", JSONText, nullable=True),  # redacted, for display
     Column("idempotency_key", String(200), nullable=True),
+    # The exact arguments, kept only while the approval is open: the one payload stored before
+    # redaction, because an approved action must run with exactly what was approved.
+    Column("payload", JSONText, nullable=True),
     Column("state", String(20), nullable=False),  # pending | approved | rejected | expired | cancelled
     Column("reasons", JSONText, nullable=False),
     Column("package", JSONText, nullable=False),
@@ -209,6 +212,8 @@ approvals = Table(
     _ts("decided_at", nullable=True),
     Column("decided_by", JSONText, nullable=True),
     Column("comment", Text, nullable=True),
+    Column("execution", String(20), nullable=True),  # None | executing | held | done | refused
+    Column("outcome", JSONText, nullable=True),  # the ActionResult once executed (redacted)
     Index("ix_approvals_state", "state"),
 )
 
@@ -251,6 +256,7 @@ audit_head = Table(
 __all__ = [
     "JSONText",
     "agents",
+    "approval_votes",
     "approvals",
     "audit_checkpoints",
     "audit_events",
@@ -267,6 +273,7 @@ __all__ = [
     "runs",
     "steps",
     "tools",
+    "webhook_deliveries",
     "workflow_versions",
     "workflows",
 ]
@@ -360,4 +367,34 @@ audit_checkpoints = Table(
     Column("merkle_root", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     Column("frontier", JSONText, nullable=False),
+)
+
+# One row per operator vote on an approval: quorum counts distinct operators, and the primary key
+# makes a second vote by the same person impossible on either engine.
+approval_votes = Table(
+    "approval_votes",
+    metadata,
+    Column("approval_id", String(64), primary_key=True),
+    Column("operator_id", String(200), primary_key=True),
+    Column("vote", String(10), nullable=False),  # approve | reject
+    Column("comment", Text, nullable=True),
+    _ts("created_at"),
+)
+
+# Each webhook delivery attempt series, for the record and for retries.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("event", String(50), nullable=False),
+    Column("approval_id", String(64), nullable=True, index=True),
+    Column("url", Text, nullable=False),
+    Column("payload", JSONText, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    _ts("created_at"),
+    _ts("next_attempt_at", nullable=True),
+    _ts("delivered_at", nullable=True),
 )
