@@ -380,3 +380,18 @@ def test_pause_in_one_process_is_seen_by_another_on_next_action(pg_url) -> None:
     assert proc.exitcode == 0
     assert h.act(run, "tickets.get", {"ticket_id": "T-1002"}).decision.reason_codes == ["workflow_paused"]
     h.close()
+
+
+def test_rate_limit_refuses_with_retry_after(db_url) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        tool(data, "tickets.get")["rate_limit"] = {"per_minute": 100, "per_agent_per_minute": 2}
+
+    h = Harness(db_url, variant(edit))
+    run = h.run()
+    assert h.act(run, "tickets.get", {"ticket_id": "T-1001"}).executed
+    assert h.act(run, "tickets.get", {"ticket_id": "T-1002"}).executed
+    third = h.act(run, "tickets.get", {"ticket_id": "T-1003"})
+    assert third.status == "limited" and third.decision.reason_codes == ["rate_limited"]
+    assert third.retry_after is not None and 0 < third.retry_after <= 60
+    assert h.il.get_run(run).state == "running"  # a rate limit slows a run; it does not stop it
+    h.close()

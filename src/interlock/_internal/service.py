@@ -38,6 +38,8 @@ from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
 from interlock._internal.store import migrate as migrations
+from interlock._internal.telemetry.metrics import Metrics
+from interlock._internal.telemetry.tracing import Tracing, build_provider
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, is_sqlite, make_engine, reading, transaction
 from interlock.exceptions import ArgumentsInvalid, ConfigError, ConflictError, NotFound
@@ -98,6 +100,19 @@ class Interlock:
         return RateLimiter(self.engine)
 
     @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(self.engine)
+
+    @cached_property
+    def tracing(self) -> Tracing:
+        """Spans go to OTLP when configured, else to the process's global tracer provider."""
+        cfg = self.settings.telemetry
+        provider = None
+        if cfg.otlp_endpoint:
+            provider = build_provider(service_name=cfg.service_name, otlp_endpoint=cfg.otlp_endpoint)
+        return Tracing(tracer_provider=provider, capture_payloads=cfg.capture_payloads)
+
+    @cached_property
     def pipeline(self) -> Pipeline:
         return Pipeline(
             engine=self.engine,
@@ -107,6 +122,8 @@ class Interlock:
             runs=self.runs,
             model_prices=self.settings.model_prices,
             rate_limiter=self.rate_limiter,
+            tracing=self.tracing,
+            metrics=self.metrics,
         )
 
     def start(self) -> Interlock:
@@ -317,7 +334,9 @@ class Interlock:
             raise ArgumentsInvalid("an agent can end its run as completed or failed", field="state")
         if run.state != "running":
             raise ConflictError(f"run is {run.state}", code="run_not_active")
-        return self.runs.finish(run_id, state=state, reason=reason, actor=f"agent:{principal.agent_id}")
+        ended = self.runs.finish(run_id, state=state, reason=reason, actor=f"agent:{principal.agent_id}")
+        self.tracing.run_span(ended)
+        return ended
 
     def report_model_call(
         self,

@@ -59,7 +59,9 @@ from interlock._internal.ids import new_id
 from interlock._internal.runs.store import RunStore, run_from_row
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
+from interlock._internal.telemetry.metrics import Metrics
 from interlock._internal.telemetry.redaction import redact
+from interlock._internal.telemetry.tracing import Tracing
 from interlock.exceptions import (
     ArgumentsInvalid,
     ConfigError,
@@ -340,9 +342,13 @@ class Pipeline:
         runs: RunStore,
         model_prices: dict[str, dict[str, float]] | None = None,
         rate_limiter: RateLimiter | None = None,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.model_prices = model_prices or {}
         self.rate_limiter = rate_limiter
+        self.tracing = tracing or Tracing()
+        self.metrics = metrics or Metrics()
         self.engine = engine
         self._runtime = runtimes
         self.tokens = tokens
@@ -371,9 +377,24 @@ class Pipeline:
             replay = self._replay(principal.agent_id, intent)
             if replay is not None:
                 return replay
+        started = time.perf_counter()
+        with self.tracing.action(run, intent.tool) as span:
+            result = self._decide_and_act(run, paused, principal.agent_id, intent)
+            if span.is_recording():
+                self.tracing.finish_action(
+                    span,
+                    result,
+                    arguments=_safe_redact(intent.arguments) if self.tracing.capture_payloads else None,
+                )
+        self._count(run, result, time.perf_counter() - started)
+        return result
+
+    def _decide_and_act(
+        self, run: Run, paused: tuple[str, str] | None, agent_id: str, intent: Intent
+    ) -> ActionResult:
         try:
             runtime = self._runtime(run.workflow)
-            verdict = self._gate(runtime, run, paused, principal.agent_id, intent)
+            verdict = self._gate(runtime, run, paused, agent_id, intent)
         except InterlockError as exc:
             verdict = self._error_verdict(intent, exc)
             runtime = None
@@ -382,8 +403,17 @@ class Pipeline:
             verdict = self._error_verdict(intent, exc)
             runtime = None
         if verdict.decision.decision != "allow" or runtime is None or verdict.tool is None:
-            return self._record_without_execution(run, principal.agent_id, intent, verdict, runtime)
-        return self._execute(run, principal.agent_id, intent, verdict, runtime)
+            return self._record_without_execution(run, agent_id, intent, verdict, runtime)
+        return self._execute(run, agent_id, intent, verdict, runtime)
+
+    def _count(self, run: Run, result: ActionResult, seconds: float) -> None:
+        m = self.metrics
+        # Unknown tool names would let a caller mint label values without bound.
+        tool = result.decision.tool if result.decision.verb is not None else "(unknown)"
+        m.actions.labels(run.workflow, tool, result.decision.decision, result.status).inc()
+        m.latency.labels(run.workflow, tool).observe(seconds)
+        if result.status == "escalated":
+            m.escalations.labels(run.workflow, result.decision.reasons[0].code).inc()
 
     def _error_verdict(self, intent: Intent, exc: BaseException) -> Verdict:
         reason = Reason(
@@ -636,6 +666,15 @@ class Pipeline:
                     data={"code": over.code, "step": step_id},
                 )
                 state = "stopped"
+        self.metrics.spend.labels(run.workflow, "model").inc(cost / 1_000_000)
+        self.metrics.tokens.labels(run.workflow, call.model).inc(tokens)
+        self.tracing.model_call(
+            run,
+            model=call.model,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            cost_usd=cost / 1_000_000,
+        )
         return ModelCallResult(
             run_id=run.id,
             step_id=step_id,
@@ -1023,11 +1062,16 @@ class Pipeline:
 
     @staticmethod
     def _refusal(
-        verdict: Verdict, reason: Reason, status: ActionStatus, *, stop_run: bool = False
+        verdict: Verdict,
+        reason: Reason,
+        status: ActionStatus,
+        *,
+        stop_run: bool = False,
+        retry_after: float | None = None,
     ) -> Verdict:
         kind = "escalate" if status == "escalated" else "deny"
         decision = verdict.decision.model_copy(update={"decision": kind, "reasons": [reason]})
-        return Verdict(decision, status, verdict.tool, stop_run=stop_run)
+        return Verdict(decision, status, verdict.tool, stop_run=stop_run, retry_after=retry_after)
 
     def _refuse_caps(self, conn: Connection, run: Run, runtime: WorkflowRuntime, verdict: Verdict) -> Verdict:
         budget = runtime.manifest.budgets.per_run
@@ -1096,6 +1140,8 @@ class Pipeline:
             seq=seq,
         )
         spent = cost if error is None else 0  # a failed call releases its reservation
+        if spent:
+            self.metrics.spend.labels(run.workflow, "tool").inc(spent / 1_000_000)
         # Lock order in every transaction: the run row, then budget rows, then the audit tip
         # (appended last). Reservations take the same order, so concurrent actions never deadlock.
         with transaction(self.engine) as conn:

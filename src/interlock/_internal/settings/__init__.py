@@ -50,6 +50,14 @@ class BreakerSettings(BaseModel):
     cooldown_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+class TelemetrySettings(BaseModel):
+    service_name: str = "interlock"
+    # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset means no export.
+    otlp_endpoint: str | None = None
+    # Put (redacted) arguments and results on spans. Off by default: traces often leave the company.
+    capture_payloads: bool = False
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -72,6 +80,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     egress: EgressSettings = EgressSettings()
     breaker: BreakerSettings = BreakerSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     manifests: list[Path] = Field(default_factory=list)
     # USD per million tokens, {"model": {"input": x, "output": y}}; a manifest may override.
     model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -110,4 +119,5 @@ __all__ = [
     "IdentitySettings",
     "ServerSettings",
     "Settings",
+    "TelemetrySettings",
 ]

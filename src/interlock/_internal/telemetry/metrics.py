@@ -1,0 +1,98 @@
+"""Prometheus metrics, one registry per Interlock (two in a process never clash).
+
+Counters and histograms are fed by the pipeline as actions happen; figures that live in the
+database (approvals pending, time to decision) are read when Prometheus scrapes, so every replica
+reports the same truth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.actions = Counter(
+            "interlock_actions",
+            "Actions through the pipeline, by decision and outcome.",
+            ["workflow", "tool", "decision", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "interlock_pipeline_seconds",
+            "Time from intent to recorded outcome, upstream call included.",
+            ["workflow", "tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.spend = Counter(
+            "interlock_spend_usd",
+            "Spend charged to budgets, in USD.",
+            ["workflow", "kind"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "interlock_model_tokens",
+            "Model tokens reported by agents.",
+            ["workflow", "model"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "interlock_escalations",
+            "Actions escalated to a person, by reason.",
+            ["workflow", "reason"],
+            registry=self.registry,
+        )
+        if engine is not None:
+            self.registry.register(_ApprovalFigures(engine))
+
+
+class _ApprovalFigures(Collector):
+    """Approvals pending now and how long decisions took over the last day, from the database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "interlock_approvals_pending", "Approvals waiting for a person.", labels=["workflow"]
+        )
+        latency = GaugeMetricFamily(
+            "interlock_approval_decision_seconds_avg",
+            "Mean time from request to decision over the last 24 hours.",
+            labels=["workflow"],
+        )
+        a = t.approvals
+        since = time.time() - 86_400
+        try:
+            with reading(self.engine) as conn:
+                for workflow, count in conn.execute(
+                    select(a.c.workflow, func.count()).where(a.c.state == "pending").group_by(a.c.workflow)
+                ):
+                    pending.add_metric([workflow], float(count))
+                for workflow, avg in conn.execute(
+                    select(a.c.workflow, func.avg(a.c.decided_at - a.c.created_at))
+                    .where(a.c.decided_at.is_not(None), a.c.decided_at >= since)
+                    .group_by(a.c.workflow)
+                ):
+                    latency.add_metric([workflow], float(avg or 0))
+        except Exception:  # a scrape must not fail because the database is briefly away
+            return
+        yield pending
+        yield latency
