@@ -1,0 +1,3 @@
+from interlock._internal.cli.main import main
+
+main()

@@ -1,0 +1,31 @@
+"""The README's main command: the demo drives the reference workflow over HTTP and exits 0 fast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def test_demo_runs_the_reference_scenario_end_to_end() -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "interlock._internal.cli", "demo", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    statuses = {row["step"]: (row["http"], row["status"]) for row in out["steps"]}
+    assert statuses["refund 30 USD"] == (200, "executed")
+    assert statuses["refund 120 USD"] == (202, "pending_approval")
+    assert statuses["delete the customer"] == (403, "denied")
+    assert statuses["update with an unknown field"] == (422, "invalid")
+    assert all(
+        status == "executed" for step, (_, status) in statuses.items() if step.startswith(("search", "read"))
+    )
+    assert out["audit_ok"] is True
+    assert elapsed < 30
