@@ -72,7 +72,8 @@ def _check(rule: StopRule, args: dict[str, Any], risk: list[str], confidence: fl
     if rule.kind == "missing_data":
         for path in rule.required:
             value = _lookup(args, path)
-            if value is _MISSING or value is None or (isinstance(value, str | list | dict) and not value):
+            blank = isinstance(value, str) and not value.strip()  # whitespace says nothing either
+            if value is _MISSING or value is None or blank or (isinstance(value, list | dict) and not value):
                 return Reason(
                     code="missing_data",
                     message=f"required data {path!r} is missing or empty (stop rule {rule.id})",
