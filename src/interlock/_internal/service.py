@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
+from interlock._internal.approvals.service import ApprovalService
+from interlock._internal.approvals.webhooks import targets_from_settings
 from interlock._internal.audit.chain import append_event
 from interlock._internal.audit.verify import VerifyReport, verify_chain
 from interlock._internal.gateway.models import (
@@ -124,6 +126,17 @@ class Interlock:
             rate_limiter=self.rate_limiter,
             tracing=self.tracing,
             metrics=self.metrics,
+        )
+
+    @cached_property
+    def approvals(self) -> ApprovalService:
+        """Approvals waiting for people: list, decide, cancel, expire, and their webhooks."""
+        return ApprovalService(
+            self.engine,
+            pipeline=self.pipeline,
+            runtimes=self.runtime,
+            webhooks=targets_from_settings(self.settings),
+            public_url=self.settings.server.public_url,
         )
 
     def start(self) -> Interlock:
