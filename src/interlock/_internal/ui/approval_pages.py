@@ -1,0 +1,206 @@
+"""The approvals inbox and the one-page decision package, as plain data for the templates."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from interlock._internal.approvals.models import ApprovalView
+from interlock._internal.gateway.models import Reason
+from interlock._internal.gateway.runtime import WorkflowRuntime
+from interlock._internal.identity.operators import Operator
+from interlock._internal.service import Interlock
+from interlock._internal.ui import words
+from interlock._internal.ui.access import may_decide, may_view
+from interlock.exceptions import NotFound
+
+AGE_CHOICES: tuple[tuple[str, str, int | None], ...] = (
+    ("", "any age", None),
+    ("15m", "older than 15 minutes", 900),
+    ("1h", "older than 1 hour", 3600),
+    ("4h", "older than 4 hours", 4 * 3600),
+    ("24h", "older than 1 day", 86_400),
+)
+STATE_CHOICES = ("pending", "approved", "rejected", "expired", "cancelled")
+TRAITS = ("money", "external", "irreversible", "pii", "bulk", "write")
+
+
+def decided_by_text(value: Any) -> str:
+    """``decided_by`` as stored (a list of operator ids, or one id) in words."""
+    if value is None or value == []:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return words.value_text(value)
+
+
+def inbox(
+    interlock: Interlock,
+    operator: Operator,
+    *,
+    workflow: str | None,
+    state: str,
+    older_than_s: int | None,
+    risk: str | None,
+) -> list[dict[str, Any]]:
+    """The rows the operator may see; pending ones oldest first, so what waited longest is on top."""
+    views = interlock.approvals.list(
+        workflow=workflow, state=state, older_than_s=older_than_s, risk=risk, operator=operator, limit=500
+    )
+    now = time.time()
+    return [
+        {
+            "id": v.id,
+            "workflow": v.workflow,
+            "agent": v.agent_id,
+            "action": words.describe_action(v.verb, v.tool, v.arguments),
+            "age": words.age(v.created_at, now),
+            "created": words.iso_time(v.created_at),
+            "risk": list(v.risk),
+            "expires_in": words.expires_in(v.expires_at, now) if v.state == "pending" else "—",
+            "state": v.state,
+            "state_words": words.APPROVAL_STATE_WORDS.get(v.state, v.state),
+        }
+        for v in views
+        if may_view(operator, v.workflow)
+    ]
+
+
+def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
+    found = []
+    for item in items:
+        if isinstance(item, Reason):
+            item = item.model_dump()
+        if isinstance(item, Mapping):
+            found.append(
+                {
+                    "message": str(item.get("message") or item.get("code") or ""),
+                    "code": str(item.get("code") or ""),
+                    "policy_id": str(item.get("policy_id") or ""),
+                }
+            )
+    return found
+
+
+def outcome_of(view: ApprovalView) -> dict[str, Any]:
+    """What became of the decision, in words: executed with its result, or why not."""
+    outcome = view.outcome
+    result: dict[str, Any] = {
+        "kind": view.state,
+        "headline": "",
+        "detail": [],
+        "result": [],
+        "by": decided_by_text(view.decided_by),
+    }
+    if view.state == "pending":
+        return result
+    if view.state == "rejected":
+        result["headline"] = "Rejected; nothing was executed."
+    elif view.state == "expired":
+        result["headline"] = "Expired without a decision; nothing was executed."
+    elif view.state == "cancelled":
+        result["headline"] = "Cancelled; nothing was executed."
+    elif view.execution == "held":
+        result["kind"] = "held"
+        result["headline"] = "Approved, and held: the workflow, agent or environment is paused."
+        result["detail"] = ["It runs once, with exactly the approved arguments, when the pause is lifted."]
+    elif outcome is not None and outcome.status == "executed":
+        result["kind"] = "executed"
+        result["headline"] = "Approved and executed."
+        result["result"] = words.argument_items(outcome.result)
+    elif outcome is not None:
+        result["kind"] = "not_executed"
+        status = words.STATUS_WORDS.get(outcome.status, outcome.status).lower()
+        result["headline"] = f"Approved, but not executed ({status})."
+        reasons = [r["message"] for r in _reasons(outcome.decision.reasons) if r["code"] != "approved"]
+        if outcome.error:
+            reasons.append(outcome.error)
+        result["detail"] = reasons
+    else:
+        result["headline"] = "Approved; the action is being executed."
+    return result
+
+
+def approval_page(interlock: Interlock, operator: Operator, approval_id: str) -> dict[str, Any]:
+    view = interlock.approvals.get(approval_id)
+    if not may_view(operator, view.workflow):
+        raise NotFound(f"no approval {approval_id!r}", code="unknown_approval")
+    package = view.package
+    arguments = package.arguments if package.arguments is not None else view.arguments
+    now = time.time()
+    try:
+        runtime: WorkflowRuntime | None = interlock.runtime(view.workflow)
+    except NotFound:
+        runtime = None
+    previous = []
+    try:
+        steps = interlock.runs.view(view.run_id).steps_detail
+    except NotFound:
+        steps = []
+    for step in steps:
+        if step.id == view.step_id:
+            break
+        previous.append(
+            {
+                "seq": step.seq,
+                "text": "Model call"
+                if step.kind == "model"
+                else words.describe_action(step.verb, step.tool, step.arguments),
+                "status": words.STATUS_WORDS.get(step.status, step.status),
+                "status_code": step.status,
+            }
+        )
+    confidence = package.confidence
+    voted = any(v.operator_id == operator.id for v in view.votes)
+    return {
+        "id": view.id,
+        "workflow": view.workflow,
+        "run_id": view.run_id,
+        "agent": view.agent_id,
+        "state": view.state,
+        "state_words": words.APPROVAL_STATE_WORDS.get(view.state, view.state),
+        "action": words.describe_action(view.verb, view.tool, arguments),
+        "tool": view.tool,
+        "verb": view.verb,
+        "description": package.description or "",
+        "arguments": words.argument_items(arguments),
+        "reasoning": package.reasoning or "",
+        "confidence": "" if confidence is None else f"{confidence:.0%}",
+        "evidence": [{"text": str(e), "href": words.safe_link(e)} for e in package.evidence],
+        "impact_if_accepted": package.impact_if_accepted or "",
+        "impact_if_rejected": package.impact_if_rejected or "",
+        "risk": [{"trait": r, "words": words.TRAIT_WORDS.get(r, r)} for r in view.risk],
+        "policy_reasons": _reasons(package.policy_reasons),
+        "rules": list(package.rules),
+        "previous": previous,
+        "requested": words.fmt_time(view.created_at),
+        "requested_iso": words.iso_time(view.created_at),
+        "age": words.age(view.created_at, now),
+        "expires": words.fmt_time(view.expires_at),
+        "expires_in": words.expires_in(view.expires_at, now),
+        "quorum": view.quorum,
+        "votes": [
+            {"operator": v.operator_id, "vote": v.vote, "comment": v.comment or ""} for v in view.votes
+        ],
+        "decided_at": words.fmt_time(view.decided_at),
+        "comment": view.comment or "",
+        "outcome": outcome_of(view),
+        "can_decide": view.state == "pending"
+        and runtime is not None
+        and may_decide(operator, runtime)
+        and not voted,
+    }
+
+
+__all__ = [
+    "AGE_CHOICES",
+    "STATE_CHOICES",
+    "TRAITS",
+    "approval_page",
+    "decided_by_text",
+    "inbox",
+    "outcome_of",
+]

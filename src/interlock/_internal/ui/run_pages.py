@@ -1,0 +1,228 @@
+"""Runs as a business owner reads them: what started it, what it looked at, what it changed and where,
+what each decision was and why, who approved, what was escalated, and what it cost."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from interlock._internal.gateway.models import Step
+from interlock._internal.gateway.runtime import WorkflowRuntime
+from interlock._internal.identity.operators import Operator
+from interlock._internal.service import Interlock
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading
+from interlock._internal.ui import words
+from interlock._internal.ui.access import may_view, visible_workflows
+from interlock._internal.ui.approval_pages import decided_by_text
+from interlock.exceptions import NotFound
+
+RUN_STATE_WORDS = {
+    "running": "Running",
+    "completed": "Completed",
+    "failed": "Failed",
+    "escalated": "Waiting for a person",
+    "stopped": "Stopped",
+}
+
+
+def runs_list(interlock: Interlock, operator: Operator, *, workflow: str | None) -> list[dict[str, Any]]:
+    names = visible_workflows(interlock, operator)
+    if workflow is not None and workflow not in names:
+        return []
+    runs = [r for r in interlock.runs.list(workflow=workflow, limit=200) if may_view(operator, r.workflow)]
+    return [
+        {
+            "id": r.id,
+            "workflow": r.workflow,
+            "agent": r.agent_id,
+            "environment": r.environment,
+            "state": r.state,
+            "state_words": RUN_STATE_WORDS.get(r.state, r.state),
+            "trigger": trigger_text(r.trigger),
+            "started": words.fmt_time(r.started_at),
+            "started_iso": words.iso_time(r.started_at),
+            "steps": r.steps,
+            "cost": words.usd(r.cost_usd),
+        }
+        for r in runs
+    ]
+
+
+def trigger_text(trigger: Any) -> str:
+    if trigger is None:
+        return "—"
+    if isinstance(trigger, Mapping):
+        return words.clip(", ".join(f"{k}: {words.value_text(v)}" for k, v in trigger.items()), 160)
+    return words.clip(words.value_text(trigger), 160)
+
+
+def _upstream(runtime: WorkflowRuntime | None, tool: str | None) -> Any:
+    if runtime is None or tool is None:
+        return None
+    spec = runtime.manifest.tool(tool)
+    return None if spec is None else spec.upstream
+
+
+def _reasons(step: Step) -> list[dict[str, str]]:
+    if step.decision is None:
+        return []
+    return [
+        {"message": r.message, "code": r.code, "policy_id": r.policy_id or ""} for r in step.decision.reasons
+    ]
+
+
+def _approval_of(step: Step) -> str | None:
+    """The approval an executed step carried out (its decision names ``approval:<id>``)."""
+    if step.decision is None:
+        return None
+    for reason in step.decision.reasons:
+        if reason.code == "approved" and reason.policy_id and reason.policy_id.startswith("approval:"):
+            return reason.policy_id.split(":", 1)[1]
+    return None
+
+
+def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str, Any]:
+    try:
+        view = interlock.runs.view(run_id)
+    except NotFound:
+        view = None
+    if view is None or not may_view(operator, view.workflow):
+        raise NotFound(f"no run {run_id!r}", code="unknown_run")
+    try:
+        runtime: WorkflowRuntime | None = interlock.runtime(view.workflow)
+    except NotFound:
+        runtime = None
+    with reading(interlock.engine) as conn:
+        approvals = {
+            r["id"]: dict(r)
+            for r in conn.execute(
+                select(t.approvals).where(t.approvals.c.run_id == run_id).order_by(t.approvals.c.created_at)
+            ).mappings()
+        }
+        handoffs = [
+            dict(r)
+            for r in conn.execute(
+                select(t.handoffs).where(t.handoffs.c.run_id == run_id).order_by(t.handoffs.c.created_at)
+            ).mappings()
+        ]
+    by_step = {a["step_id"]: a for a in approvals.values()}
+
+    steps, reads, changes = [], [], []
+    tools: Counter[str] = Counter()
+    for step in view.steps_detail:
+        model = step.kind == "model"
+        text = (
+            f"Model call: {words.value_text((step.arguments or {}).get('model', 'model'))}"
+            if model and isinstance(step.arguments, Mapping)
+            else "Model call"
+            if model
+            else words.describe_action(step.verb, step.tool, step.arguments)
+        )
+        system = None if model else words.system_of(step.tool, _upstream(runtime, step.tool))
+        requested = by_step.get(step.id)
+        carried_out = approvals.get(_approval_of(step) or "")
+        approval = requested or carried_out
+        status_words = words.STATUS_WORDS.get(step.status, step.status)
+        if step.status == "pending_approval" and requested is not None and requested["state"] != "pending":
+            status_words = "Sent for approval"
+        reasons = _reasons(step)
+        decision_words = words.DECISION_WORDS.get(step.decision.decision, "") if step.decision else ""
+        reasoning = step.reasoning or ""
+        if carried_out is not None:
+            # The approval line says who approved; the pipeline's own note would repeat it.
+            reasons = [r for r in reasons if r["code"] != "approved"]
+            decision_words = "Allowed after approval"
+            reasoning = "" if reasoning.startswith("approved: ") else reasoning
+        entry = {
+            "seq": step.seq,
+            "time": words.fmt_time(step.created_at),
+            "time_iso": words.iso_time(step.created_at),
+            "kind": "model" if model else "read" if step.verb == "read" else "write",
+            "text": text,
+            "tool": step.tool or "",
+            "system": system or "",
+            "status": step.status,
+            "status_words": status_words,
+            "decision": step.decision.decision if step.decision else "",
+            "decision_words": decision_words,
+            "reasons": reasons,
+            "arguments": words.argument_items(step.arguments),
+            "result": words.argument_items(step.result) if step.status == "executed" else [],
+            "error": step.error or "",
+            "reasoning": reasoning,
+            "evidence": [{"text": str(e), "href": words.safe_link(e)} for e in step.evidence or []],
+            "approval": None
+            if approval is None
+            else {
+                "id": approval["id"],
+                "state": approval["state"],
+                "state_words": words.APPROVAL_STATE_WORDS.get(approval["state"], approval["state"]),
+                "by": decided_by_text(approval.get("decided_by")),
+                "comment": approval.get("comment") or "",
+                "carried_out": carried_out is not None,
+            },
+        }
+        steps.append(entry)
+        if model:
+            continue
+        if step.tool and carried_out is None:  # an approved action is the call it asked for
+            tools[step.tool] += 1
+        if step.status != "executed":
+            continue
+        if step.verb == "read":
+            reads.append({"text": text, "system": system})
+        else:
+            changes.append(
+                {"text": text, "system": system, "result": entry["result"], "approval": entry["approval"]}
+            )
+
+    decided = [
+        {
+            "id": a["id"],
+            "text": words.describe_action(a["verb"], a["tool"], a.get("arguments")),
+            "state_words": words.APPROVAL_STATE_WORDS.get(a["state"], a["state"]),
+            "state": a["state"],
+            "by": decided_by_text(a.get("decided_by")),
+            "comment": a.get("comment") or "",
+        }
+        for a in approvals.values()
+    ]
+    escalations = [
+        {
+            "message": h["message"],
+            "code": h["reason_code"],
+            "state": h["state"],
+            "by": h.get("resolved_by") or "",
+            "when": words.fmt_time(h["created_at"]),
+        }
+        for h in handoffs
+    ]
+    return {
+        "id": view.id,
+        "workflow": view.workflow,
+        "version": view.workflow_version,
+        "agent": view.agent_id,
+        "environment": view.environment,
+        "state": view.state,
+        "state_words": RUN_STATE_WORDS.get(view.state, view.state),
+        "state_reason": view.state_reason or "",
+        "trigger": words.argument_items(view.trigger),
+        "started_by": view.started_by or f"agent {view.agent_id}",
+        "started": words.fmt_time(view.started_at),
+        "ended": words.fmt_time(view.ended_at) if view.ended_at else "",
+        "cost": words.usd(view.cost_usd),
+        "tokens": view.tokens,
+        "steps": steps,
+        "reads": reads,
+        "changes": changes,
+        "tools": [{"name": name, "count": n} for name, n in tools.items()],
+        "approvals": decided,
+        "escalations": escalations,
+    }
+
+
+__all__ = ["RUN_STATE_WORDS", "runs_list", "timeline", "trigger_text"]

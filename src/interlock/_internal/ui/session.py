@@ -1,0 +1,170 @@
+"""Console sign-in: signed session cookies, CSRF tokens, and one-time sign-in links.
+
+The session cookie holds no secret and nothing server-side: it is ``v1.<payload>.<mac>``, where the
+payload names the operator, a random session id, an expiry, and the fingerprint of the operator's
+current API token, and the MAC is HMAC-SHA256 under a key derived with HKDF from
+``identity.signing_seed`` under its own label (so it never doubles as the token-signing key). Every
+replica sharing the seed accepts it. Each request re-reads the operator's row, so a disabled operator
+or a rotated token ends the session at once.
+
+CSRF: every form carries ``HMAC(key, "csrf" | session id)``; the sign-in form, which has no session
+yet, uses a random value repeated in a short-lived cookie (double submit).
+
+A sign-in link (``/ui/login?token=…``) carries a random code that is good for one use within a few
+minutes and lives only in this process's memory; it is never an API token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SESSION_COOKIE = "interlock_console"
+LOGIN_CSRF_COOKIE = "interlock_console_login"
+SESSION_TTL_S = 8 * 3600
+LOGIN_CODE_TTL_S = 600
+_HKDF_LABEL = b"interlock/console-session/v1"
+_VERSION = "v1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    operator_id: str
+    session_id: str
+    expires_at: float
+    token_fingerprint: str
+
+
+class SessionSigner:
+    """Signs and checks session cookies and CSRF tokens with a key of its own."""
+
+    def __init__(self, signing_seed: str, *, ttl_s: int = SESSION_TTL_S) -> None:
+        self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_LABEL).derive(
+            signing_seed.encode("utf-8")
+        )
+        self.ttl_s = ttl_s
+
+    def _mac(self, label: str, data: str) -> str:
+        return _b64(hmac.new(self._key, f"{label}|{data}".encode(), hashlib.sha256).digest())
+
+    def issue(
+        self, operator_id: str, token_fingerprint: str, *, now: float | None = None
+    ) -> tuple[str, Session]:
+        session = Session(
+            operator_id=operator_id,
+            session_id=secrets.token_urlsafe(16),
+            expires_at=(time.time() if now is None else now) + self.ttl_s,
+            token_fingerprint=token_fingerprint,
+        )
+        body = json.dumps(
+            {
+                "o": session.operator_id,
+                "s": session.session_id,
+                "e": int(session.expires_at),
+                "t": session.token_fingerprint,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        payload = _b64(body.encode("utf-8"))
+        return f"{_VERSION}.{payload}.{self._mac('session', payload)}", session
+
+    def read(self, cookie: str | None, *, now: float | None = None) -> Session | None:
+        """The session in a cookie, or None if it is absent, forged, malformed or expired."""
+        if not cookie or len(cookie) > 2048:
+            return None
+        parts = cookie.split(".")
+        if len(parts) != 3 or parts[0] != _VERSION:
+            return None
+        _, payload, mac = parts
+        if not hmac.compare_digest(mac, self._mac("session", payload)):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+            session = Session(
+                operator_id=str(data["o"]),
+                session_id=str(data["s"]),
+                expires_at=float(data["e"]),
+                token_fingerprint=str(data["t"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if session.expires_at <= (time.time() if now is None else now):
+            return None
+        return session
+
+    def csrf_token(self, session: Session) -> str:
+        return self._mac("csrf", session.session_id)
+
+    def csrf_ok(self, session: Session, presented: str | None) -> bool:
+        return bool(presented) and hmac.compare_digest(self.csrf_token(session), presented or "")
+
+
+class LoginCodes:
+    """Single-use, short-lived sign-in codes held in memory: code → operator id."""
+
+    def __init__(self, *, ttl_s: int = LOGIN_CODE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._codes: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, operator_id: str, *, now: float | None = None) -> str:
+        code = secrets.token_urlsafe(32)
+        now = time.time() if now is None else now
+        # Stored by hash: a memory dump or a debugger shows no usable code.
+        with self._lock:
+            self._codes = {k: v for k, v in self._codes.items() if v[1] > now}
+            self._codes[_digest(code)] = (operator_id, now + self.ttl_s)
+        return code
+
+    def redeem(self, code: str | None, *, now: float | None = None) -> str | None:
+        """The operator id for ``code``, once; None if unknown, used or expired."""
+        if not code or len(code) > 200:
+            return None
+        with self._lock:
+            entry = self._codes.pop(_digest(code), None)
+        if entry is None or entry[1] <= (time.time() if now is None else now):
+            return None
+        return entry[0]
+
+
+def _digest(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+def new_login_csrf() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def same_secret(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(a or "", b or "")
+
+
+__all__ = [
+    "LOGIN_CODE_TTL_S",
+    "LOGIN_CSRF_COOKIE",
+    "SESSION_COOKIE",
+    "SESSION_TTL_S",
+    "LoginCodes",
+    "Session",
+    "SessionSigner",
+    "new_login_csrf",
+    "same_secret",
+]

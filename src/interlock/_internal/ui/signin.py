@@ -1,0 +1,180 @@
+"""Signing in to the console: the token form, one-time links, signing out, and the local admin.
+
+``interlock serve`` prints a link made by :func:`sign_in_url`: a random code good for one use within
+ten minutes, held in this process's memory, that signs in the ``local-admin`` operator. The link never
+carries an API token. Everyone else signs in with their operator API token through the form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import Response
+from starlette.routing import Mount
+
+from interlock._internal.identity.operators import ROLES
+from interlock._internal.identity.secrets import OPERATOR_TOKEN_PREFIX
+from interlock._internal.service import Interlock
+from interlock._internal.ui.console import (
+    Console,
+    ConsoleDep,
+    SignedDep,
+    Text,
+    base,
+    safe_next,
+    see_other,
+)
+from interlock._internal.ui.session import LOGIN_CSRF_COOKIE, new_login_csrf, same_secret
+from interlock.exceptions import AuthenticationError, ConflictError, NotFound
+
+LOCAL_ADMIN = "local-admin"
+
+router = APIRouter()
+
+
+def login_page(
+    request: Request, console: Console, *, target: str | None = None, error: str = "", status_code: int = 200
+) -> Response:
+    token = new_login_csrf()
+    response = console.render(
+        request,
+        "login.html",
+        signed=None,
+        status_code=status_code,
+        login_csrf=token,
+        next=safe_next(request, target),
+        error=error,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=1800,
+        path=base(request) + "/",
+        secure=console.secure(request),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.get("/")
+def home(request: Request) -> Response:
+    return see_other(base(request) + "/approvals")
+
+
+@router.get("/login")
+def login_form(
+    request: Request,
+    console: ConsoleDep,
+    token: Annotated[str | None, Query(max_length=200)] = None,
+    next: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    if token is not None:
+        operator_id = console.codes.redeem(token)
+        response = see_other(safe_next(request, next))
+        if operator_id is not None and console.start_session(request, response, operator_id):
+            return response
+        return login_page(
+            request,
+            console,
+            target=next,
+            error="This sign-in link was already used or has expired. Sign in with your operator token, "
+            "or restart the server for a new link.",
+            status_code=400,
+        )
+    try:
+        console.signed_in(request)
+        return see_other(safe_next(request, next))
+    except AuthenticationError:
+        return login_page(request, console, target=next)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    console: ConsoleDep,
+    token: Text = "",
+    csrf: Text = "",
+    next: Text = "",
+) -> Response:
+    if not same_secret(csrf, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        return login_page(
+            request,
+            console,
+            target=next,
+            error="The sign-in form expired or did not come from this console. Please try again.",
+            status_code=403,
+        )
+    token = token.strip()
+    if not token.startswith(OPERATOR_TOKEN_PREFIX):
+        return login_page(
+            request,
+            console,
+            target=next,
+            error=f"Operator tokens start with {OPERATOR_TOKEN_PREFIX}. Agent secrets and access tokens "
+            "cannot sign in to the console.",
+            status_code=401,
+        )
+    try:
+        operator = console.interlock.operators.authenticate(token)
+    except AuthenticationError:
+        return login_page(
+            request,
+            console,
+            target=next,
+            error="That token was not accepted: it is unknown or was rotated, or its operator is disabled.",
+            status_code=401,
+        )
+    response = see_other(safe_next(request, next))
+    console.start_session(request, response, operator.id)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, console: ConsoleDep, signed: SignedDep, csrf: Text = "") -> Response:
+    console.check_csrf(signed, csrf)
+    response = see_other(base(request) + "/login")
+    console.end_session(request, response)
+    return response
+
+
+# ---- the local admin's one-time link ------------------------------------------------------------
+
+
+def console_of(app: FastAPI) -> Console | None:
+    """The console mounted on ``app``, if any."""
+    for route in app.routes:
+        if isinstance(route, Mount):
+            console = getattr(getattr(route.app, "state", None), "console", None)
+            if isinstance(console, Console):
+                return console
+    return None
+
+
+def ensure_local_admin(interlock: Interlock) -> str | None:
+    """The ``local-admin`` operator (every role, every workflow), created on first use.
+
+    Its API token is discarded at creation: it signs in only through one-time links printed by the
+    server. Disable it (``interlock operators disable local-admin``) and no link is printed again.
+    """
+    try:
+        return LOCAL_ADMIN if interlock.operators.get(LOCAL_ADMIN).active else None
+    except NotFound:
+        pass
+    with contextlib.suppress(ConflictError):  # another replica created it first
+        interlock.operators.create(LOCAL_ADMIN, roles=ROLES, workflows=None, actor="interlock serve")
+    return LOCAL_ADMIN
+
+
+def sign_in_url(app: FastAPI, console_url: str) -> str | None:
+    """A single-use, ten-minute link signing the local admin in to the console at ``console_url``."""
+    console = console_of(app)
+    if console is None:
+        return None
+    operator_id = ensure_local_admin(console.interlock)
+    return None if operator_id is None else console.sign_in_link(console_url, operator_id)
+
+
+__all__ = ["LOCAL_ADMIN", "console_of", "ensure_local_admin", "login_page", "router", "sign_in_url"]
