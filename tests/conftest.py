@@ -13,6 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
+
+from identity_helpers import Clock
+from interlock._internal.identity.agents import AgentStore
+from interlock._internal.identity.operators import OperatorStore
+from interlock._internal.identity.tokens import TokenService
+from interlock._internal.settings import DatabaseSettings, IdentitySettings
+from interlock._internal.store.engine import make_engine
+from interlock._internal.store.migrate import upgrade
 
 PG_BASE = os.environ.get("INTERLOCK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("INTERLOCK_REQUIRE_POSTGRES") == "1"
@@ -166,3 +175,39 @@ def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---- identity: a migrated database on each engine and a clock tests can move ------------------
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(DatabaseSettings(url=db_url))
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def agent_store(engine: Engine, clock: Clock) -> AgentStore:
+    return AgentStore(engine, clock=clock)
+
+
+@pytest.fixture
+def operator_store(engine: Engine, clock: Clock) -> OperatorStore:
+    return OperatorStore(engine, clock=clock)
+
+
+@pytest.fixture
+def identity_settings() -> IdentitySettings:
+    return IdentitySettings(signing_seed="test-seed-for-identity", issuer="interlock-test")
+
+
+@pytest.fixture
+def token_service(identity_settings: IdentitySettings, clock: Clock) -> TokenService:
+    return TokenService(identity_settings, clock=clock)
