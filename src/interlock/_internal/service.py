@@ -17,6 +17,7 @@ from interlock._internal.approvals.service import ApprovalService
 from interlock._internal.approvals.webhooks import targets_from_settings
 from interlock._internal.audit.chain import append_event
 from interlock._internal.audit.verify import VerifyReport, verify_chain
+from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.models import (
     ActionResult,
     Decision,
@@ -26,24 +27,23 @@ from interlock._internal.gateway.models import (
     RunView,
 )
 from interlock._internal.gateway.pipeline import Intent, Pipeline, evaluate
-from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.http import HttpTransport
-from interlock._internal.limits.breaker import CircuitBreakerRegistry
-from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.identity.agents import AgentStore
 from interlock._internal.identity.operators import OperatorStore
 from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
+from interlock._internal.limits.breaker import CircuitBreakerRegistry
+from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest
 from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
 from interlock._internal.store import migrate as migrations
-from interlock._internal.telemetry.metrics import Metrics
-from interlock._internal.telemetry.tracing import Tracing, build_provider
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, is_sqlite, make_engine, reading, transaction
+from interlock._internal.telemetry.metrics import Metrics
+from interlock._internal.telemetry.tracing import Tracing, build_provider
 from interlock.exceptions import ArgumentsInvalid, ConfigError, ConflictError, NotFound
 
 
@@ -52,7 +52,9 @@ class Interlock:
 
     >>> il = Interlock(Settings())                      # nothing happens until asked
     >>> il.migrate(); il.load_workflow("workflow.yaml")
-    >>> creds = il.agents.create("triage-bot", workflow="support-triage", environment="production", actor="me")
+    >>> creds = il.agents.create(
+    ...     "triage-bot", workflow="support-triage", environment="production", actor="me"
+    ... )
     >>> token = il.issue_token(creds.client_id, creds.client_secret)
     >>> run = il.start_run(token.token)
     >>> il.act(token.token, run.id, "tickets.get", {"ticket_id": "T-1001"}).status
@@ -265,6 +267,8 @@ class Interlock:
                 workflow=workflow,
                 data={"reason": reason},
             )
+        if not paused:
+            self.approvals.resume_held()  # approved actions held by the pause run now
 
     def pause(self, scope: str, key: str, *, actor: str, reason: str | None = None) -> None:
         """Pause a ``workflow``, an ``agent`` or a whole ``environment``: the next action anywhere
@@ -296,6 +300,8 @@ class Interlock:
             ).rowcount
             if gone:
                 append_event(conn, kind=f"{scope}.resumed", actor=actor, data={"scope": scope, "key": key})
+        if gone:
+            self.approvals.resume_held()
 
     def pauses(self) -> list[dict[str, Any]]:
         with reading(self.engine) as conn:
@@ -452,6 +458,8 @@ class Interlock:
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
+        if "approvals" in self.__dict__:
+            self.approvals.close()  # stops the webhook worker
         if "http_transport" in self.__dict__:
             self.http_transport.close()
         if "engine" in self.__dict__:

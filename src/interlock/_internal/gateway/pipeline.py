@@ -36,7 +36,8 @@ from interlock._internal.gateway.models import (
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, ToolRuntime, WorkflowRuntime
 from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.identity.agents import AgentStore
-from interlock._internal.identity.tokens import AgentPrincipal, TokenService, authenticate_agent
+from interlock._internal.identity.agents import auth_row
+from interlock._internal.identity.tokens import AgentPrincipal, TokenService, admit_agent, authenticate_agent
 from interlock._internal.limits.budgets import (
     BudgetRefused,
     Scope,
@@ -99,6 +100,22 @@ _LOAD_RUN = (
     )
     .where(t.runs.c.id == bindparam("run_id"))
 )
+_AGENT = t.agents.alias("caller")
+_LOAD_RUN_AND_AGENT = _LOAD_RUN.add_columns(*(c.label(f"a_{c.name}") for c in _AGENT.c)).outerjoin(
+    _AGENT, _AGENT.c.id == bindparam("agent_id")
+)
+
+
+class _AgentColumns:
+    """The caller's agent columns of a joined row, under their own names."""
+
+    def __init__(self, mapping: Any) -> None:
+        self._m = mapping
+
+    def __getattr__(self, name: str) -> Any:
+        return self._m[f"a_{name}"]
+
+
 _BUMP_STEPS = (
     update(t.runs)
     .where(t.runs.c.id == bindparam("run_id"))
@@ -358,13 +375,29 @@ class Pipeline:
     # ---- the whole pipeline -------------------------------------------------------------------
 
     def submit(self, token: str, run_id: str, intent: Intent) -> ActionResult:
-        principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
-        return self.submit_as(principal, run_id, intent)
+        claims = self.tokens.verify(token)
+        # The run, any pause over it and the caller's agent row arrive in one query; the row
+        # checks (revoked, rotated secret) are the same as authenticate_agent's.
+        with reading(self.engine) as conn:
+            row = conn.execute(_LOAD_RUN_AND_AGENT, {"run_id": run_id, "agent_id": claims.agent_id}).first()
+        if row is None:
+            authenticate_agent(token, tokens=self.tokens, store=self.agents)
+            raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        m = row._mapping
+        agent_row = auth_row(_AgentColumns(m)) if m["a_id"] is not None else None
+        principal = admit_agent(claims, agent_row, tokens=self.tokens, store=self.agents)
+        return self._submit_loaded(principal, *self._run_from(m), intent)
 
     def submit_as(self, principal: AgentPrincipal, run_id: str, intent: Intent) -> ActionResult:
-        """The pipeline after authentication: for an agent whose token was just verified, or for a
-        person acting on an agent's run (an edited handoff). Nothing here skips a check."""
+        """The pipeline for a person acting on an agent's run (an edited handoff): everything
+        after authentication. Nothing here skips a check."""
         run, paused = self._load_run(run_id)
+        return self._submit_loaded(principal, run, paused, intent)
+
+    def _submit_loaded(
+        self, principal: AgentPrincipal, run: Run, paused: tuple[str, str] | None, intent: Intent
+    ) -> ActionResult:
+        run_id = run.id
         if run.agent_id != principal.agent_id:
             # Another agent's run is indistinguishable from a missing one.
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
@@ -427,6 +460,10 @@ class Pipeline:
             row = conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().first()
         if row is None:
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
+        return self._run_from(row)
+
+    @staticmethod
+    def _run_from(row: Any) -> tuple[Run, tuple[str, str] | None]:
         run = run_from_row(row)
         paused = None
         if row["paused"]:
@@ -804,9 +841,9 @@ class Pipeline:
             "verb": spec.verb,
             "description": spec.description,
             "arguments": stored_args,
-            "reasoning": intent.reasoning,
+            "reasoning": _safe_redact(intent.reasoning),
             "confidence": intent.confidence,
-            "evidence": list(intent.evidence or []),
+            "evidence": _safe_redact(list(intent.evidence or [])),
             "risk": decision.risk,
             "impact_if_accepted": spec.impact_if_accepted,
             "impact_if_rejected": spec.impact_if_rejected,

@@ -261,6 +261,11 @@ class AgentStore:
         return True
 
 
+def auth_row(row: Any) -> AgentAuthRow:
+    """An :class:`AgentAuthRow` from any row with the agents table's columns (joined reads)."""
+    return AgentAuthRow(record=_record(row), secret_hash=row.secret_hash)
+
+
 def _record(row: Row[Any]) -> AgentRecord:
     return AgentRecord(
         id=row.id,

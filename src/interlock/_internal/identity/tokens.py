@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from interlock._internal.identity.agents import TOUCH_INTERVAL_S, AgentStore
+from interlock._internal.identity.agents import TOUCH_INTERVAL_S, AgentAuthRow, AgentStore
 from interlock._internal.identity.secrets import credential_fingerprint, hash_secret
 from interlock._internal.settings import IdentitySettings
 from interlock.exceptions import ArgumentsInvalid, AuthenticationError, StorageError, TokenScopeError
@@ -294,7 +294,19 @@ def authenticate_agent(
             f"token for environment {claims.environment!r} used in {environment!r}",
             details={"token_environment": claims.environment, "environment": environment},
         )
-    row = store.lookup(claims.agent_id)
+    return admit_agent(claims, store.lookup(claims.agent_id), tokens=tokens, store=store, now=now)
+
+
+def admit_agent(
+    claims: TokenClaims,
+    row: AgentAuthRow | None,
+    *,
+    tokens: TokenService,
+    store: AgentStore,
+    now: float | None = None,
+) -> AgentPrincipal:
+    """The row checks of :func:`authenticate_agent`, for a caller that read the agent's row
+    itself (the pipeline reads it together with the run, in one query)."""
     if row is None:
         raise AuthenticationError(f"{_INVALID}: unknown agent", code="token_invalid")
     agent = row.record
@@ -327,5 +339,6 @@ __all__ = [
     "AgentPrincipal",
     "TokenClaims",
     "TokenService",
+    "admit_agent",
     "authenticate_agent",
 ]

@@ -80,6 +80,9 @@ class RateLimit(Strict):
 class PythonUpstream(Strict):
     kind: Literal["python"] = "python"
     callable: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    # Run on a worker thread so `timeout_s` can cut a blocking function off. Off by default: a
+    # thread hand-off costs more than most in-process tools take, and the thread cannot be killed.
+    isolate: bool = False
 
 
 class HttpUpstream(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,6 +58,13 @@ class TelemetrySettings(BaseModel):
     capture_payloads: bool = False
 
 
+class WebhookSettings(BaseModel):
+    """Where approval events are posted, signed with HMAC-SHA256 of ``secret``."""
+
+    url: str
+    secret: SecretStr
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -81,6 +88,7 @@ class Settings(BaseSettings):
     egress: EgressSettings = EgressSettings()
     breaker: BreakerSettings = BreakerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
     manifests: list[Path] = Field(default_factory=list)
     # USD per million tokens, {"model": {"input": x, "output": y}}; a manifest may override.
     model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -120,4 +128,5 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "TelemetrySettings",
+    "WebhookSettings",
 ]

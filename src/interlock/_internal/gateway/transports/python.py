@@ -24,8 +24,9 @@ class PythonTransport:
     """Calls plain functions with the validated arguments as keyword arguments.
 
     A function may also accept ``context`` (a :class:`CallContext`) to see the run, the
-    idempotency key and its injected credential. Calls run on a worker thread so the tool's
-    ``timeout_s`` holds even for a function that blocks.
+    idempotency key, its injected credential and ``timeout_s``. Calls run in the caller's thread;
+    with ``isolate: true`` they run on a worker thread and ``timeout_s`` cuts off a function that
+    blocks (the call fails; the thread finishes in the background).
     """
 
     def __init__(self, *, base_dir: Path, max_workers: int = 32) -> None:
@@ -87,6 +88,13 @@ class PythonTransport:
         kwargs = dict(arguments)
         if wants_context:
             kwargs["context"] = ctx
+        if not upstream.isolate:
+            try:
+                return func(**kwargs)
+            except UpstreamError:
+                raise
+            except Exception as exc:
+                raise UpstreamError(f"{tool.name} failed: {type(exc).__name__}: {exc}") from exc
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
