@@ -14,11 +14,33 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here, not at module import, so `interlock --help` stays fast.
-    from interlock._internal.cli import audit, check, workflow
+    from interlock._internal.cli import (
+        agents,
+        audit,
+        check,
+        demo,
+        evals,
+        operators,
+        purge,
+        report,
+        runs,
+        serve,
+        whatif,
+        workflow,
+    )
 
     app.add_typer(workflow.app, name="workflow")
     app.add_typer(audit.app, name="audit")
     app.command("check")(check.check)
+    app.command("serve")(serve.serve)
+    app.add_typer(agents.app, name="agents")
+    app.add_typer(operators.app, name="operators")
+    app.command("demo")(demo.demo)
+    app.command("purge")(purge.purge)
+    app.add_typer(report.app, name="report")
+    app.add_typer(runs.app, name="runs")
+    app.command("whatif")(whatif.whatif)
+    app.command("eval")(evals.run_eval)
 
 
 def main() -> None:

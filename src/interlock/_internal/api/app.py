@@ -1,0 +1,100 @@
+"""The app factory: one FastAPI app around one Interlock. Nothing happens at import time.
+
+    app = create_app(Settings())                 # the app builds, starts and closes its Interlock
+    app = create_app(interlock=il)               # embedding: the caller owns ``il``
+
+Domain errors become HTTP responses in exactly one place, :func:`install_error_handlers`, which
+this factory installs. The MCP gateway (``/mcp``) and the console (``/ui``) are mounted by
+:func:`mount_extras`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from interlock import __version__
+from interlock._internal.api import routes_admin, routes_agents, routes_approvals, routes_runs
+from interlock._internal.api.deps import ApiMetrics
+from interlock._internal.api.errors import install_error_handlers
+from interlock._internal.service import Interlock
+from interlock._internal.settings import Settings
+from interlock._internal.ui.routes import create_console
+
+# Something the lifespan enters after Interlock has started and leaves before it closes (for
+# instance the MCP session manager's ``run()``).
+LifespanHook = Callable[[], AbstractAsyncContextManager[object]]
+
+API_PREFIX = "/v1"
+MCP_PATH = "/mcp"
+UI_PATH = "/ui"
+
+
+def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
+    """Mount what is not the REST API: the MCP gateway at ``/mcp`` and the console at ``/ui``.
+
+    Return the context managers the app's lifespan must run (the MCP streamable-HTTP session
+    manager needs one). Nothing is mounted yet.
+    """
+    app.mount(UI_PATH, create_console(interlock))
+    return []
+
+
+def create_app(settings: Settings | None = None, *, interlock: Interlock | None = None) -> FastAPI:
+    """Build the HTTP app.
+
+    Without ``interlock`` the app builds one from ``settings`` and owns it: the lifespan runs
+    :meth:`Interlock.start` (migrate, load ``settings.manifests``) before serving and closes it on
+    shutdown. A caller that passes ``interlock`` owns it instead and must have started it.
+    """
+    if interlock is not None and settings is not None and settings is not interlock.settings:
+        raise ValueError("pass settings or interlock, not both")
+    owned = interlock is None
+    il = interlock if interlock is not None else Interlock(settings)
+    hooks: list[LifespanHook] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            await run_in_threadpool(il.start)
+        try:
+            async with AsyncExitStack() as stack:
+                for hook in hooks:
+                    await stack.enter_async_context(hook())
+                yield
+        finally:
+            if owned:
+                await run_in_threadpool(il.close)
+
+    app = FastAPI(
+        title="Interlock",
+        version=__version__,
+        summary="Control plane for AI agent actions.",
+        description=(
+            "Agents obtain an access token at POST /oauth/token (client credentials), start a run, and "
+            "submit actions; each action is decided by the workflow's policy, executed when allowed, and "
+            "recorded. Operators use their API token for workflows, agents and the audit log. Every error "
+            'is {"error": {"code", "message", ...}} (the token endpoint uses OAuth\'s own shape).'
+        ),
+        openapi_url="/openapi.json",
+        # The interactive docs pages load JavaScript from a CDN; Interlock ships no third-party JS.
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.interlock = il
+    app.state.metrics = ApiMetrics()
+    install_error_handlers(app)
+    app.include_router(routes_agents.router)
+    app.include_router(routes_runs.router)
+    app.include_router(routes_approvals.router)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_admin.probes)
+    hooks.extend(mount_extras(app, il))
+    return app
+
+
+__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "LifespanHook", "create_app", "mount_extras"]

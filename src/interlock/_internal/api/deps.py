@@ -1,0 +1,166 @@
+"""What routes depend on: the Interlock, who is calling, and the app's metrics.
+
+Two kinds of bearer token reach the API. Agents send a short-lived access token from
+``POST /oauth/token`` (a JWT); operators send their long-lived API token (``ilop_…``). Each is
+declared as its own OpenAPI security scheme, and a token of the wrong kind is refused with a
+message that says which one the endpoint wants, not a bare "invalid token".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter
+
+from interlock._internal.api.errors import MISSING_TOKEN
+from interlock._internal.identity.operators import ROLES, Operator
+from interlock._internal.identity.secrets import OPERATOR_TOKEN_PREFIX
+from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent
+from interlock._internal.service import Interlock
+from interlock.exceptions import AuthenticationError, PermissionDenied
+
+WRONG_TOKEN_TYPE = "wrong_token_type"
+
+agent_scheme = HTTPBearer(
+    scheme_name="agentToken",
+    bearerFormat="JWT",
+    description="An agent access token from POST /oauth/token (client credentials).",
+    auto_error=False,
+)
+operator_scheme = HTTPBearer(
+    scheme_name="operatorToken",
+    description="An operator API token (ilop_…) from `interlock operators create`.",
+    auto_error=False,
+)
+
+
+class ApiMetrics:
+    """What only the HTTP layer sees, in the app's own registry (two apps in a process never clash).
+
+    Actions themselves (by workflow, tool, decision and status) and pipeline latency are counted
+    by the pipeline for every interface, in ``Interlock.metrics``; ``/metrics`` serves both.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.action_errors = Counter(
+            "interlock_http_action_errors",
+            "Action requests refused before any decision (authentication, unknown run, idempotency).",
+            ["code"],
+            registry=self.registry,
+        )
+        self.runs_started = Counter(
+            "interlock_http_runs_started",
+            "Runs started over HTTP, by workflow.",
+            ["workflow"],
+            registry=self.registry,
+        )
+        self.token_requests = Counter(
+            "interlock_http_token_requests",
+            "OAuth client-credentials requests, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+def get_interlock(request: Request) -> Interlock:
+    interlock: Interlock = request.app.state.interlock
+    return interlock
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
+def _bearer(credentials: HTTPAuthorizationCredentials | None, *, wants: str) -> str:
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationError(
+            f"missing bearer token: send 'Authorization: Bearer <{wants}>'", code=MISSING_TOKEN
+        )
+    return credentials.credentials
+
+
+def agent_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_scheme)]) -> str:
+    """The raw agent access token, checked only for its kind: the pipeline authenticates it."""
+    token = _bearer(credentials, wants="agent access token")
+    if token.startswith(OPERATOR_TOKEN_PREFIX):
+        raise AuthenticationError(
+            "this is an operator token; agent endpoints take an access token from POST /oauth/token",
+            code=WRONG_TOKEN_TYPE,
+        )
+    return token
+
+
+def current_agent(
+    token: Annotated[str, Depends(agent_token)], interlock: Annotated[Interlock, Depends(get_interlock)]
+) -> AgentPrincipal:
+    return authenticate_agent(token, tokens=interlock.tokens, store=interlock.agents)
+
+
+def _operator_from(token: str, interlock: Interlock) -> Operator:
+    if not token.startswith(OPERATOR_TOKEN_PREFIX):
+        raise AuthenticationError(
+            f"operator endpoints take an operator API token ({OPERATOR_TOKEN_PREFIX}…), not an agent token",
+            code=WRONG_TOKEN_TYPE,
+        )
+    return interlock.operators.authenticate(token)
+
+
+def current_operator(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(operator_scheme)],
+    interlock: Annotated[Interlock, Depends(get_interlock)],
+) -> Operator:
+    return _operator_from(_bearer(credentials, wants="operator API token"), interlock)
+
+
+def agent_or_operator(
+    agent_credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_scheme)],
+    operator_credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(operator_scheme)],
+    interlock: Annotated[Interlock, Depends(get_interlock)],
+) -> AgentPrincipal | Operator:
+    """Either kind of caller, told apart by the token's prefix (both schemes read one header)."""
+    token = _bearer(agent_credentials or operator_credentials, wants="token")
+    if token.startswith(OPERATOR_TOKEN_PREFIX):
+        return _operator_from(token, interlock)
+    return authenticate_agent(token, tokens=interlock.tokens, store=interlock.agents)
+
+
+def require_any_role(operator: Operator, roles: tuple[str, ...], workflow: str | None) -> None:
+    """:class:`PermissionDenied` unless the operator holds one of ``roles`` for ``workflow``."""
+    if not any(operator.can(role, workflow) for role in roles):
+        where = f" for workflow {workflow!r}" if workflow is not None else ""
+        raise PermissionDenied(
+            f"operator {operator.id!r} needs one of the roles {', '.join(roles)}{where}",
+            details={"operator_id": operator.id, "roles": list(roles), "workflow": workflow},
+        )
+
+
+def actor(operator: Operator) -> str:
+    """How an operator is named in the audit log."""
+    return f"operator:{operator.id}"
+
+
+InterlockDep = Annotated[Interlock, Depends(get_interlock)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+AgentTokenDep = Annotated[str, Depends(agent_token)]
+AgentDep = Annotated[AgentPrincipal, Depends(current_agent)]
+OperatorDep = Annotated[Operator, Depends(current_operator)]
+CallerDep = Annotated[AgentPrincipal | Operator, Depends(agent_or_operator)]
+
+ALL_ROLES: tuple[str, ...] = ROLES
+
+__all__ = [
+    "ALL_ROLES",
+    "AgentDep",
+    "AgentTokenDep",
+    "ApiMetrics",
+    "CallerDep",
+    "InterlockDep",
+    "MetricsDep",
+    "OperatorDep",
+    "actor",
+    "require_any_role",
+]

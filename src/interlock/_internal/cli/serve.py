@@ -1,0 +1,140 @@
+"""``interlock serve``: the HTTP server (REST API, MCP gateway, console) on uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from interlock._internal.cli.common import console, fail, fail_from, load_settings, print_json
+from interlock.exceptions import InterlockError
+
+if TYPE_CHECKING:
+    from interlock._internal.settings import Settings
+
+# How each setting is spelled in the environment and in interlock.toml, for the refusal message.
+_SETTING_HINTS = {
+    "identity.signing_seed": ("INTERLOCK_IDENTITY__SIGNING_SEED", "[identity] signing_seed"),
+    "audit.signing_seed": ("INTERLOCK_AUDIT__SIGNING_SEED", "[audit] signing_seed"),
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def base_url(settings: Settings, host: str, port: int) -> str:
+    if settings.server.public_url:
+        return settings.server.public_url.rstrip("/")
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}"
+
+
+def unsafe_defaults_message(host: str, names: list[str]) -> str:
+    lines = [
+        f"refusing to listen on {host}: these secrets still have their shipped defaults, which anyone can "
+        "read in the source, so anyone could mint tokens or forge audit signatures:"
+    ]
+    for name in names:
+        env, toml = _SETTING_HINTS.get(name, (f"INTERLOCK_{name.upper().replace('.', '__')}", name))
+        lines.append(f"  - {name}: set {env} or {toml} in interlock.toml to a long random value")
+    lines.append("Every replica must share the same values. Or listen on 127.0.0.1 only.")
+    return "\n".join(lines)
+
+
+def serve(
+    manifest: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--manifest", "-m", help="Workflow manifest to serve; repeat for several (default: settings)."
+        ),
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: from settings).")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the URLs as JSON, then serve.")] = False,
+) -> None:
+    """Validate the manifests, migrate the database, print the URLs, and serve until stopped."""
+    settings = load_settings(db)
+    if manifest:
+        settings = settings.model_copy(update={"manifests": list(manifest)})
+    host = host or settings.server.host
+    port = port or settings.server.port
+    unsafe = settings.default_secrets_in_use()
+    if unsafe and not is_loopback(host):
+        fail(
+            unsafe_defaults_message(host, unsafe),
+            code=2,
+            as_json=as_json,
+            error_code="default_secrets_in_use",
+        )
+    if not settings.manifests:
+        fail(
+            "no workflow to serve: pass --manifest PATH, or list manifests in interlock.toml "
+            "(manifests = [...]) or INTERLOCK_MANIFESTS",
+            code=2,
+            as_json=as_json,
+            error_code="no_manifest",
+        )
+    missing = [str(p) for p in settings.manifests if not Path(p).is_file()]
+    if missing:
+        fail(f"{', '.join(missing)}: no such file", code=2, as_json=as_json, error_code="manifest_not_found")
+
+    import uvicorn
+
+    from interlock._internal.api.app import MCP_PATH, UI_PATH, create_app
+    from interlock._internal.service import Interlock
+    from interlock._internal.ui.routes import sign_in_url
+
+    interlock = Interlock(settings)
+    try:
+        # Before listening: a bad manifest or an unreachable database stops here, with file:line.
+        interlock.start()
+    except InterlockError as exc:
+        interlock.close()
+        fail_from(exc, as_json=as_json)
+    app = create_app(interlock=interlock)
+    url = base_url(settings, host, port)
+    urls = {
+        "api": f"{url}/v1",
+        "mcp": f"{url}{MCP_PATH}",
+        "ui": f"{url}{UI_PATH}",
+        "openapi": f"{url}/openapi.json",
+    }
+    # A one-time link for the local admin (a code held in this process's memory, not an API token).
+    sign_in = sign_in_url(app, urls["ui"])
+    if sign_in is not None:
+        urls["ui_sign_in"] = sign_in
+    workflows = [{"name": rt.name, "version": rt.manifest.version} for rt in interlock.workflows]
+    if as_json:
+        print_json({**urls, "workflows": workflows})
+    else:
+        names = ", ".join(f"{w['name']} {w['version']}" for w in workflows)
+        console.print(f"Interlock serving [bold]{names}[/]", highlight=False)
+        for label, key in (("API", "api"), ("MCP", "mcp"), ("console", "ui"), ("OpenAPI", "openapi")):
+            console.print(f"  {label:<8} {urls[key]}", highlight=False)
+        if sign_in is not None:
+            console.print(
+                f"  sign in  {sign_in}  (local admin; one use, within 10 minutes)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if unsafe:
+            console.print(
+                f"  [yellow]development secrets in use ({', '.join(unsafe)}); fine on loopback only[/]",
+                highlight=False,
+            )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+    finally:
+        interlock.close()

@@ -1,0 +1,184 @@
+"""Two `interlock serve` processes on one PostgreSQL database behave as one server.
+
+Both replicas share every piece of state through the database: an idempotency key sent to
+both executes once, and a pause made on one is seen by the other on the very next action.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import SUPPORT_TRIAGE, Harness
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+WF = "support-triage"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _interlock_command() -> list[str]:
+    script = Path(sys.executable).with_name("interlock")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("interlock")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from interlock._internal.cli.main import main; main()"]
+
+
+class Replica:
+    """One `interlock serve` process; its output goes to a log file shown when it fails to start."""
+
+    def __init__(self, name: str, db_url: str, workdir: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        cmd = [
+            *_interlock_command(),
+            "serve",
+            "--manifest",
+            str(SUPPORT_TRIAGE),
+            "--db",
+            db_url,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        # The same environment as the test, SUPPORT_DESK_DB included: both replicas and the test
+        # read and write one help desk.
+        self.proc = subprocess.Popen(
+            cmd, cwd=workdir, env=os.environ.copy(), stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"replica did not become ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._log.close()
+
+
+@pytest.fixture
+def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[Harness, Replica, Replica]]:
+    harness = Harness(pg_url)  # migrates, loads the workflow, creates both agents
+    replicas = [Replica(name, pg_url, tmp_path) for name in ("a", "b")]
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        yield harness, replicas[0], replicas[1]
+    finally:
+        for replica in replicas:
+            replica.stop()
+        harness.close()
+
+
+def _refund(amount: float) -> dict[str, Any]:
+    return {
+        "tool": "payments.refund",
+        "arguments": {"ticket_id": "T-1002", "amount": amount, "currency": "USD", "reason": "late delivery"},
+    }
+
+
+def test_idempotency_and_pause_hold_across_replicas(
+    cluster: tuple[Harness, Replica, Replica], desk: Any
+) -> None:
+    harness, a, b = cluster
+    agent = {"Authorization": f"Bearer {harness.tokens['triage-bot']}"}
+    _, op_token = harness.il.operators.create("ops", roles=["owner"], workflows=[WF], actor="test")
+    operator = {"Authorization": f"Bearer {op_token}"}
+
+    run = a.http.post("/v1/runs", headers=agent).json()["id"]
+
+    # One key, sent to one replica and then the other: executed once, replayed after.
+    first = a.http.post(
+        f"/v1/runs/{run}/actions", headers={**agent, "Idempotency-Key": "k1"}, json=_refund(30)
+    )
+    second = b.http.post(
+        f"/v1/runs/{run}/actions", headers={**agent, "Idempotency-Key": "k1"}, json=_refund(30)
+    )
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert first.json()["replayed"] is False
+    assert second.json()["replayed"] is True
+    assert second.json()["step_id"] == first.json()["step_id"]
+    assert desk.refunds_total() == 30
+
+    # One key, sent to both replicas at the same moment: still one execution.
+    barrier = threading.Barrier(2)
+    answers: dict[str, httpx.Response] = {}
+
+    def send(replica: Replica) -> None:
+        barrier.wait()
+        answers[replica.url] = replica.http.post(
+            f"/v1/runs/{run}/actions", headers={**agent, "Idempotency-Key": "k2"}, json=_refund(40)
+        )
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    statuses = sorted(r.status_code for r in answers.values())
+    assert statuses in ([200, 200], [200, 409]), [r.text for r in answers.values()]
+    executed = [r for r in answers.values() if r.status_code == 200 and not r.json()["replayed"]]
+    assert len(executed) == 1
+    for response in answers.values():
+        if response.status_code == 409:
+            assert response.json()["error"]["code"] == "idempotency_in_flight"
+    retry = b.http.post(
+        f"/v1/runs/{run}/actions", headers={**agent, "Idempotency-Key": "k2"}, json=_refund(40)
+    )
+    assert retry.status_code == 200
+    assert retry.json()["replayed"] is True
+    assert desk.refunds_total() == 70
+
+    # The kill switch pulled on one replica stops the next action on the other.
+    paused = a.http.post(f"/v1/workflows/{WF}/pause", headers=operator, json={"reason": "incident"})
+    assert paused.status_code == 200
+    denied = b.http.post(f"/v1/runs/{run}/actions", headers=agent, json=_refund(5))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["reasons"][0]["code"] == "workflow_paused"
+    assert b.http.get(f"/v1/workflows/{WF}", headers=operator).json()["paused"] is True
+    resumed = b.http.post(f"/v1/workflows/{WF}/resume", headers=operator)
+    assert resumed.json()["paused"] is False
+    assert a.http.post(f"/v1/runs/{run}/actions", headers=agent, json=_refund(5)).status_code == 200
+    assert desk.refunds_total() == 75
+
+    # Either replica shows the whole timeline.
+    steps = b.http.get(f"/v1/runs/{run}", headers=agent).json()["steps_detail"]
+    assert [s["status"] for s in steps] == ["executed", "executed", "denied", "executed"]
