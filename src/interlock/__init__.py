@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from interlock.exceptions import (
     ActionDenied,
+    ApprovalPending,
     ArgumentsInvalid,
     AuditIntegrityError,
     AuthenticationError,
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from interlock._internal.gateway.models import ActionResult, Decision, Reason, Run, RunView, Step
     from interlock._internal.manifest.loader import LoadedManifest, load_manifest
     from interlock._internal.manifest.models import Manifest
+    from interlock._internal.sdk.aclient import AsyncClient
+    from interlock._internal.sdk.client import Client
+    from interlock._internal.sdk.governed import governed
     from interlock._internal.service import Interlock
     from interlock._internal.settings import Settings
 
@@ -38,6 +42,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ActionResult": "interlock._internal.gateway.models",
+    "AsyncClient": "interlock._internal.sdk.aclient",
+    "Client": "interlock._internal.sdk.client",
     "Decision": "interlock._internal.gateway.models",
     "Interlock": "interlock._internal.service",
     "LoadedManifest": "interlock._internal.manifest.loader",
@@ -47,6 +53,7 @@ _LAZY = {
     "RunView": "interlock._internal.gateway.models",
     "Settings": "interlock._internal.settings",
     "Step": "interlock._internal.gateway.models",
+    "governed": "interlock._internal.sdk.governed",
     "load_manifest": "interlock._internal.manifest.loader",
 }
 
@@ -63,9 +70,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ActionDenied",
     "ActionResult",
+    "ApprovalPending",
     "ArgumentsInvalid",
+    "AsyncClient",
     "AuditIntegrityError",
     "AuthenticationError",
+    "Client",
     "ConfigError",
     "ConflictError",
     "Decision",
@@ -87,5 +97,6 @@ __all__ = [
     "TokenScopeError",
     "UpstreamError",
     "__version__",
+    "governed",
     "load_manifest",
 ]

@@ -13,6 +13,7 @@
     ├── NotFound                    unknown run, tool, agent, workflow or approval
     ├── ArgumentsInvalid            arguments fail the tool's input schema (names the field)
     ├── ActionDenied                the pipeline denied an action (carries the decision)
+    ├── ApprovalPending             an action waits for a person (carries the approval id)
     ├── LimitExceeded               budget, step cap or rate limit (carries retry_after)
     ├── ConflictError               a concurrent change won (idempotency key in flight, lock)
     ├── UpstreamError               a tool's upstream failed (HTTP, MCP, Python callable)
@@ -24,7 +25,10 @@ re-raised as one of these with ``raise ... from exc``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from interlock._internal.gateway.models import ActionResult, Decision
 
 
 class InterlockError(Exception):
@@ -107,7 +111,27 @@ class ArgumentsInvalid(InterlockError):
 
 
 class ActionDenied(InterlockError):
+    """The action did not run and will not. ``result`` is the recorded outcome when there is one."""
+
     code = "denied"
+    result: ActionResult | None = None
+
+    @property
+    def decision(self) -> Decision | None:
+        """The pipeline's decision (kind, reasons, policies), when the action reached it."""
+        return self.result.decision if self.result is not None else None
+
+
+class ApprovalPending(InterlockError):
+    """The action waits for a person to approve it; wait on ``approval_id``, then ask again with the
+    same idempotency key (or read the approval's outcome)."""
+
+    code = "pending_approval"
+    result: ActionResult | None = None
+
+    def __init__(self, message: str, *, approval_id: str, details: dict[str, Any] | None = None):
+        super().__init__(message, details={"approval_id": approval_id, **(details or {})})
+        self.approval_id = approval_id
 
 
 class LimitExceeded(InterlockError):
@@ -132,6 +156,7 @@ class AuditIntegrityError(InterlockError):
 
 __all__ = [
     "ActionDenied",
+    "ApprovalPending",
     "ArgumentsInvalid",
     "AuditIntegrityError",
     "AuthenticationError",

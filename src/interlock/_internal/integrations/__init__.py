@@ -1,0 +1,1 @@
+"""Framework integrations (optional extras); import them from :mod:`interlock.integrations`."""
