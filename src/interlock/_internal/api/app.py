@@ -20,6 +20,8 @@ from interlock import __version__
 from interlock._internal.api import routes_admin, routes_agents, routes_approvals, routes_runs
 from interlock._internal.api.deps import ApiMetrics
 from interlock._internal.api.errors import install_error_handlers
+from interlock._internal.api.housekeeping import housekeeping
+from interlock._internal.api.mcp_gateway import build_mcp_app
 from interlock._internal.service import Interlock
 from interlock._internal.settings import Settings
 from interlock._internal.ui.routes import create_console
@@ -37,10 +39,14 @@ def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
     """Mount what is not the REST API: the MCP gateway at ``/mcp`` and the console at ``/ui``.
 
     Return the context managers the app's lifespan must run (the MCP streamable-HTTP session
-    manager needs one). Nothing is mounted yet.
+    manager needs one).
     """
     app.mount(UI_PATH, create_console(interlock))
-    return []
+    gateway = build_mcp_app(interlock)
+    # A route, not a mount: a mount would answer "/mcp" with a redirect to "/mcp/".
+    # Starlette serves a non-function endpoint as a raw ASGI app; its annotation only knows handlers.
+    app.add_route(MCP_PATH, gateway, include_in_schema=False)  # type: ignore[arg-type]
+    return [gateway.lifespan, housekeeping(interlock)]
 
 
 def create_app(settings: Settings | None = None, *, interlock: Interlock | None = None) -> FastAPI:

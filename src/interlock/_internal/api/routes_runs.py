@@ -42,11 +42,12 @@ from interlock._internal.api.schemas import (
     ActionErrorResponse,
     ActionRequest,
     ErrorResponse,
+    FinishRunRequest,
     RunIdPath,
     StartRunRequest,
     error_responses,
 )
-from interlock._internal.gateway.models import ActionResult, Run, RunView
+from interlock._internal.gateway.models import ActionResult, ModelCall, ModelCallResult, Run, RunView
 from interlock._internal.identity.operators import Operator
 from interlock.exceptions import ArgumentsInvalid, InterlockError, NotFound
 
@@ -164,6 +165,43 @@ def submit_action(
         metrics.action_errors.labels(code=exc.code).inc()
         raise
     return action_response(result)
+
+
+@router.post(
+    "/runs/{run_id}/model-calls",
+    response_model=ModelCallResult,
+    summary="Report a model call",
+    responses=error_responses(400, 401, 404, 422),
+)
+def report_model_call(
+    run_id: RunIdPath, body: ModelCall, token: AgentTokenDep, interlock: InterlockDep
+) -> ModelCallResult:
+    """Count a model call's tokens and cost against the run's, agent's and workflow's budgets.
+
+    The cost is ``cost_usd`` when given, else priced from the manifest's or the server's price
+    table; a call that passes a budget is recorded and stops the run (``run_state``, ``reasons``)."""
+    return interlock.report_model_call(
+        token,
+        run_id,
+        model=body.model,
+        input_tokens=body.input_tokens,
+        output_tokens=body.output_tokens,
+        cost_usd=body.cost_usd,
+        duration_ms=body.duration_ms,
+    )
+
+
+@router.post(
+    "/runs/{run_id}/finish",
+    response_model=Run,
+    summary="End a run",
+    responses=error_responses(400, 401, 404, 409, 422),
+)
+def finish_run(
+    run_id: RunIdPath, body: FinishRunRequest, token: AgentTokenDep, interlock: InterlockDep
+) -> Run:
+    """The agent ends its run as ``completed`` or ``failed``; its locks and concurrency slot free up."""
+    return interlock.finish_run(token, run_id, state=body.state, reason=body.reason)
 
 
 @router.get(

@@ -61,6 +61,11 @@ class StartRunRequest(_Body):
         return value
 
 
+class FinishRunRequest(_Body):
+    state: Literal["completed", "failed"] = "completed"
+    reason: str | None = Field(default=None, max_length=2000, pattern=_NO_NUL)
+
+
 class ActionRequest(_Body):
     """One intent: the tool, its arguments, and what a reviewer would want to know."""
 

@@ -16,6 +16,7 @@ def _register() -> None:
     # Imported here, not at module import, so `interlock --help` stays fast.
     from interlock._internal.cli import (
         agents,
+        approvals,
         audit,
         check,
         demo,
@@ -39,6 +40,7 @@ def _register() -> None:
     app.command("purge")(purge.purge)
     app.add_typer(report.app, name="report")
     app.add_typer(runs.app, name="runs")
+    app.add_typer(approvals.app, name="approvals")
     app.command("whatif")(whatif.whatif)
     app.command("eval")(evals.run_eval)
 

@@ -1,0 +1,52 @@
+"""What a server does besides answering requests: webhooks, approval expiry, audit checkpoints.
+
+Safe on every replica at once: each job is a conditional write that only one replica wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from starlette.concurrency import run_in_threadpool
+
+from interlock._internal.audit.checkpoints import maybe_checkpoint
+from interlock._internal.audit.keys import AuditKey
+from interlock._internal.service import Interlock
+from interlock.exceptions import InterlockError
+
+log = logging.getLogger("interlock.housekeeping")
+
+
+def housekeeping(
+    interlock: Interlock, *, every_s: float = 30.0
+) -> Callable[[], AbstractAsyncContextManager[None]]:
+    """A lifespan hook: start the webhook worker, then every ``every_s`` expire due approvals and
+    write a signed audit checkpoint when enough has happened since the last one."""
+
+    @asynccontextmanager
+    async def hook() -> AsyncIterator[None]:
+        await run_in_threadpool(interlock.approvals.start)
+        key = AuditKey.from_settings(interlock.settings.audit)
+
+        def tick() -> None:
+            for job in (interlock.approvals.expire_due, lambda: maybe_checkpoint(interlock.engine, key)):
+                try:
+                    job()
+                except InterlockError:
+                    log.warning("housekeeping job failed", exc_info=True)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                await run_in_threadpool(tick)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return hook
