@@ -16,7 +16,10 @@ _SECRET_KEYS = re.compile(
 )
 
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
+    (
+        "private_key",
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    ),
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
     ("bearer", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}")),
     ("aws_key", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")),
@@ -44,10 +47,7 @@ def redact_text(text: str) -> str:
     if len(text) < 8:
         return text
     for name, pattern in _PATTERNS:
-        if name == "card":
-            text = pattern.sub(_card, text)
-        else:
-            text = pattern.sub(f"[REDACTED:{name}]", text)
+        text = pattern.sub(_card, text) if name == "card" else pattern.sub(f"[REDACTED:{name}]", text)
     # Emails keep their domain and first letter: enough to read a timeline, not to contact.
     return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
 
@@ -72,8 +72,12 @@ def redact(value: Any, *, extra_secrets: tuple[str, ...] = (), _depth: int = 0) 
         for key, item in value.items():
             if isinstance(key, str) and _SECRET_KEYS.search(key) and isinstance(item, str | int | float):
                 out[key] = MASK
-            else:
-                out[key] = redact(item, extra_secrets=extra_secrets, _depth=_depth + 1)
+                continue
+            # Keys are data too: an upstream may echo a secret back as a key.
+            safe_key = (
+                redact(key, extra_secrets=extra_secrets, _depth=_depth + 1) if isinstance(key, str) else key
+            )
+            out[safe_key] = redact(item, extra_secrets=extra_secrets, _depth=_depth + 1)
         return out
     if isinstance(value, list | tuple):
         return [redact(v, extra_secrets=extra_secrets, _depth=_depth + 1) for v in value]
