@@ -637,15 +637,25 @@ class Pipeline:
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
         runtime = self._runtime(run.workflow)
         cost_usd = call.cost_usd
+        notes: list[Reason] = []
         if cost_usd is None:
             price = runtime.manifest.budgets.model_prices.get(call.model)
             table = price.model_dump() if price is not None else self.model_prices.get(call.model)
             if table is None:
-                raise ArgumentsInvalid(
-                    f"no price for model {call.model!r}: report cost_usd or add it to the price table",
-                    field="model",
+                # Usage is self-reported, so refusing it would protect nothing and lose the token
+                # count; it is recorded unpriced and says so.
+                notes.append(
+                    Reason(
+                        code="unpriced_model",
+                        message=f"no price for model {call.model!r}: tokens counted, cost 0; "
+                        "report cost_usd or add it to the price table",
+                    )
                 )
-            cost_usd = (call.input_tokens * table["input"] + call.output_tokens * table["output"]) / 1_000_000
+                cost_usd = 0.0
+            else:
+                cost_usd = (
+                    call.input_tokens * table["input"] + call.output_tokens * table["output"]
+                ) / 1_000_000
         cost = usd_to_micros(cost_usd)
         tokens = call.input_tokens + call.output_tokens
         step_id = new_id("stp")
@@ -719,7 +729,7 @@ class Pipeline:
             cost_usd=cost / 1_000_000,
             tokens=tokens,
             run_state=state,
-            reasons=[over] if over is not None else [],
+            reasons=([over] if over is not None else []) + notes,
         )
 
     # ---- idempotency ------------------------------------------------------------------------
