@@ -142,6 +142,7 @@ def test_show_json(support_manifest_path: Path) -> None:
         "max_tool_calls": 30,
         "max_cost_usd": 2.0,
         "max_duration_s": 900,
+        "max_repeats": 3,
     }
     assert data["approvals"]["quorum"] == 1
 
