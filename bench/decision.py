@@ -87,7 +87,7 @@ def main() -> int:
         whole: list[float] = []
         runs_needed = opts.n // 1000 + 1
         run_ids = [il.start_run(token).id for _ in range(runs_needed)]
-        for i in range(100):
+        for _ in range(100):
             il.act(token, run.id, "noop.read", {"ticket_id": "T-1", "limit": 5})
         for i in range(opts.n):
             rid = run_ids[i // 1000]
@@ -95,7 +95,9 @@ def main() -> int:
             res = il.act(token, rid, "noop.read", {"ticket_id": "T-1", "limit": 5})
             whole.append(time.perf_counter() - t0)
         assert res.status == "executed", res
-        print(f"SQLite synchronous={il.settings.database.sqlite_synchronous}, journal=WAL, python {sys.version.split()[0]}")
+        print(
+            f"SQLite synchronous={il.settings.database.sqlite_synchronous}, journal=WAL, python {sys.version.split()[0]}"
+        )
         show("(a) policy decision (validate+risk+Cedar)", decide)
         show("(b) whole allowed action, durable audit", whole)
         print("targets: (a) <= 150 µs median; (b) <= 1000 µs median and <= 3000 µs p99")

@@ -171,7 +171,8 @@ def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     path = REPO / "examples" / "support-triage" / "support_desk.py"
     spec = importlib.util.spec_from_file_location("support_desk_for_tests", path)
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -22,7 +22,9 @@ def test_approved_refund_runs_once_and_answers_the_idempotency_key(harness, desk
     approve_row(harness, pending.approval_id)
     results: list[object] = []
     threads = [
-        threading.Thread(target=lambda: results.append(harness.il.pipeline.execute_approved(pending.approval_id)))
+        threading.Thread(
+            target=lambda: results.append(harness.il.pipeline.execute_approved(pending.approval_id))
+        )
         for _ in range(4)
     ]
     for th in threads:
@@ -30,20 +32,26 @@ def test_approved_refund_runs_once_and_answers_the_idempotency_key(harness, desk
     for th in threads:
         th.join()
     executed = [r for r in results if r is not None]
-    assert len(executed) == 1 and executed[0].status == "executed"
+    assert len(executed) == 1
+    assert executed[0].status == "executed"
     assert desk.refunds_total() == 120
     retry = harness.act(run, "payments.refund", args, idempotency_key="r-1003")
-    assert retry.status == "executed" and retry.replayed
+    assert retry.status == "executed"
+    assert retry.replayed
     with harness.il.engine.connect() as conn:
-        row = conn.execute(select(t.approvals).where(t.approvals.c.id == pending.approval_id)).mappings().one()
-    assert row["execution"] == "done" and row["payload"] is None
+        row = (
+            conn.execute(select(t.approvals).where(t.approvals.c.id == pending.approval_id)).mappings().one()
+        )
+    assert row["execution"] == "done"
+    assert row["payload"] is None
     assert row["outcome"]["status"] == "executed"
 
 
 def test_paused_workflow_holds_an_approved_action(harness, desk) -> None:
     run = harness.run()
-    pending = harness.act(run, "payments.refund",
-                          {"ticket_id": "T-1003", "amount": 80, "currency": "USD", "reason": "late"})
+    pending = harness.act(
+        run, "payments.refund", {"ticket_id": "T-1003", "amount": 80, "currency": "USD", "reason": "late"}
+    )
     approve_row(harness, pending.approval_id)
     harness.il.set_paused(harness.workflow, paused=True, actor="ops", reason="incident")
     assert harness.il.pipeline.execute_approved(pending.approval_id) is None

@@ -41,8 +41,11 @@ def test_role_without_grant_is_denied(harness) -> None:
 def test_forbid_wins_over_permit(harness, desk) -> None:
     run = harness.run()
     # 900 matches the review permit (amount > 50) and the hard-limit forbid (amount > 500).
-    res = harness.act(run, "payments.refund", {"ticket_id": "T-1001", "amount": 900, "currency": "USD",
-                                               "reason": "double charge"})
+    res = harness.act(
+        run,
+        "payments.refund",
+        {"ticket_id": "T-1001", "amount": 900, "currency": "USD", "reason": "double charge"},
+    )
     assert res.status == "denied"
     assert res.decision.reason_codes == ["forbidden"]
     assert "forbid:refund-hard-limit" in res.decision.policy_ids
@@ -53,8 +56,11 @@ def test_forbid_wins_over_permit(harness, desk) -> None:
 
 def test_small_refund_runs_and_large_one_waits_for_approval(harness, desk) -> None:
     run = harness.run()
-    small = harness.act(run, "payments.refund", {"ticket_id": "T-1002", "amount": 30, "currency": "USD",
-                                                 "reason": "late delivery"})
+    small = harness.act(
+        run,
+        "payments.refund",
+        {"ticket_id": "T-1002", "amount": 30, "currency": "USD", "reason": "late delivery"},
+    )
     assert small.status == "executed", small
     args = {"ticket_id": "T-1003", "amount": 120, "currency": "EUR", "reason": "broken item"}
     big = harness.act(run, "payments.refund", args, reasoning="customer sent photos")
@@ -92,8 +98,9 @@ def test_schema_rejections_name_the_field(harness, desk, args, field) -> None:
 
 def test_more_precision_than_policy_can_judge_is_refused(harness, desk) -> None:
     run = harness.run()
-    res = harness.act(run, "payments.refund", {"ticket_id": "T-1001", "amount": 50.00001, "currency": "USD",
-                                               "reason": "x"})
+    res = harness.act(
+        run, "payments.refund", {"ticket_id": "T-1001", "amount": 50.00001, "currency": "USD", "reason": "x"}
+    )
     assert res.status == "invalid"
     assert desk.refunds_total() == 0
 
@@ -119,7 +126,9 @@ def test_expired_token_is_refused(harness) -> None:
 
 
 def test_agent_in_another_environment_is_denied(harness) -> None:
-    creds = harness.il.agents.create("staging-bot", workflow=harness.workflow, environment="staging", actor="t")
+    creds = harness.il.agents.create(
+        "staging-bot", workflow=harness.workflow, environment="staging", actor="t"
+    )
     token = harness.il.issue_token(creds.client_id, creds.client_secret).token
     run = harness.il.start_run(token)
     res = harness.il.act(token, run.id, "tickets.get", {"ticket_id": "T-1001"})
@@ -139,7 +148,8 @@ def test_idempotent_retry_executes_once(harness, desk) -> None:
     first = harness.act(run, "payments.refund", args, idempotency_key="refund-T-1004")
     second = harness.act(run, "payments.refund", args, idempotency_key="refund-T-1004")
     assert first.status == second.status == "executed"
-    assert second.replayed and not first.replayed
+    assert second.replayed
+    assert not first.replayed
     assert second.result == first.result
     assert desk.refunds_total() == 20
     from interlock import ConflictError
@@ -150,7 +160,6 @@ def test_idempotent_retry_executes_once(harness, desk) -> None:
 
 def test_step_cap_stops_the_run(db_url) -> None:
     from conftest import SUPPORT_TRIAGE, Harness
-
     from interlock._internal.manifest.loader import load_manifest_text
 
     text_ = SUPPORT_TRIAGE.read_text().replace("max_steps: 40", "max_steps: 3")
@@ -169,8 +178,9 @@ def test_step_cap_stops_the_run(db_url) -> None:
 
 def test_low_confidence_escalates(harness) -> None:
     run = harness.run()
-    res = harness.act(run, "tickets.update", {"ticket_id": "T-1001", "fields": {"priority": "high"}},
-                      confidence=0.2)
+    res = harness.act(
+        run, "tickets.update", {"ticket_id": "T-1001", "fields": {"priority": "high"}}, confidence=0.2
+    )
     assert res.status == "escalated"
     assert res.decision.decision == "escalate"
     assert harness.il.get_run(run).state == "escalated"
@@ -193,7 +203,8 @@ def test_every_step_is_in_the_audit_chain(harness) -> None:
     assert report.ok
     with harness.il.engine.connect() as conn:
         kinds = [r[0] for r in conn.execute(text("select kind from audit_events order by seq"))]
-    assert "action.executed" in kinds and "action.denied" in kinds
+    assert "action.executed" in kinds
+    assert "action.denied" in kinds
 
 
 def test_secrets_and_pii_are_redacted_before_storage(harness) -> None:
@@ -204,4 +215,5 @@ def test_secrets_and_pii_are_redacted_before_storage(harness) -> None:
     with harness.il.engine.connect() as conn:
         dump = " ".join(str(r) for r in conn.execute(select(t.steps)).all())
         dump += " ".join(str(r) for r in conn.execute(select(t.audit_events)).all())
-    assert "4111 1111" not in dump and "sk-abcdefghijklmnop1234" not in dump
+    assert "4111 1111" not in dump
+    assert "sk-abcdefghijklmnop1234" not in dump

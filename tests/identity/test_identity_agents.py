@@ -4,10 +4,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from identity_helpers import Clock
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from identity_helpers import Clock
 from interlock._internal.audit.chain import iter_events
 from interlock._internal.identity.agents import AgentStore
 from interlock._internal.identity.secrets import hash_secret

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from identity_helpers import Clock
 
+from identity_helpers import Clock
 from interlock._internal.identity.agents import AgentCredentials, AgentStore
 from interlock._internal.identity.tokens import (
     AUDIENCE,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import SUPPORT_TRIAGE, Harness
 
+from conftest import SUPPORT_TRIAGE, Harness
 from interlock import LimitExceeded
 from interlock._internal.limits.budgets import usage
 from interlock._internal.manifest.loader import load_manifest_text
@@ -67,9 +67,11 @@ def test_200_concurrent_refunds_against_a_budget_for_50(db_url, desk) -> None:
     assert view.state == "stopped"
     with h.il.engine.connect() as conn:
         spent = usage(conn, scope="run", key=run)
-    assert spent["cost_usd"] == pytest.approx(5.0) and spent["reserved_usd"] == 0
+    assert spent["cost_usd"] == pytest.approx(5.0)
+    assert spent["reserved_usd"] == 0
     refused = [s for s in view.steps_detail if s.status == "limited"]
-    assert refused and refused[0].decision.reason_codes == ["budget_exceeded"]
+    assert refused
+    assert refused[0].decision.reason_codes == ["budget_exceeded"]
     assert len(desk.snapshot()["refunds"]) == 50
     h.close()
 
@@ -100,7 +102,7 @@ def _process_worker(db_url: str, desk_db: str, secret: str, run: str, offset: in
 
 
 @pytest.mark.postgres
-def test_budget_holds_across_two_processes_on_postgres(pg_url, desk, _desk_db) -> None:
+def test_budget_holds_across_two_processes_on_postgres(pg_url, desk, _desk_db) -> None:  # noqa: PT019
     h = Harness(pg_url, variant(priced_refunds))
     run = h.run()
     ctx = multiprocessing.get_context("spawn")
@@ -151,7 +153,8 @@ def test_model_calls_are_priced_and_stop_the_run_past_budget(db_url) -> None:
     first = h.il.report_model_call(
         h.tokens["triage-bot"], run, model="gpt-test", input_tokens=1000, output_tokens=1000
     )
-    assert first.cost_usd == pytest.approx(0.04) and first.run_state == "running"
+    assert first.cost_usd == pytest.approx(0.04)
+    assert first.run_state == "running"
     second = h.il.report_model_call(
         h.tokens["triage-bot"], run, model="gpt-test", input_tokens=2000, output_tokens=0
     )
@@ -162,7 +165,8 @@ def test_model_calls_are_priced_and_stop_the_run_past_budget(db_url) -> None:
     unpriced = h.il.report_model_call(
         h.tokens["triage-bot"], run, model="unknown", input_tokens=1, output_tokens=1
     )
-    assert unpriced.cost_usd == 0 and [r.code for r in unpriced.reasons][-1] == "unpriced_model"
+    assert unpriced.cost_usd == 0
+    assert [r.code for r in unpriced.reasons][-1] == "unpriced_model"
     assert h.il.get_run(run).tokens == 4002
     h.close()
 
@@ -176,7 +180,8 @@ def test_loop_detection_escalates_with_a_handoff(harness) -> None:
     assert looped.decision.reason_codes == ["loop_detected"]
     assert harness.il.get_run(run).state == "escalated"
     [handoff] = harness.il.handoffs.list(workflow=harness.workflow)
-    assert handoff.reason_code == "loop_detected" and handoff.run_id == run
+    assert handoff.reason_code == "loop_detected"
+    assert handoff.run_id == run
     harness.il.resolve_handoff(handoff.id, action="stop", actor="ops@example.com")
     assert harness.il.get_run(run).state == "stopped"
 
@@ -295,7 +300,8 @@ def test_stop_rule_sequence_failure(stop_harness) -> None:
         actor="ops@example.com",
         arguments={"ticket_id": "T-1001", "to": "a@example.com", "subject": "Update", "body": "Hello"},
     )
-    assert result is not None and result.executed
+    assert result is not None
+    assert result.executed
     assert stop_harness.il.get_run(run).state == "running"
 
 
@@ -312,7 +318,8 @@ def test_confidence_routing(db_url) -> None:
     assert review.status == "pending_approval"
     assert review.decision.reason_codes[0] == "confidence_review"
     rejected = h.act(run, "tickets.update", args, confidence=0.2)
-    assert rejected.status == "denied" and rejected.decision.reason_codes == ["low_confidence_rejected"]
+    assert rejected.status == "denied"
+    assert rejected.decision.reason_codes == ["low_confidence_rejected"]
     assert rejected.decision.confidence == 0.2
     h.close()
 
@@ -326,7 +333,8 @@ def test_resource_lock_conflict_between_runs(db_url) -> None:
     args = {"ticket_id": "T-1001", "fields": {"priority": "high"}}
     assert h.act(first, "tickets.update", args).executed
     blocked = h.act(second, "tickets.update", args)
-    assert blocked.status == "denied" and blocked.decision.reason_codes == ["conflict"]
+    assert blocked.status == "denied"
+    assert blocked.decision.reason_codes == ["conflict"]
     assert h.act(second, "tickets.update", {**args, "ticket_id": "T-1002"}).executed
     assert h.act(first, "tickets.update", {**args, "fields": {"priority": "low"}}).executed  # re-entrant
     h.il.finish_run(h.tokens["triage-bot"], first)
@@ -391,7 +399,9 @@ def test_rate_limit_refuses_with_retry_after(db_url) -> None:
     assert h.act(run, "tickets.get", {"ticket_id": "T-1001"}).executed
     assert h.act(run, "tickets.get", {"ticket_id": "T-1002"}).executed
     third = h.act(run, "tickets.get", {"ticket_id": "T-1003"})
-    assert third.status == "limited" and third.decision.reason_codes == ["rate_limited"]
-    assert third.retry_after is not None and 0 < third.retry_after <= 60
+    assert third.status == "limited"
+    assert third.decision.reason_codes == ["rate_limited"]
+    assert third.retry_after is not None
+    assert 0 < third.retry_after <= 60
     assert h.il.get_run(run).state == "running"  # a rate limit slows a run; it does not stop it
     h.close()

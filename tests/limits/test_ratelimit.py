@@ -98,7 +98,8 @@ def test_check_tool_applies_the_per_agent_limit_per_agent(limiter) -> None:
     assert limiter.check_tool("bot-a", tool, now=NOW) is None
     assert limiter.check_tool("bot-a", tool, now=NOW) is None
     mine = limiter.check_tool("bot-a", tool, now=NOW)
-    assert mine is not None and (mine.scope, mine.limit) == ("agent_tool", 2)
+    assert mine is not None
+    assert (mine.scope, mine.limit) == ("agent_tool", 2)
     assert limiter.check_tool("bot-b", tool, now=NOW) is None  # another agent has its own allowance
 
 

@@ -34,8 +34,9 @@ def check(
         fail(f"{file}: no such file", code=2, as_json=as_json, error_code="not_found")
     try:
         runtime = build_runtime(load_manifest(file))
-        decision = check_decision(runtime, agent=agent, tool=tool, arguments=arguments, environment=env,
-                                  confidence=confidence)
+        decision = check_decision(
+            runtime, agent=agent, tool=tool, arguments=arguments, environment=env, confidence=confidence
+        )
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     if as_json:
@@ -48,4 +49,6 @@ def check(
         console.print(f"  - {reason.code}{who}: {reason.message}", highlight=False)
     if decision.risk:
         console.print(f"  risk: {', '.join(decision.risk)}")
-    console.print(f"  manifest {decision.manifest_version}  policy {str(decision.policy_version)[:12]}", style="dim")
+    console.print(
+        f"  manifest {decision.manifest_version}  policy {str(decision.policy_version)[:12]}", style="dim"
+    )

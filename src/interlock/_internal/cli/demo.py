@@ -108,7 +108,7 @@ def demo(
 
     from interlock._internal.api.app import create_app
     from interlock._internal.service import Interlock
-    from interlock._internal.settings import Settings
+    from interlock._internal.settings import DatabaseSettings, Settings
 
     started = time.monotonic()
     if not EXAMPLE.is_file():
@@ -117,7 +117,7 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["SUPPORT_DESK_DB"] = str(workdir / "support-desk.db")
     db_url = f"sqlite:///{workdir / 'interlock.db'}"
-    il = Interlock(Settings(database={"url": db_url}, manifests=[EXAMPLE]))  # type: ignore[arg-type]
+    il = Interlock(Settings(database=DatabaseSettings(url=db_url), manifests=[EXAMPLE]))
     server: uvicorn.Server | None = None
     try:
         il.start()

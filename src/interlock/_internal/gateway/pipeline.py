@@ -35,9 +35,9 @@ from interlock._internal.gateway.models import (
 )
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, ToolRuntime, WorkflowRuntime
 from interlock._internal.gateway.transports.base import CallContext
-from interlock._internal.identity.agents import AgentStore
-from interlock._internal.identity.agents import auth_row
+from interlock._internal.identity.agents import AgentStore, auth_row
 from interlock._internal.identity.tokens import AgentPrincipal, TokenService, admit_agent, authenticate_agent
+from interlock._internal.ids import new_id
 from interlock._internal.limits.budgets import (
     BudgetRefused,
     Scope,
@@ -48,15 +48,14 @@ from interlock._internal.limits.budgets import (
     usd_to_micros,
 )
 from interlock._internal.limits.locks import acquire as lock_acquire
-from interlock._internal.limits.ratelimit import RateLimited, RateLimiter
 from interlock._internal.limits.locks import lock_key
+from interlock._internal.limits.ratelimit import RateLimited, RateLimiter
 from interlock._internal.limits.stop_rules import check_history, check_intent, sequence_broken
 from interlock._internal.manifest.models import CredentialRef, Manifest, RuleSpec
 from interlock._internal.policy import engine as policy_engine
-from interlock._internal.policy.engine import Outcome
 from interlock._internal.policy.cedar_values import CedarValueError, args_to_cedar, decimal_text
+from interlock._internal.policy.engine import Outcome
 from interlock._internal.runs.state import open_handoff, set_state
-from interlock._internal.ids import new_id
 from interlock._internal.runs.store import RunStore, run_from_row
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
@@ -754,7 +753,8 @@ class Pipeline:
             )
         if row["state"] == "in_flight" or row["outcome"] is None:
             raise ConflictError(
-                f"an action with idempotency key {intent.idempotency_key!r} is still executing; retry shortly",
+                f"an action with idempotency key {intent.idempotency_key!r} is still executing; "
+                "retry shortly",
                 code="idempotency_in_flight",
             )
         result = ActionResult.model_validate(row["outcome"])
@@ -1043,15 +1043,18 @@ class Pipeline:
                     verdict, _rate_reason(limited), "limited", retry_after=limited.retry_after
                 )
         key = lock_key(run.workflow, spec, intent.arguments)
-        if key is not None and spec.lock is not None:
-            if not lock_acquire(
+        if (
+            key is not None
+            and spec.lock is not None
+            and not lock_acquire(
                 self.engine, key, run_id=run.id, hold_s=spec.lock.hold_s, wait_s=spec.lock.wait_s
-            ):
-                reason = Reason(
-                    code="conflict",
-                    message=f"another run is changing {key.split(':', 1)[1]}; waited {spec.lock.wait_s:g}s",
-                )
-                return self._refusal(verdict, reason, "denied")
+            )
+        ):
+            reason = Reason(
+                code="conflict",
+                message=f"another run is changing {key.split(':', 1)[1]}; waited {spec.lock.wait_s:g}s",
+            )
+            return self._refusal(verdict, reason, "denied")
         budget = manifest.budgets.per_run
         cost = usd_to_micros(spec.cost_usd)
         now = time.time()
@@ -1070,8 +1073,8 @@ class Pipeline:
                     if repeats >= budget.max_repeats:
                         reason = Reason(
                             code="loop_detected",
-                            message=f"{spec.name} with these arguments already ran {repeats} times in this run "
-                            f"(max_repeats={budget.max_repeats})",
+                            message=f"{spec.name} with these arguments already ran {repeats} times "
+                            f"in this run (max_repeats={budget.max_repeats})",
                         )
                         raise _Refused(self._refusal(verdict, reason, "escalated"))
                 history = check_history(conn, manifest, run_id=run.id, tool=spec.name)

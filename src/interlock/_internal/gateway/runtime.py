@@ -41,7 +41,7 @@ class ToolRuntime:
         return None
 
     def risk(self, arguments: dict[str, Any]) -> list[str]:
-        traits = set(self.spec.traits)
+        traits: set[str] = set(self.spec.traits)
         for condition, extra in self.risk_conditions:
             if condition.evaluate(arguments):
                 traits.update(extra)

@@ -267,11 +267,13 @@ class Evaluation(Strict):
     threshold: float = Field(default=1.0, ge=0, le=1)
 
 
+ApproverRole = Literal["admin", "owner", "approver"]
+_DEFAULT_APPROVERS: tuple[ApproverRole, ...] = ("approver", "owner", "admin")
+
+
 class Approvals(Strict):
     expires_after_s: int = Field(default=3600, ge=10, le=30 * 86_400)
-    approver_roles: list[Literal["admin", "owner", "approver"]] = Field(
-        default_factory=lambda: ["approver", "owner", "admin"]
-    )
+    approver_roles: list[ApproverRole] = Field(default_factory=lambda: list(_DEFAULT_APPROVERS))
     quorum: int = Field(default=1, ge=1, le=10)
     allow_self_approval: bool = False
 

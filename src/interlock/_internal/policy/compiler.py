@@ -149,11 +149,7 @@ def _grant_policy(manifest: Manifest) -> str:
             tools = ", ".join(_uid("Tool", t) for t in grant.tools)
             clauses.append(f"({principal} && [{tools}].contains(resource))")
     body = " || ".join(clauses) if clauses else "false"
-    return (
-        '@id("grant:role-grants")\n'
-        "forbid (principal, action, resource)\n"
-        f"unless {{ {body} }};"
-    )
+    return f'@id("grant:role-grants")\nforbid (principal, action, resource)\nunless {{ {body} }};'
 
 
 def _rule_policies(kind: str, prefix: str, index: int, rule: RuleSpec, manifest: Manifest) -> list[str]:

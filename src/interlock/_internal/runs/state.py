@@ -10,8 +10,8 @@ from sqlalchemy.engine import Connection
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Reason
-from interlock._internal.limits.locks import release_run
 from interlock._internal.ids import new_id
+from interlock._internal.limits.locks import release_run
 from interlock._internal.store import tables as t
 
 TERMINAL = ("completed", "failed", "stopped")

@@ -112,7 +112,9 @@ def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
 
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    stmt = (
+        dialect.insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    )
     return conn.execute(stmt).first() is not None
 
 
