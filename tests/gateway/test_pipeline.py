@@ -217,3 +217,22 @@ def test_secrets_and_pii_are_redacted_before_storage(harness) -> None:
         dump += " ".join(str(r) for r in conn.execute(select(t.audit_events)).all())
     assert "4111 1111" not in dump
     assert "sk-abcdefghijklmnop1234" not in dump
+
+
+def test_the_agent_sees_the_result_the_database_keeps_it_redacted(harness) -> None:
+    run = harness.run()
+    res = harness.act(run, "customers.get", {"customer_id": "C-1001"})
+    assert res.executed
+    email = res.result["email"]
+    assert "***" not in email  # the agent needs the address to write to the customer
+    [step] = harness.il.get_run(run).steps_detail
+    assert step.result["email"] != email
+    assert "***@" in step.result["email"]
+
+
+def test_a_forbidden_action_is_denied_not_escalated(harness) -> None:
+    # Low confidence would escalate an allowed action; a forbidden one is simply denied.
+    run = harness.run()
+    res = harness.act(run, "customers.delete", {"customer_id": "C-1001"}, confidence=0.1)
+    assert res.status == "denied"
+    assert harness.il.get_run(run).state == "running"

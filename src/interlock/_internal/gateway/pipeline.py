@@ -60,7 +60,7 @@ from interlock._internal.runs.store import RunStore, run_from_row
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.telemetry.metrics import Metrics
-from interlock._internal.telemetry.redaction import redact
+from interlock._internal.telemetry.redaction import mask_secrets, redact
 from interlock._internal.telemetry.tracing import Tracing
 from interlock.exceptions import (
     ArgumentsInvalid,
@@ -247,7 +247,8 @@ def evaluate(
     steps: int = 0,
     tool_calls: int = 0,
 ) -> Verdict:
-    """Schema, risk, stop rules and Cedar. Never raises for bad input: it denies."""
+    """Schema, risk, Cedar, then stop rules and confidence routing. Never raises for bad input:
+    it denies."""
     manifest = runtime.manifest
     base = {
         "manifest_version": runtime.version_id,
@@ -286,9 +287,6 @@ def evaluate(
             message=f"agent {agent_id} acts in {agent.environment}, not in {environment}",
         )
         return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
-    stop = check_intent(manifest, tool=spec.name, arguments=args, risk=risk, confidence=intent.confidence)
-    if stop is not None:
-        return Verdict(Decision(decision="escalate", reasons=[stop], risk=risk, **base), "escalated", tool_rt)
     try:
         context: dict[str, Any] = {
             "workflow": runtime.name,
@@ -313,6 +311,22 @@ def evaluate(
     reasons = [Reason(code=verdict.code, message=message, policy_id=p) for p in verdict.policy_ids] or [
         Reason(code=verdict.code, message=message)
     ]
+    if verdict.outcome != "deny":
+        # Stop rules judge what policy would let through: a forbidden action is denied, not
+        # escalated (escalating it would hand a person a decision policy already made).
+        stop = check_intent(manifest, tool=spec.name, arguments=args, risk=risk, confidence=intent.confidence)
+        if stop is not None:
+            return Verdict(
+                Decision(
+                    decision="escalate",
+                    reasons=[stop],
+                    risk=risk,
+                    policy_ids=list(verdict.policy_ids),
+                    **base,
+                ),
+                "escalated",
+                tool_rt,
+            )
     outcome = verdict.outcome
     routed = _route_by_confidence(manifest, outcome, intent.confidence)
     if routed is not None:
@@ -500,7 +514,7 @@ class Pipeline:
         if stop is not None:
             reason, status = stop
             return Verdict(
-                decision.model_copy(update={"decision": "deny", "reasons": [reason]}),
+                decision.model_copy(update={"decision": "deny", "reasons": [reason], "policy_ids": []}),
                 status,
                 verdict.tool,
             )
@@ -1120,7 +1134,9 @@ class Pipeline:
         retry_after: float | None = None,
     ) -> Verdict:
         kind = "escalate" if status == "escalated" else "deny"
-        decision = verdict.decision.model_copy(update={"decision": kind, "reasons": [reason]})
+        decision = verdict.decision.model_copy(
+            update={"decision": kind, "reasons": [reason], "policy_ids": []}
+        )
         return Verdict(decision, status, verdict.tool, stop_run=stop_run, retry_after=retry_after)
 
     def _refuse_caps(self, conn: Connection, run: Run, runtime: WorkflowRuntime, verdict: Verdict) -> Verdict:
@@ -1189,6 +1205,9 @@ class Pipeline:
             error=error,
             seq=seq,
         )
+        # The agent gets the tool's answer as the tool gave it, less the injected credential; the
+        # database (and an idempotent replay) keeps the redacted form.
+        returned = outcome.model_copy(update={"result": _mask_only(result, secrets)})
         spent = cost if error is None else 0  # a failed call releases its reservation
         if spent:
             self.metrics.spend.labels(run.workflow, "tool").inc(spent / 1_000_000)
@@ -1234,7 +1253,7 @@ class Pipeline:
                         reason=broken,
                         actor="interlock",
                     )
-        return outcome
+        return returned
 
 
 def _rate_reason(limited: RateLimited) -> Reason:
@@ -1244,6 +1263,17 @@ def _rate_reason(limited: RateLimited) -> Reason:
 def _rules_by_policy_id(rules: list[RuleSpec], prefix: str) -> dict[str, RuleSpec]:
     kind = "require_approval" if prefix == "review" else prefix
     return {f"{prefix}:{r.id or f'{kind}[{i}]'}": r for i, r in enumerate(rules)}
+
+
+def _mask_only(value: Any, secrets: tuple[str, ...]) -> Any:
+    """The value with only the given secrets masked (what the agent may see of a result)."""
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError):
+        return {"unserialisable": type(value).__name__}
+    if not secrets:
+        return value
+    return mask_secrets(value, secrets)
 
 
 def _safe_redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:

@@ -63,10 +63,7 @@ def redact(value: Any, *, extra_secrets: tuple[str, ...] = (), _depth: int = 0) 
     if _depth > _MAX_DEPTH:
         return MASK
     if isinstance(value, str):
-        for secret in extra_secrets:
-            if secret and secret in value:
-                value = value.replace(secret, MASK)
-        return redact_text(value)
+        return redact_text(mask_secrets(value, extra_secrets))
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
@@ -84,4 +81,23 @@ def redact(value: Any, *, extra_secrets: tuple[str, ...] = (), _depth: int = 0) 
     return value
 
 
-__all__ = ["MASK", "redact", "redact_text"]
+def mask_secrets(value: Any, secrets: tuple[str, ...], *, _depth: int = 0) -> Any:
+    """Only the exact ``secrets`` masked, in keys and values; nothing else changes."""
+    if _depth > _MAX_DEPTH:
+        return MASK
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret and secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {
+            mask_secrets(k, secrets, _depth=_depth + 1): mask_secrets(v, secrets, _depth=_depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v, secrets, _depth=_depth + 1) for v in value]
+    return value
+
+
+__all__ = ["MASK", "mask_secrets", "redact", "redact_text"]
