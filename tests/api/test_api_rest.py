@@ -427,7 +427,7 @@ def test_workflow_list_and_operating_model(api: Api) -> None:
     assert {r["id"] for r in detail["rules"]["forbid"]} == {"refund-hard-limit", "no-deletes", "no-bulk"}
     assert {r["id"] for r in detail["rules"]["require_approval"]} == {"customer-email", "refund-review"}
     assert detail["budgets"]["per_run"]["max_tool_calls"] == 30
-    assert detail["pause_owners"] == ["support-ops@example.com", "oncall@example.com"]
+    assert detail["pause_owners"] == ["support-lead", "oncall"]
     assert detail["policy_version"] == api.h.runtime.compiled.sha256
     assert api.http.get("/v1/workflows/nope", headers=api.ops).status_code == 404
     other = api.operator("bea", "owner", workflows=["billing"])
@@ -474,7 +474,7 @@ def _variant(tmp_path: Path, old: str, new: str) -> Path:
 
 def test_pause_owner_listed_in_manifest(tmp_path: Path, sqlite_url: str) -> None:
     manifest = _variant(
-        tmp_path, "pause_owners: [support-ops@example.com, oncall@example.com]", "pause_owners: [oncall]"
+        tmp_path, "pause_owners: [support-lead, oncall]", "pause_owners: [oncall]"
     )
     for api in _serve(Harness(sqlite_url, manifest=manifest)):
         oncall = api.operator("oncall", "approver", workflows=[WF])

@@ -114,7 +114,7 @@ def test_show(support_manifest_path: Path) -> None:
         "no-bulk: verbs update, send, refund, delete with trait bulk",
         "refund-needs-reason: missing_data on payments.refund",
         "Budget per run: 40 steps, 30 tool calls, $2.00, 900 s",
-        "May pause: support-ops@example.com, oncall@example.com",
+        "May pause: support-lead, oncall",
     ):
         assert expected in out, expected
     assert out.index("Runs without approval:") < out.index("Needs approval:") < out.index("Forbidden:")

@@ -424,7 +424,7 @@ def test_the_workflow_page_shows_the_operating_model_and_figures(console: Consol
         "Agents never delete customers.",  # forbidden
         "refund-needs-reason",  # stop rule
         "$2.00",  # budget
-        "oncall@example.com",  # pause owners
+        "support-lead",  # pause owners
         "This week's figures",
         "Denial rate",
     ):

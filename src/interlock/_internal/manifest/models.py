@@ -317,7 +317,8 @@ class Manifest(Strict):
     approvals: Approvals = Approvals()
     confidence: Confidence = Confidence()
     evaluation: Evaluation | None = None
-    pause_owners: list[str] = Field(default_factory=list)
+    # Operator ids (not emails) who may pause and resume this workflow whatever their roles.
+    pause_owners: list[Name] = Field(default_factory=list)
     retention_days: int | None = Field(default=None, ge=1, le=36_500)
 
     def tool(self, name: str) -> ToolSpec | None:

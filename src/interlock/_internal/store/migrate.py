@@ -1,4 +1,5 @@
-"""Alembic migrations, run programmatically (``interlock serve`` and ``interlock db upgrade``)."""
+"""Alembic migrations, run programmatically: ``interlock serve`` and every command that opens the
+database upgrade it first."""
 
 from __future__ import annotations
 
