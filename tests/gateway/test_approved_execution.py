@@ -61,3 +61,18 @@ def test_paused_workflow_holds_an_approved_action(harness, desk) -> None:
     assert desk.refunds_total() == 80
     assert harness.il.pipeline.execute_approved(pending.approval_id) is None
     assert harness.il.approvals.get(pending.approval_id).execution == "done"
+
+
+def test_revoking_the_agent_withdraws_its_approved_action(harness, desk) -> None:
+    run = harness.run()
+    pending = harness.act(
+        run, "payments.refund", {"ticket_id": "T-1003", "amount": 90, "currency": "USD", "reason": "late"}
+    )
+    harness.il.agents.revoke("triage-bot", actor="security")
+    approve_row(harness, pending.approval_id)
+    result = harness.il.pipeline.execute_approved(pending.approval_id)
+    assert result is not None
+    assert result.status == "denied"
+    assert result.decision.reason_codes == ["agent_revoked"]
+    assert desk.refunds_total() == 0
+    assert harness.il.approvals.get(pending.approval_id).execution == "refused"

@@ -193,3 +193,27 @@ def test_random_refunds_are_decided_and_over_500_never_allowed(fields: dict[str,
 
 
 _RUNTIME = build_runtime(load_manifest(SUPPORT_TRIAGE))
+
+
+def test_changing_a_policy_file_needs_a_new_version(tmp_path: Path) -> None:
+    from interlock import Interlock, Settings
+
+    policy = tmp_path / "extra.cedar"
+    policy.write_text('@id("forbid:no-eur") forbid (principal, action, resource) when { context.environment == "x" };')
+    data = yaml.safe_load(SUPPORT_TRIAGE.read_text())
+    data["policies"] = ["extra.cedar"]
+    (tmp_path / "support_desk.py").write_text((SUPPORT_TRIAGE.parent / "support_desk.py").read_text())
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    il = Interlock(Settings(database={"url": f"sqlite:///{tmp_path / 'i.db'}"}))  # type: ignore[arg-type]
+    il.migrate()
+    il.load_workflow(path)
+    il.load_workflow(path)  # same files: same version, fine
+    policy.write_text('@id("forbid:no-eur") forbid (principal, action, resource) when { context.environment == "y" };')
+    with pytest.raises(PolicyError) as err:
+        il.load_workflow(path)
+    assert err.value.field == "version"
+    data["version"] = "1.0.1"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert il.load_workflow(path).manifest.version == "1.0.1"
+    il.close()

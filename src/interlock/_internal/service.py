@@ -44,7 +44,7 @@ from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, is_sqlite, make_engine, reading, transaction
 from interlock._internal.telemetry.metrics import Metrics
 from interlock._internal.telemetry.tracing import Tracing, build_provider
-from interlock.exceptions import ArgumentsInvalid, ConfigError, ConflictError, NotFound
+from interlock.exceptions import ArgumentsInvalid, ConfigError, ConflictError, NotFound, PolicyError
 
 
 class Interlock:
@@ -160,6 +160,20 @@ class Interlock:
         if any(spec.upstream is not None and spec.upstream.kind == "http" for spec in loaded.manifest.tools):
             shared["http"] = self.http_transport
         runtime = build_runtime(loaded, shared_transports=shared)
+        try:
+            self._store_version(loaded, runtime, actor=actor)
+        except BaseException:
+            runtime.close()
+            raise
+        with self._lock:
+            old = self._runtimes.get(loaded.manifest.name)
+            self._runtimes[loaded.manifest.name] = runtime
+        if old is not None and old is not runtime:
+            old.close()
+        return runtime
+
+    def _store_version(self, loaded: LoadedManifest, runtime: WorkflowRuntime, *, actor: str) -> None:
+        """Record the version (first replica wins) and make it the workflow's active one."""
         now = time.time()
         with transaction(self.engine) as conn:
             if insert_ignore(
@@ -198,6 +212,21 @@ class Interlock:
                         "policy_sha256": runtime.compiled.sha256,
                     },
                 )
+            else:
+                stored = conn.execute(
+                    select(t.workflow_versions.c.policy_sha256).where(
+                        t.workflow_versions.c.id == loaded.version_id
+                    )
+                ).scalar_one()
+                if stored != runtime.compiled.sha256:
+                    # The manifest text is the same but a .cedar file it names changed: decisions
+                    # would cite a version whose stored policy is not the one in force.
+                    raise PolicyError(
+                        f"the policy files changed but the manifest did not; bump `version` in "
+                        f"{loaded.path or loaded.manifest.name} so the new policy gets its own version",
+                        file=str(loaded.path) if loaded.path else None,
+                        field="version",
+                    )
             current = conn.execute(
                 select(t.workflows.c.active_version_id).where(t.workflows.c.name == loaded.manifest.name)
             ).first()
@@ -229,12 +258,6 @@ class Interlock:
                         "previous": None if current is None else current[0],
                     },
                 )
-        with self._lock:
-            old = self._runtimes.get(loaded.manifest.name)
-            self._runtimes[loaded.manifest.name] = runtime
-        if old is not None and old is not runtime:
-            old.close()
-        return runtime
 
     def runtime(self, workflow: str) -> WorkflowRuntime:
         runtime = self._runtimes.get(workflow)

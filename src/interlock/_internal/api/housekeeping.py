@@ -23,8 +23,9 @@ log = logging.getLogger("interlock.housekeeping")
 def housekeeping(
     interlock: Interlock, *, every_s: float = 30.0
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
-    """A lifespan hook: start the webhook worker, then every ``every_s`` expire due approvals and
-    write a signed audit checkpoint when enough has happened since the last one."""
+    """A lifespan hook: start the webhook worker, then every ``every_s`` expire due approvals, run
+    approved actions a lifted pause was holding, and write a signed audit checkpoint when enough
+    has happened since the last one."""
 
     @asynccontextmanager
     async def hook() -> AsyncIterator[None]:
@@ -32,7 +33,13 @@ def housekeeping(
         key = AuditKey.from_settings(interlock.settings.audit)
 
         def tick() -> None:
-            for job in (interlock.approvals.expire_due, lambda: maybe_checkpoint(interlock.engine, key)):
+            jobs = (
+                interlock.approvals.expire_due,
+                # Approved actions held by a pause lifted elsewhere (another replica, a script).
+                interlock.approvals.resume_held,
+                lambda: maybe_checkpoint(interlock.engine, key),
+            )
+            for job in jobs:
                 try:
                     job()
                 except InterlockError:

@@ -104,7 +104,11 @@ def start_run(
     body: StartRunRequest | None = None,
 ) -> Run:
     """Start one run of the caller's workflow; every action then names this run."""
-    run = interlock.start_run(token, trigger=body.trigger if body is not None else None)
+    run = interlock.start_run(
+        token,
+        trigger=body.trigger if body is not None else None,
+        started_by=body.started_by if body is not None else None,
+    )
     metrics.runs_started.labels(workflow=run.workflow).inc()
     response.headers["Location"] = f"/v1/runs/{run.id}"
     return run

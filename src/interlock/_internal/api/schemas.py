@@ -52,6 +52,12 @@ class _Body(BaseModel):
 
 class StartRunRequest(_Body):
     trigger: Any = Field(default=None, description="What started the run (a ticket, an event); any JSON.")
+    started_by: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$",
+        description="The operator on whose request the agent runs. When the workflow forbids "
+        "self-approval, that operator cannot approve this run's actions.",
+    )
 
     @field_validator("trigger")
     @classmethod

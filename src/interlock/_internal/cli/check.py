@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from interlock._internal.cli.common import console, fail, fail_from, print_json
 from interlock.exceptions import InterlockError
@@ -43,10 +44,12 @@ def check(
         print_json(decision.model_dump(mode="json"))
         return
     colour = {"allow": "green", "deny": "red", "require_approval": "yellow", "escalate": "magenta"}
-    console.print(f"[bold {colour[decision.decision]}]{decision.decision}[/] {tool} ({decision.verb or '?'})")
+    console.print(
+        f"[bold {colour[decision.decision]}]{decision.decision}[/] {escape(tool)} ({decision.verb or '?'})"
+    )
     for reason in decision.reasons:
         who = f" [{reason.policy_id}]" if reason.policy_id else ""
-        console.print(f"  - {reason.code}{who}: {reason.message}", highlight=False)
+        console.print(escape(f"  - {reason.code}{who}: {reason.message}"), highlight=False)
     if decision.risk:
         console.print(f"  risk: {', '.join(decision.risk)}")
     console.print(

@@ -7,6 +7,7 @@ import sys
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from interlock._internal.settings import Settings
 from interlock.exceptions import InterlockError
@@ -31,7 +32,8 @@ def fail(message: str, *, code: int = 1, as_json: bool = False, error_code: str 
     if as_json:
         print_json({"error": {"code": error_code, "message": message}})
     else:
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        # The message quotes names and values from files and users: never read it as markup.
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from interlock._internal.cli.common import console, print_json
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest
 from interlock._internal.manifest.models import Manifest, RuleSpec
+from interlock._internal.policy.compiler import compile_manifest
 from interlock.exceptions import ManifestError
 
 app = typer.Typer(
@@ -30,7 +31,10 @@ _UNREADABLE = ("manifest_not_found", "manifest_unreadable")
 
 def _load(file: Path, *, as_json: bool) -> LoadedManifest:
     try:
-        return load_manifest(file)
+        loaded = load_manifest(file)
+        # Compiling proves the rules and any .cedar files parse and validate against the schema.
+        compile_manifest(loaded)
+        return loaded
     except ManifestError as exc:
         if as_json:
             print_json(

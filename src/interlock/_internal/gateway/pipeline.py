@@ -12,6 +12,7 @@ Fail closed: an unexpected error anywhere before execution denies the action wit
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,19 +222,19 @@ def _deny(
     return Reason(code=code, message=message, **kw), status
 
 
-def resolve_credential(ref: CredentialRef | None) -> str | None:
-    """Read an upstream secret at call time. It is never stored, logged or returned."""
+def resolve_credential(ref: CredentialRef | None, *, base_dir: Path) -> str | None:
+    """Read an upstream secret at call time. It is never stored, logged or returned.
+
+    A relative ``file`` is found next to the manifest, like its Python tools and policy files."""
     if ref is None:
         return None
-    import os
-
     if ref.env is not None:
         value = os.environ.get(ref.env)
         if not value:
             raise ConfigError(f"credential: environment variable {ref.env} is not set")
         return value
     try:
-        return Path(ref.file or "").read_text(encoding="utf-8").strip()
+        return (base_dir / (ref.file or "")).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"credential: cannot read secret file: {exc.strerror}") from exc
 
@@ -562,6 +563,26 @@ class Pipeline:
         )
         execution = "done"
         try:
+            agent = self.agents.lookup(row["agent_id"])
+            if agent is None or not agent.record.active:
+                # Revoking an agent withdraws what it asked for, approved or not.
+                runtime = self._runtime(run.workflow)
+                gone = Reason(code="agent_revoked", message=f"agent {row['agent_id']} was revoked")
+                denied = Verdict(
+                    Decision(
+                        decision="deny",
+                        reasons=[gone],
+                        tool=row["tool"],
+                        verb=row["verb"],
+                        args_hash=row["args_hash"],
+                    ),
+                    "denied",
+                    None,
+                )
+                result = self._record_without_execution(run, row["agent_id"], intent, denied, runtime)
+                result = result.model_copy(update={"approval_id": approval_id})
+                self._set_execution(approval_id, "refused", result)
+                return result
             if paused is not None:
                 self._set_execution(approval_id, "held", None)
                 return None
@@ -1168,7 +1189,7 @@ class Pipeline:
         result: Any = None
         error: str | None = None
         try:
-            credential = resolve_credential(tool.spec.credential)
+            credential = resolve_credential(tool.spec.credential, base_dir=runtime.loaded.base_dir)
             ctx = CallContext(
                 run_id=run.id,
                 step_id=step_id,
