@@ -153,12 +153,21 @@ class Interlock:
 
     # ---- workflows ---------------------------------------------------------------------------
 
-    def load_workflow(self, source: str | Path | LoadedManifest, *, actor: str = "system") -> WorkflowRuntime:
-        """Validate, compile and activate a manifest; its version is stored for the record."""
+    def load_workflow(
+        self,
+        source: str | Path | LoadedManifest,
+        *,
+        actor: str = "system",
+        transports: dict[str, Transport] | None = None,
+    ) -> WorkflowRuntime:
+        """Validate, compile and activate a manifest; its version is stored for the record.
+
+        ``transports`` replace upstreams by kind (``"python"``, ``"http"``, ``"mcp"``, or ``"*"`` for
+        every tool); the caller keeps ownership of them."""
         loaded = source if isinstance(source, LoadedManifest) else load_manifest(source)
-        shared: dict[str, Transport] = {}
+        shared: dict[str, Transport] = dict(transports or {})
         if any(spec.upstream is not None and spec.upstream.kind == "http" for spec in loaded.manifest.tools):
-            shared["http"] = self.http_transport
+            shared.setdefault("http", self.http_transport)
         runtime = build_runtime(loaded, shared_transports=shared)
         try:
             self._store_version(loaded, runtime, actor=actor)
