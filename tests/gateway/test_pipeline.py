@@ -236,3 +236,19 @@ def test_a_forbidden_action_is_denied_not_escalated(harness) -> None:
     res = harness.act(run, "customers.delete", {"customer_id": "C-1001"}, confidence=0.1)
     assert res.status == "denied"
     assert harness.il.get_run(run).state == "running"
+
+
+def test_nul_characters_are_refused_in_names_and_replaced_in_text(harness) -> None:
+    from interlock import ArgumentsInvalid
+
+    run = harness.run()
+    with pytest.raises(NotFound):
+        harness.act(run + "\x00", "tickets.get", {"ticket_id": "T-1001"})
+    with pytest.raises(ArgumentsInvalid):
+        harness.act(run, "tickets.get\x00", {"ticket_id": "T-1001"})
+    with pytest.raises(ArgumentsInvalid):
+        harness.act(run, "tickets.get", {"ticket_id": "T-1001"}, idempotency_key="k\x00")
+    res = harness.act(run, "tickets.get", {"ticket_id": "T-1001"}, reasoning="look\x00here")
+    assert res.executed
+    [step] = harness.il.get_run(run).steps_detail
+    assert step.reasoning == "look\ufffdhere"

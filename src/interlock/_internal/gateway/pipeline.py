@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +390,7 @@ class Pipeline:
 
     def submit(self, token: str, run_id: str, intent: Intent) -> ActionResult:
         claims = self.tokens.verify(token)
+        intent = _clean(run_id, intent)
         # The run, any pause over it and the caller's agent row arrive in one query; the row
         # checks (revoked, rotated secret) are the same as authenticate_agent's.
         with reading(self.engine) as conn:
@@ -405,6 +406,7 @@ class Pipeline:
     def submit_as(self, principal: AgentPrincipal, run_id: str, intent: Intent) -> ActionResult:
         """The pipeline for a person acting on an agent's run (an edited handoff): everything
         after authentication. Nothing here skips a check."""
+        intent = _clean(run_id, intent)
         run, paused = self._load_run(run_id)
         return self._submit_loaded(principal, run, paused, intent)
 
@@ -1275,6 +1277,19 @@ class Pipeline:
                         actor="interlock",
                     )
         return returned
+
+
+def _clean(run_id: str, intent: Intent) -> Intent:
+    """Refuse NUL characters in names (PostgreSQL text cannot hold them, and no real name has
+    one); in free text they become U+FFFD so the agent's words are still recorded."""
+    if "\x00" in run_id:
+        raise NotFound("unknown run", code="unknown_run")
+    for name, value in (("tool", intent.tool), ("idempotency_key", intent.idempotency_key)):
+        if value is not None and "\x00" in value:
+            raise ArgumentsInvalid(f"{name} contains a NUL character", field=name)
+    if intent.reasoning is not None and "\x00" in intent.reasoning:
+        return replace(intent, reasoning=intent.reasoning.replace("\x00", "\ufffd"))
+    return intent
 
 
 def _rate_reason(limited: RateLimited) -> Reason:
