@@ -61,7 +61,7 @@ def main() -> int:
     opts = parser.parse_args()
 
     from interlock import Interlock, Settings
-    from interlock._internal.gateway.pipeline import Intent, evaluate
+    from interlock._internal.gateway.decide import Intent, evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import SUPPORT_TRIAGE
 from interlock import PolicyError
-from interlock._internal.gateway.pipeline import Intent, evaluate
+from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.runtime import build_runtime
 from interlock._internal.manifest.loader import load_manifest, load_manifest_text
 from interlock._internal.policy.compiler import compile_manifest

@@ -17,6 +17,7 @@ from interlock._internal.approvals.service import ApprovalService
 from interlock._internal.approvals.webhooks import targets_from_settings
 from interlock._internal.audit.chain import append_event
 from interlock._internal.audit.verify import VerifyReport, verify_chain
+from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.models import (
     ActionResult,
@@ -26,7 +27,7 @@ from interlock._internal.gateway.models import (
     Run,
     RunView,
 )
-from interlock._internal.gateway.pipeline import Intent, Pipeline, evaluate
+from interlock._internal.gateway.pipeline import Pipeline
 from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.http import HttpTransport
@@ -168,7 +169,12 @@ class Interlock:
         shared: dict[str, Transport] = dict(transports or {})
         if any(spec.upstream is not None and spec.upstream.kind == "http" for spec in loaded.manifest.tools):
             shared.setdefault("http", self.http_transport)
-        runtime = build_runtime(loaded, shared_transports=shared)
+        egress = None
+        if any(server.url is not None for server in loaded.manifest.mcp_servers):
+            # MCP servers declared by url answer to the same egress allowlist as HTTP tools.
+            cfg = self.settings.egress
+            egress = EgressPolicy.from_config(cfg.allow_hosts, cfg.allow_cidrs)
+        runtime = build_runtime(loaded, shared_transports=shared, egress=egress)
         try:
             self._store_version(loaded, runtime, actor=actor)
         except BaseException:

@@ -64,8 +64,8 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from interlock import __version__
+from interlock._internal.gateway.decide import Intent
 from interlock._internal.gateway.models import ActionResult, Reason
-from interlock._internal.gateway.pipeline import Intent
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent
 from interlock._internal.manifest.models import ToolSpec

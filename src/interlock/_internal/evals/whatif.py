@@ -45,7 +45,7 @@ import cedarpy
 from sqlalchemy import Text, func, null, select, type_coerce
 from sqlalchemy.engine import Engine
 
-from interlock._internal.gateway.pipeline import Intent, evaluate
+from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, WorkflowRuntime, build_runtime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
 from interlock._internal.policy.cedar_values import cedar_type

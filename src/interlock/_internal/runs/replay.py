@@ -36,8 +36,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import canonical_json, hash_value, sha256_hex
+from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.models import Reason
-from interlock._internal.gateway.pipeline import Intent, evaluate
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
 from interlock._internal.store import tables as t
