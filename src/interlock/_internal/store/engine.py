@@ -73,10 +73,11 @@ def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:
         # Write transactions take the write lock up front: no deadlocking lock upgrades, and
         # read-modify-write sequences (counters, the audit head) serialize across processes.
         # Reads (see `reading`) take a snapshot and block nobody.
-        if conn.get_execution_options().get("interlock_read_only"):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: this runs for every transaction, and the statement needs no
+        # SQLAlchemy processing.
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("BEGIN" if conn.get_execution_options().get("interlock_read_only") else "BEGIN IMMEDIATE")
 
     return engine
 
