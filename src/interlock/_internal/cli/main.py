@@ -22,6 +22,7 @@ def _register() -> None:
         demo,
         evals,
         operators,
+        ops,
         purge,
         report,
         runs,
@@ -43,6 +44,10 @@ def _register() -> None:
     app.add_typer(approvals.app, name="approvals")
     app.command("whatif")(whatif.whatif)
     app.command("eval")(evals.run_eval)
+    app.command("pause")(ops.pause)
+    app.command("resume")(ops.resume)
+    app.command("pauses")(ops.pauses)
+    app.add_typer(ops.handoffs_app, name="handoffs")
 
 
 def main() -> None:

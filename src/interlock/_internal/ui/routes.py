@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interlock._internal.api.errors import status_for
 from interlock._internal.service import Interlock
-from interlock._internal.ui import access, signin
+from interlock._internal.ui import access, ops_pages, signin
 from interlock._internal.ui.admin_pages import agents_page, workflow_page, workflows_list
 from interlock._internal.ui.approval_pages import AGE_CHOICES, STATE_CHOICES, TRAITS, approval_page, inbox
 from interlock._internal.ui.console import (
@@ -327,6 +327,7 @@ def create_console(interlock: Interlock) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(signin.router)
     app.include_router(router)
+    app.include_router(ops_pages.router)
     return app
 
 
