@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonschema_rs
 
+from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.python import PythonTransport
 from interlock._internal.manifest.conditions import Condition, parse_condition
@@ -107,9 +108,11 @@ def build_runtime(
     *,
     extra_transports: dict[str, Transport] | None = None,
     shared_transports: dict[str, Transport] | None = None,
+    egress: EgressPolicy | None = None,
 ) -> WorkflowRuntime:
     """``extra_transports`` become the runtime's own (closed with it); ``shared_transports`` (one
-    HTTP client pool per server, say) are used but left open."""
+    HTTP client pool per server, say) are used but left open. ``egress`` is where the manifest's
+    ``url`` MCP servers may connect; without one they are all refused (deny by default)."""
     compiled = compile_manifest(loaded)
     tools: dict[str, ToolRuntime] = {}
     for spec in loaded.manifest.tools:
@@ -129,7 +132,12 @@ def build_runtime(
         # Construction starts nothing: sessions open on the first call and close with the runtime.
         from interlock._internal.gateway.transports.mcp import McpTransport
 
-        transports["mcp"] = McpTransport(loaded.manifest.mcp_servers, cwd=loaded.base_dir)
+        transports["mcp"] = McpTransport(
+            loaded.manifest.mcp_servers,
+            cwd=loaded.base_dir,
+            base_dir=loaded.base_dir,
+            egress=egress if egress is not None else EgressPolicy(),
+        )
     transports.update(extra_transports or {})
     owned = tuple(transports)
     for kind, transport in (shared_transports or {}).items():

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 VERBS = (
     "read",
@@ -285,16 +286,117 @@ class Confidence(Strict):
     review: float = Field(default=0.0, ge=0, le=1)
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(pattern=_ENV_NAME)]
+# A word of an environment variable's name that says its value is a secret: GITHUB_TOKEN, apiKey,
+# DB_PASSWORD, AWS_SECRET_ACCESS_KEY, GITHUB_PAT. Erring towards "secret" costs a one-line fix.
+_SECRET_WORD = re.compile(
+    r"\w*(token|secret|password|passwd|passphrase|credential|key)s?|pass|pwd|creds|auth|authorization"
+    r"|cookies?|pat|dsn"
+)
+_NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# Values that are secrets whatever their key is called: private keys, JWTs, well-known token shapes.
+_SECRET_VALUE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\."
+    r"|\b(ghp|gho|ghs|ghu|ghr|github_pat|glpat|sk|xox[abpr])[-_][A-Za-z0-9_-]{16,}|\b(AKIA|ASIA)[0-9A-Z]{16}\b"
+)
+
+
+class McpEnvFrom(Strict):
+    """A value of an MCP server's environment that the manifest names but never holds.
+
+    It is read when the server's process starts, from Interlock's own environment (``from_env``)
+    or from a file (``from_file``, relative to the manifest's folder), so no manifest version,
+    database row or evidence bundle ever contains it.
+    """
+
+    from_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    from_file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> McpEnvFrom:
+        if (self.from_env is None) == (self.from_file is None):
+            raise ValueError("set exactly one of 'from_env' or 'from_file'")
+        return self
+
+
+def _env_error(key: Any, message: str) -> ValidationError:
+    """An error located at ``env.<key>``; its input is the key, so the value is never echoed."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": message}), loc=(key,), input=key
+    )
+    return ValidationError.from_exception_data("env", [details])
+
+
+def _located(key: Any, exc: ValidationError) -> ValidationError:
+    """``exc``'s errors, moved under ``env.<key>``."""
+    details = [
+        InitErrorDetails(type=e["type"], loc=(key, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+        for e in exc.errors(include_url=False)
+    ]
+    return ValidationError.from_exception_data("env", details)
+
+
 class McpServerSpec(Strict):
+    """An upstream MCP server: a local process (``command``, stdio) or a remote one (``url``).
+
+    ``env`` sets a stdio server's environment: plain strings for settings, ``{from_env: VAR}`` or
+    ``{from_file: path}`` for secrets. A literal value whose name or shape says "secret" is refused,
+    since the manifest text is stored with every version and exported with evidence.
+    """
+
     name: Name
     command: list[str] | None = None
     url: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str | McpEnvFrom] = Field(default_factory=dict)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _references_and_no_literal_secrets(cls, env: Any) -> Any:
+        # Checked here, value by value, rather than left to the ``str | McpEnvFrom`` union, so
+        # each error is located at its variable (and line) and says what was meant.
+        if not isinstance(env, dict):
+            return env
+        out: dict[Any, Any] = {}
+        for key, value in env.items():
+            if isinstance(value, McpEnvFrom):
+                out[key] = value
+                continue
+            if isinstance(value, dict):
+                try:
+                    out[key] = McpEnvFrom.model_validate(value)
+                except ValidationError as exc:
+                    raise _located(key, exc) from None
+                continue
+            if not isinstance(value, str):
+                hint = "; put it in quotes if it is text" if isinstance(value, bool | int | float) else ""
+                raise _env_error(key, f"expected a string, {{from_env: VAR}} or {{from_file: path}}{hint}")
+            words = [word.lower() for word in _NAME_WORDS.findall(str(key))]
+            if any(_SECRET_WORD.fullmatch(word) for word in words):
+                why = "its name says it is a secret"
+            elif _SECRET_VALUE.search(value):
+                why = "the value looks like a secret (a token or a private key)"
+            else:
+                out[key] = value
+                continue
+            # The value itself is never quoted: the error may be printed, logged or stored.
+            raise _env_error(
+                key,
+                f"{why}, and a literal value would be stored with every manifest version; write "
+                f"{{from_env: {key}}} to read it from Interlock's environment, or {{from_file: path}} "
+                "to read it from a file, when the server starts",
+            )
+        return out
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServerSpec:
         if (self.command is None) == (self.url is None):
             raise ValueError("set exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
+        if self.url is not None and self.env:
+            raise ValueError(
+                "'env' sets a stdio server's environment; a 'url' server gets its secret through "
+                "each tool's credential"
+            )
         return self
 
 

@@ -10,6 +10,12 @@ Sessions are opened on first use, shared by every tool of that server, and repla
 upstream dies: a call that finds the connection closed retires the session, and is retried once
 on a fresh one only when the tool is idempotent (the first attempt may have reached the server).
 
+Two things are settled only when a session opens. A stdio server's ``env`` references
+(``from_env`` / ``from_file``) are read then, handed to the child process and otherwise kept
+only to be masked out of results and errors. A ``url`` server is reached under the server's
+:class:`EgressPolicy`, as HTTP tools are: its host must be allowed and every address it resolves
+to acceptable, and connections go to the very addresses checked (see :mod:`..egress`).
+
 :func:`import_mcp_tools` turns an upstream's ``tools/list`` into :class:`ToolSpec` objects, so a
 manifest can govern an MCP server's tools with their own input schemas.
 """
@@ -22,20 +28,27 @@ import copy
 import difflib
 import hashlib
 import logging
+import os
+import sys
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+import httpx
 from pydantic import ValidationError
 
+from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.manifest.models import McpServerSpec, McpUpstream, ToolSpec
+from interlock._internal.telemetry.redaction import mask_secrets
 from interlock.exceptions import ConfigError, UpstreamError
 
 if TYPE_CHECKING:
+    import httpcore2
+    import httpx2
     from mcp import Client
 
 log = logging.getLogger("interlock.transport.mcp")
@@ -47,6 +60,10 @@ _CONNECTION_CLOSED = -32000
 _REQUEST_TIMEOUT = -32001
 # Sent to the upstream with each call so it can deduplicate retries on its side.
 IDEMPOTENCY_META_KEY = "interlock/idempotency_key"
+MAX_ENV_FILE_BYTES = 64 * 1024
+# Shorter resolved values are not masked: hiding every "1" in a result would protect nothing.
+_MIN_MASKED_CHARS = 4
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(eq=False)
@@ -61,10 +78,16 @@ class _Session:
 class McpTransport:
     """Calls tools on upstream MCP servers (stdio ``command`` or streamable HTTP ``url``).
 
-    ``cwd`` is where stdio servers start (the manifest's folder, typically). A tool's injected
-    credential is sent to an HTTP server as the credential reference's header; sessions are pooled
-    per server and credential, so two credentials never share a connection. Stdio servers get
-    their secrets through the server's ``env`` instead.
+    ``cwd`` is where stdio servers start (the manifest's folder, typically); ``base_dir`` anchors
+    relative ``from_file`` env references (default: ``cwd``). A tool's injected credential is sent
+    to an HTTP server as the credential reference's header; sessions are pooled per server and
+    credential, so two credentials never share a connection. Stdio servers get their secrets
+    through the server's ``env`` references instead.
+
+    ``egress`` governs ``url`` servers: a host it does not allow is refused with
+    ``UpstreamError(code="egress_denied")`` before any connection is made. Interlock's server
+    always passes its policy; None leaves ``url`` servers unchecked, for embedding code and tests
+    that reach only upstreams they started themselves.
     """
 
     def __init__(
@@ -72,11 +95,15 @@ class McpTransport:
         servers: Sequence[McpServerSpec],
         *,
         cwd: Path | None = None,
+        base_dir: Path | None = None,
+        egress: EgressPolicy | None = None,
         connect_timeout_s: float = 30.0,
         close_timeout_s: float = 15.0,
     ) -> None:
         self._servers = {server.name: server for server in servers}
         self._cwd = cwd
+        self._base_dir = base_dir if base_dir is not None else cwd
+        self._egress = egress
         self._connect_timeout = connect_timeout_s
         self._close_timeout = close_timeout_s
         self._thread_lock = threading.Lock()
@@ -86,6 +113,8 @@ class McpTransport:
         # Touched only on the loop thread.
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Per server, what its env references resolved to: masked out of results and errors.
+        self._secrets: dict[str, frozenset[str]] = {}
 
     # ---- the public, synchronous side ----------------------------------------------------------
 
@@ -199,21 +228,42 @@ class McpTransport:
 
         server = session.server
         if server.command is not None:
+            env, secrets = _resolve_env(server, self._base_dir)
+            masked = {value for value in secrets if len(value) >= _MIN_MASKED_CHARS}
+            self._secrets[server.name] = self._secrets.get(server.name, frozenset()) | masked
             params = StdioServerParameters(
                 command=server.command[0],
                 args=list(server.command[1:]),
-                env=dict(server.env) or None,
+                env=env or None,
                 cwd=self._cwd,
             )
-            return Client(params, cache=None)
+            if not masked:
+                return Client(params, cache=None)
+            from mcp.client.stdio import stdio_client
+
+            # The child's stderr is Interlock's log stream too; a server that prints its token
+            # in an error message must not put it there.
+            errlog = await stack.enter_async_context(_masking_stderr(frozenset(masked)))
+            return Client(stdio_client(params, errlog=errlog), cache=None)
         assert server.url is not None
-        if not session.headers:
+        if self._egress is None and not session.headers:
             return Client(server.url, cache=None)
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
+        transport: httpx2.AsyncBaseTransport | None = None
+        if self._egress is not None:
+            # Resolving blocks; the loop thread serves every other session meanwhile.
+            await asyncio.to_thread(_check_url, self._egress, server)
+            transport = _pinned_transport(self._egress)
         http = await stack.enter_async_context(
-            httpx2.AsyncClient(headers=session.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+            httpx2.AsyncClient(
+                headers=session.headers,
+                timeout=httpx2.Timeout(30.0, read=300.0),
+                transport=transport,
+                # An environment proxy would become the address that is checked and reached.
+                trust_env=self._egress is None,
+            )
         )
         return Client(streamable_http_client(server.url, http_client=http), cache=None)
 
@@ -237,11 +287,18 @@ class McpTransport:
                     f"connecting to MCP server {server.name} timed out after {self._connect_timeout:g}s",
                     code="upstream_timeout",
                 ) from exc
-            except UpstreamError:
+            except (UpstreamError, ConfigError):
                 await self._retire(session)
                 raise
             except Exception as exc:
                 await self._retire(session)
+                refusal = _egress_refusal(exc)
+                if refusal is not None:  # a connection the pin refused, deep in the SDK's task group
+                    raise UpstreamError(
+                        f"MCP server {server.name}: {refusal.message}",
+                        code=refusal.code,
+                        details={**refusal.details, "server": server.name},
+                    ) from exc
                 raise UpstreamError(
                     f"cannot connect to MCP server {server.name}: {_describe(exc)}",
                     code="upstream_unavailable",
@@ -263,7 +320,18 @@ class McpTransport:
         except Exception:  # the owner already logged why
             log.debug("MCP server %s: owner task ended with an error", session.server.name)
 
-    async def _call(
+    async def _call(self, server: McpServerSpec, headers: dict[str, str], **call: Any) -> dict[str, Any]:
+        try:
+            result = await self._call_tool(server, headers, **call)
+        except UpstreamError as exc:
+            masked = self._masked(server, exc)
+            if masked is exc:
+                raise
+        else:
+            return self._mask(server, result)
+        raise masked  # outside the handler: the original, which quotes a secret, is not its context
+
+    async def _call_tool(
         self,
         server: McpServerSpec,
         headers: dict[str, str],
@@ -316,6 +384,30 @@ class McpTransport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _list_tools(self, server: McpServerSpec, headers: dict[str, str]) -> list[dict[str, Any]]:
+        try:
+            tools = await self._list_tools_once(server, headers)
+        except UpstreamError as exc:
+            masked = self._masked(server, exc)
+            if masked is exc:
+                raise
+        else:
+            return self._mask(server, tools)
+        raise masked  # outside the handler: the original, which quotes a secret, is not its context
+
+    def _mask(self, server: McpServerSpec, value: _T) -> _T:
+        secrets = self._secrets.get(server.name)
+        return mask_secrets(value, tuple(secrets)) if secrets else value
+
+    def _masked(self, server: McpServerSpec, exc: UpstreamError) -> UpstreamError:
+        """``exc`` with the server's resolved env values masked out of its message and details."""
+        secrets = self._secrets.get(server.name)
+        if not secrets or not _mentions(exc, secrets):
+            return exc
+        return UpstreamError(
+            self._mask(server, exc.message), code=exc.code, details=self._mask(server, exc.details)
+        )
+
+    async def _list_tools_once(self, server: McpServerSpec, headers: dict[str, str]) -> list[dict[str, Any]]:
         from mcp import MCPError
 
         _session, client = await self._acquire(server, headers)
@@ -374,6 +466,205 @@ def _fingerprint(headers: Mapping[str, str]) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _egress_refusal(exc: BaseException, depth: int = 0) -> UpstreamError | None:
+    """The egress refusal behind ``exc``, if any: in its exception groups or its chain."""
+    if depth > 20:
+        return None
+    if isinstance(exc, UpstreamError) and exc.code == "egress_denied":
+        return exc
+    inner: list[BaseException] = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else []
+    inner += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+    for candidate in inner:
+        found = _egress_refusal(candidate, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _mentions(exc: BaseException, secrets: frozenset[str]) -> bool:
+    """Whether ``exc``, its details or anything in its chain quotes one of ``secrets``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts = [str(current), repr(getattr(current, "details", ""))]
+        if any(secret in text for secret in secrets for text in texts):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _resolve_env(server: McpServerSpec, base_dir: Path | None) -> tuple[dict[str, str], list[str]]:
+    """A stdio server's environment with its references read now, and the values they gave.
+
+    Errors name the server, the variable and where it was to come from, never a value.
+    """
+    env: dict[str, str] = {}
+    resolved: list[str] = []
+    for key, value in server.env.items():
+        if isinstance(value, str):
+            env[key] = value
+            continue
+        where = f"MCP server {server.name}: env.{key}"
+        if value.from_env is not None:
+            text = os.environ.get(value.from_env, "")
+            if not text:
+                raise ConfigError(f"{where}: environment variable {value.from_env} is not set")
+        else:
+            assert value.from_file is not None
+            text = _read_env_file(value.from_file, base_dir, where=where)
+        if "\0" in text:
+            raise ConfigError(f"{where}: the value contains a NUL character, which no environment can hold")
+        env[key] = text
+        resolved.append(text)
+    return env, resolved
+
+
+@asynccontextmanager
+async def _masking_stderr(secrets: frozenset[str]) -> AsyncIterator[TextIO]:
+    """A pipe for a child's stderr, forwarded to ours line by line with ``secrets`` masked."""
+    read_fd, write_fd = os.pipe()
+    thread = threading.Thread(
+        target=_forward_masked, args=(read_fd, tuple(secrets)), name="interlock-mcp-stderr", daemon=True
+    )
+    thread.start()
+    writer = os.fdopen(write_fd, "w")
+    try:
+        yield writer  # the child holds its own copy; the forwarder ends when the child's is closed
+    finally:
+        writer.close()
+
+
+def _forward_masked(read_fd: int, secrets: tuple[str, ...]) -> None:
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in iter(lambda: pipe.readline(64 * 1024), b""):
+                sys.stderr.write(mask_secrets(line.decode("utf-8", errors="replace"), secrets))
+                sys.stderr.flush()
+    except (OSError, ValueError):  # our stderr went away; the child's output has nowhere to go
+        return
+
+
+def _read_env_file(name: str, base_dir: Path | None, *, where: str) -> str:
+    path = Path(name)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {name}: {exc.strerror or type(exc).__name__}") from exc
+    if len(raw) > MAX_ENV_FILE_BYTES:
+        raise ConfigError(f"{where}: {name} is larger than {MAX_ENV_FILE_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        # Not chained: the decoding error carries the file's bytes.
+        raise ConfigError(f"{where}: {name} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"{where}: {name} is empty")
+    return text
+
+
+# ---- egress for url servers --------------------------------------------------------------------
+
+
+def _check_url(policy: EgressPolicy, server: McpServerSpec) -> None:
+    """Scheme, host and every resolved address of a url server, before anything connects."""
+    assert server.url is not None
+    try:
+        url = httpx.URL(server.url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"MCP server {server.name}: url is not a valid URL: {exc}") from exc
+    try:
+        policy.check_url(url)
+    except UpstreamError as exc:
+        raise UpstreamError(
+            f"MCP server {server.name}: {exc.message}",
+            code=exc.code,
+            details={**exc.details, "server": server.name},
+        ) from exc
+
+
+def _pinned_backend(policy: EgressPolicy) -> httpcore2.AsyncNetworkBackend:
+    import httpcore2
+
+    class PinnedAsyncBackend(httpcore2.AsyncNetworkBackend):
+        """Resolves, checks and connects in one step, to the addresses it checked, so a name
+        that resolves elsewhere a moment after the check (DNS rebinding) gains nothing."""
+
+        def __init__(self) -> None:
+            self._inner = httpcore2.AnyIOBackend()
+
+        async def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,
+            local_address: str | None = None,
+            socket_options: Iterable[Any] | None = None,
+        ) -> httpcore2.AsyncNetworkStream:
+            last: Exception | None = None
+            for address in await asyncio.to_thread(policy.resolve, host, port):
+                try:
+                    # An IP literal: no second, unchecked lookup happens.
+                    return await self._inner.connect_tcp(
+                        address,
+                        port,
+                        timeout=timeout,
+                        local_address=local_address,
+                        socket_options=socket_options,
+                    )
+                except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                    last = exc
+            assert last is not None
+            raise last
+
+        async def connect_unix_socket(
+            self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+        ) -> httpcore2.AsyncNetworkStream:
+            raise UpstreamError("egress denied: unix sockets are not reachable", code="egress_denied")
+
+        async def sleep(self, seconds: float) -> None:
+            await self._inner.sleep(seconds)
+
+    return PinnedAsyncBackend()
+
+
+def _pinned_transport(policy: EgressPolicy) -> httpx2.AsyncBaseTransport:
+    """An httpx2 transport for one url server's session that reaches only what ``policy`` allows:
+    every request (redirects included) to an allowed host and port, every connection to a checked
+    address. No proxy, by design: the proxy's address would be the one checked."""
+    import httpcore2
+    import httpx2
+
+    class PinnedAsyncTransport(httpx2.AsyncHTTPTransport):
+        def __init__(self) -> None:
+            super().__init__(trust_env=False)
+            # httpx2 builds its pool with the default network backend; this one pins addresses.
+            self._pool = httpcore2.AsyncConnectionPool(
+                ssl_context=httpx2.create_ssl_context(),
+                max_connections=20,
+                max_keepalive_connections=5,
+                keepalive_expiry=5.0,
+                network_backend=_pinned_backend(policy),
+            )
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            url = request.url
+            default = _DEFAULT_PORTS.get(url.scheme)
+            if default is None:
+                raise UpstreamError(
+                    f"egress denied: scheme {url.scheme!r} is not allowed (http and https only)",
+                    code="egress_denied",
+                    details={"host": url.host},
+                )
+            policy.check_host(url.host, url.port or default, default_port=default)
+            return await super().handle_async_request(request)
+
+    return PinnedAsyncTransport()
 
 
 def _result_json(label: str, result: Any) -> dict[str, Any]:
