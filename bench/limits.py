@@ -3,7 +3,7 @@
 (a) a budget reservation: ``reserve`` then ``settle`` in one transaction, over the three scopes a
     manifest with run, agent-day and workflow-day budgets has (run cost, agent cost and steps,
     workflow cost);
-(b) the floor under (a): one single-row UPDATE committed durably (what a commit costs alone);
+(b) the floor under (a): one single-row UPDATE and its commit (what a write transaction costs alone);
 (c) a rate-limit check: ``RateLimiter.check_tool`` on a tool with ``per_minute``, ``burst`` and
     ``per_agent_per_minute`` (three counters, one statement, one transaction).
 
@@ -202,7 +202,7 @@ def main() -> int:
             print()
             labels = {
                 "budget": "budget reserve+settle, 3 scopes, 1 transaction",
-                "floor": "floor: 1-row UPDATE + durable commit",
+                "floor": "floor: 1-row UPDATE + commit",
                 "rate": "rate-limit check_tool, 3 counters",
             }
             for op in ("budget", "floor", "rate"):
