@@ -38,8 +38,9 @@ class AuditSettings(BaseModel):
 
 
 class EgressSettings(BaseModel):
-    """Where HTTP tools may connect. Deny by default; private, loopback and link-local addresses
-    (cloud metadata included) stay blocked unless a CIDR here allows them."""
+    """Where HTTP tools and MCP servers reached by ``url`` may connect. Deny by default; private,
+    loopback and link-local addresses (cloud metadata included) stay blocked unless a CIDR here
+    allows them."""
 
     allow_hosts: list[str] = Field(default_factory=list)
     allow_cidrs: list[str] = Field(default_factory=list)
