@@ -65,12 +65,14 @@ class ApiMetrics:
         )
 
 
-def get_interlock(request: Request) -> Interlock:
+# Dependencies that do no I/O are `async def`: FastAPI runs plain `def` dependencies on the thread
+# pool, and a thread hop per dependency per request costs more than the work itself.
+async def get_interlock(request: Request) -> Interlock:
     interlock: Interlock = request.app.state.interlock
     return interlock
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
@@ -83,7 +85,9 @@ def _bearer(credentials: HTTPAuthorizationCredentials | None, *, wants: str) -> 
     return credentials.credentials
 
 
-def agent_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_scheme)]) -> str:
+async def agent_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_scheme)],
+) -> str:
     """The raw agent access token, checked only for its kind: the pipeline authenticates it."""
     token = _bearer(credentials, wants="agent access token")
     if token.startswith(OPERATOR_TOKEN_PREFIX):

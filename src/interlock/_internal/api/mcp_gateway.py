@@ -111,6 +111,15 @@ def visible_tools(
     only *sometimes* forbidden stays visible. Visibility is a courtesy: every call still goes
     through the pipeline, which decides on the real arguments.
     """
+    key = ("visible_tools", agent_id, environment)
+    cached: list[ToolSpec] | None = runtime.memo.get(key)
+    if cached is None:
+        # Fixed for a manifest version, and MCP asks on every tools/call: decide once per agent.
+        cached = runtime.memo[key] = _visible_tools(runtime, agent_id, environment=environment)
+    return list(cached)
+
+
+def _visible_tools(runtime: WorkflowRuntime, agent_id: str, *, environment: str | None) -> list[ToolSpec]:
     manifest = runtime.manifest
     agent = manifest.agent(agent_id)
     if agent is None or (environment is not None and environment != agent.environment):

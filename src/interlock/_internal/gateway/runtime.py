@@ -68,6 +68,8 @@ class WorkflowRuntime:
     tools: dict[str, ToolRuntime]
     transports: dict[str, Transport]
     owned: tuple[str, ...] = ()  # transports this runtime created and closes; shared ones stay open
+    # Answers that depend only on this version (which tools an agent sees, say): computed once.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

@@ -107,6 +107,7 @@ class BudgetRefused(Exception):
 
 
 def _ensure(conn: Connection, scope: Scope, now: float) -> None:
+    """Create the scope's row if it is missing."""
     insert_ignore(
         conn,
         _b,
@@ -130,7 +131,6 @@ def reserve(
     """Reserve in every scope or raise :class:`BudgetRefused` (the caller's transaction rolls back)."""
     now = time.time()
     for scope in scopes:
-        _ensure(conn, scope, now)
         lim = scope.limits
         params = {
             **scope.params(),
@@ -144,8 +144,14 @@ def reserve(
             # Tokens are charged after the fact; once over, nothing more is reserved.
             "b_max_tokens": lim.max_tokens - 1 if lim.max_tokens is not None else _NO_LIMIT,
         }
-        if conn.execute(_RESERVE, params).rowcount != 1:
-            raise BudgetRefused(_explain(conn, scope, cost_micros=cost_micros, steps=steps, calls=tool_calls))
+        if conn.execute(_RESERVE, params).rowcount == 1:
+            continue
+        # Refused, or the scope has no row yet (its first use today): make sure it exists and try
+        # once more (another replica may have just created it: the retry then sees its row).
+        _ensure(conn, scope, now)
+        if conn.execute(_RESERVE, params).rowcount == 1:
+            continue
+        raise BudgetRefused(_explain(conn, scope, cost_micros=cost_micros, steps=steps, calls=tool_calls))
 
 
 def settle(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,12 +84,34 @@ def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:
     return engine
 
 
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.RLock | None:
+    # SQLite has one writer at a time. Threads that find its lock taken back off and sleep, which
+    # turns contention into long tails; queueing this process's writers on a lock of our own
+    # hands the file lock over at once (other processes still wait on SQLite's busy handler).
+    if engine.dialect.name != "sqlite":
+        return None
+    with _LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _WRITE_LOCKS[engine] = threading.RLock()
+        return lock
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A write transaction; SQLAlchemy errors become :class:`StorageError`."""
+    lock = _write_lock(engine)
     try:
-        with engine.begin() as conn:
-            yield conn
+        if lock is None:
+            with engine.begin() as conn:
+                yield conn
+        else:
+            with lock, engine.begin() as conn:
+                yield conn
     except SQLAlchemyError as exc:
         raise StorageError(f"database error: {exc.__class__.__name__}: {_short(exc)}") from exc
 
