@@ -91,9 +91,14 @@ class Interlock:
         return RunStore(self.engine)
 
     @cached_property
+    def egress(self) -> EgressPolicy:
+        """Where tools may connect (HTTP tools and MCP servers reached by url); deny by default."""
+        return EgressPolicy.from_config(self.settings.egress.allow_hosts, self.settings.egress.allow_cidrs)
+
+    @cached_property
     def http_transport(self) -> HttpTransport:
-        """One HTTP client pool, egress policy and set of circuit breakers for every workflow."""
-        egress = EgressPolicy.from_config(self.settings.egress.allow_hosts, self.settings.egress.allow_cidrs)
+        """One HTTP client pool and set of circuit breakers for every workflow."""
+        egress = self.egress
         breaker = CircuitBreakerRegistry(
             failure_threshold=self.settings.breaker.failure_threshold,
             cooldown_s=self.settings.breaker.cooldown_s,
@@ -169,11 +174,10 @@ class Interlock:
         shared: dict[str, Transport] = dict(transports or {})
         if any(spec.upstream is not None and spec.upstream.kind == "http" for spec in loaded.manifest.tools):
             shared.setdefault("http", self.http_transport)
-        egress = None
-        if any(server.url is not None for server in loaded.manifest.mcp_servers):
-            # MCP servers declared by url answer to the same egress allowlist as HTTP tools.
-            cfg = self.settings.egress
-            egress = EgressPolicy.from_config(cfg.allow_hosts, cfg.allow_cidrs)
+        # MCP servers declared by url answer to the same egress allowlist as HTTP tools.
+        egress = (
+            self.egress if any(server.url is not None for server in loaded.manifest.mcp_servers) else None
+        )
         runtime = build_runtime(loaded, shared_transports=shared, egress=egress)
         try:
             self._store_version(loaded, runtime, actor=actor)
