@@ -105,6 +105,7 @@ class Pipeline:
         metrics: Metrics | None = None,
     ) -> None:
         self.model_prices = model_prices or {}
+        self._sqlite = engine.dialect.name == "sqlite"
         self.rate_limiter = rate_limiter
         self.tracing = tracing or Tracing()
         self.metrics = metrics or Metrics()
@@ -545,8 +546,10 @@ class Pipeline:
             self.metrics.spend.labels(run.workflow, "tool").inc(spent / 1_000_000)
         # Lock order in every transaction: the run row, then budget rows, then the audit tip
         # (appended last). Reservations take the same order, so concurrent actions never deadlock.
+        # (SQLite locks the whole file per transaction, so there a zero-cost update is skipped.)
         with transaction(self.engine) as conn:
-            conn.execute(ADD_COST, {"run_id": run.id, "c_cost": spent})
+            if spent or not self._sqlite:
+                conn.execute(ADD_COST, {"run_id": run.id, "c_cost": spent})
             if scopes:
                 settle(conn, scopes, reserved_micros=cost, actual_micros=spent)
             if intent.idempotency_key is not None:

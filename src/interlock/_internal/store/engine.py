@@ -57,14 +57,20 @@ def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:
         kwargs["max_overflow"] = db.pool_size
     engine = create_engine(url, **kwargs)
     synchronous = db.sqlite_synchronous
+    checkpointer = None if memory else _Checkpointer(str(Path(path).expanduser().resolve()))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         # Take transaction control from the driver so we can emit BEGIN IMMEDIATE ourselves.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        if not memory:
+        if checkpointer is not None:
             cur.execute("PRAGMA journal_mode=WAL")
+            # A checkpoint (copying the WAL into the database file and syncing it) would otherwise
+            # land on whichever commit crosses the threshold: a few ms every ~60 actions. A
+            # background thread does it instead, without blocking writers.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+            checkpointer.ensure_started()
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -79,9 +85,53 @@ def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:
         # SQLAlchemy processing.
         driver = conn.connection.driver_connection
         assert driver is not None
-        driver.execute("BEGIN" if conn.get_execution_options().get("interlock_read_only") else "BEGIN IMMEDIATE")
+        driver.execute(
+            "BEGIN" if conn.get_execution_options().get("interlock_read_only") else "BEGIN IMMEDIATE"
+        )
 
+    if checkpointer is not None:
+        stop = checkpointer.stop
+        event.listen(engine, "engine_disposed", lambda _engine: stop())
     return engine
+
+
+class _Checkpointer:
+    """Runs PASSIVE WAL checkpoints on its own connection every ``every_s`` seconds."""
+
+    def __init__(self, path: str, every_s: float = 0.5) -> None:
+        self._path = path
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="interlock-wal-checkpoint", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stop.wait(self._every_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or going away: the next round tries again
+                    continue
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
