@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from conftest import SUPPORT_TRIAGE, Harness
 
@@ -46,7 +47,7 @@ def _interlock_command() -> list[str]:
 class Replica:
     """One `interlock serve` process; its output goes to a log file shown when it fails to start."""
 
-    def __init__(self, name: str, db_url: str, workdir: Path) -> None:
+    def __init__(self, name: str, db_url: str, workdir: Path, manifest: Path = SUPPORT_TRIAGE) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
@@ -55,7 +56,7 @@ class Replica:
             *_interlock_command(),
             "serve",
             "--manifest",
-            str(SUPPORT_TRIAGE),
+            str(manifest),
             "--db",
             db_url,
             "--port",
@@ -182,3 +183,52 @@ def test_idempotency_and_pause_hold_across_replicas(
     # Either replica shows the whole timeline.
     steps = b.http.get(f"/v1/runs/{run}", headers=agent).json()["steps_detail"]
     assert [s["status"] for s in steps] == ["executed", "executed", "denied", "executed"]
+
+
+def test_rate_limit_holds_across_replicas(pg_url: str, tmp_path: Path) -> None:
+    """Ten tickets.get a minute for the whole workflow: 16 calls split over two replicas at once
+    get exactly ten answers and six 429s with Retry-After."""
+    data = yaml.safe_load(SUPPORT_TRIAGE.read_text())
+    for tool in data["tools"]:
+        if tool["name"] == "tickets.get":
+            tool["rate_limit"] = {"per_minute": 10}
+    data["budgets"]["per_run"].pop("max_repeats", None)
+    manifest = tmp_path / "workflow.yaml"
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copy(SUPPORT_TRIAGE.parent / "support_desk.py", tmp_path / "support_desk.py")
+    harness = Harness(pg_url, manifest)
+    replicas = [Replica(name, pg_url, tmp_path, manifest) for name in ("a", "b")]
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        agent = {"Authorization": f"Bearer {harness.tokens['triage-bot']}"}
+        run = replicas[0].http.post("/v1/runs", headers=agent).json()["id"]
+        barrier = threading.Barrier(16)
+        answers: list[httpx.Response] = []
+
+        def send(i: int) -> None:
+            replica = replicas[i % 2]
+            barrier.wait()
+            answers.append(
+                replica.http.post(
+                    f"/v1/runs/{run}/actions",
+                    headers=agent,
+                    json={"tool": "tickets.get", "arguments": {"ticket_id": f"T-{1001 + i}"}},
+                )
+            )
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [200] * 10 + [429] * 6, [r.text for r in answers if r.status_code not in (200, 429)]
+        for response in answers:
+            if response.status_code == 429:
+                assert response.json()["error"]["reasons"][0]["code"] == "rate_limited"
+                assert 0 < float(response.headers["Retry-After"]) <= 60
+    finally:
+        for replica in replicas:
+            replica.stop()
+        harness.close()
