@@ -42,7 +42,7 @@ from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
 from interlock._internal.store import migrate as migrations
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import insert_ignore, is_sqlite, make_engine, reading, transaction
+from interlock._internal.store.engine import insert_ignore, make_engine, reading, transaction
 from interlock._internal.telemetry.metrics import Metrics
 from interlock._internal.telemetry.tracing import Tracing, build_provider
 from interlock.exceptions import ArgumentsInvalid, ConfigError, ConflictError, NotFound, PolicyError
@@ -514,10 +514,6 @@ class Interlock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    @property
-    def uses_sqlite(self) -> bool:
-        return is_sqlite(self.engine)
 
 
 def check_decision(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
 from interlock._internal.audit.chain import append_event
@@ -83,8 +83,3 @@ def open_handoff(
         data={"handoff": handoff_id, "code": reason.code, "step": step_id},
     )
     return handoff_id
-
-
-def current_state(conn: Connection, run_id: str) -> str | None:
-    row = conn.execute(select(t.runs.c.state).where(t.runs.c.id == run_id)).first()
-    return None if row is None else str(row[0])

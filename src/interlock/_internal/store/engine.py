@@ -197,9 +197,4 @@ def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
     return conn.execute(stmt).first() is not None
 
 
-def lock_clause(engine: Engine) -> bool:
-    """Whether SELECT … FOR UPDATE means anything on this engine (SQLite locks the whole file)."""
-    return not is_sqlite(engine)
-
-
 __all__ = ["insert_ignore", "is_sqlite", "make_engine", "reading", "transaction"]
