@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interlock._internal.audit.canonical import canonical_json, hash_value
+from interlock._internal.audit.canonical import canonical_json, sha256_hex
 from interlock._internal.gateway.models import (
     ActionStatus,
     Decision,
@@ -112,8 +112,9 @@ def evaluate(
     base.update(tool=spec.name, verb=spec.verb)
     args = intent.arguments
     try:
-        args_hash = hash_value(args)
-        if len(canonical_json(args)) > MAX_ARGUMENT_BYTES:
+        encoded = canonical_json(args)  # once: for the size check and the hash approvals bind to
+        args_hash = sha256_hex(encoded)
+        if len(encoded) > MAX_ARGUMENT_BYTES:
             raise ArgumentsInvalid(f"arguments exceed {MAX_ARGUMENT_BYTES} bytes", field="arguments")
         tool_rt.validate(args)
     except ArgumentsInvalid as exc:

@@ -75,6 +75,7 @@ from interlock._internal.runs.store import RunStore, run_from_row
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.telemetry.metrics import Metrics
+from interlock._internal.telemetry.redaction import redact
 from interlock._internal.telemetry.tracing import Tracing
 from interlock.exceptions import (
     ArgumentsInvalid,
@@ -527,7 +528,8 @@ class Pipeline:
         if error is not None:
             error = str(safe_redact(error, secrets))
         status: ActionStatus = "failed" if error else "executed"
-        stored_args = safe_redact(intent.arguments, secrets)
+        # The arguments passed the schema, so they are JSON: redact without re-checking that.
+        stored_args = redact(intent.arguments, extra_secrets=secrets)
         now = time.time()
         outcome = ActionResult(
             status=status,
