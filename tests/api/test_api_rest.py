@@ -473,9 +473,7 @@ def _variant(tmp_path: Path, old: str, new: str) -> Path:
 
 
 def test_pause_owner_listed_in_manifest(tmp_path: Path, sqlite_url: str) -> None:
-    manifest = _variant(
-        tmp_path, "pause_owners: [support-lead, oncall]", "pause_owners: [oncall]"
-    )
+    manifest = _variant(tmp_path, "pause_owners: [support-lead, oncall]", "pause_owners: [oncall]")
     for api in _serve(Harness(sqlite_url, manifest=manifest)):
         oncall = api.operator("oncall", "approver", workflows=[WF])
         r = api.http.post(f"/v1/workflows/{WF}/pause", headers=oncall)

@@ -199,7 +199,9 @@ def test_changing_a_policy_file_needs_a_new_version(tmp_path: Path) -> None:
     from interlock import Interlock, Settings
 
     policy = tmp_path / "extra.cedar"
-    policy.write_text('@id("forbid:no-eur") forbid (principal, action, resource) when { context.environment == "x" };')
+    policy.write_text(
+        '@id("forbid:no-eur") forbid (principal, action, resource) when { context.environment == "x" };'
+    )
     data = yaml.safe_load(SUPPORT_TRIAGE.read_text())
     data["policies"] = ["extra.cedar"]
     (tmp_path / "support_desk.py").write_text((SUPPORT_TRIAGE.parent / "support_desk.py").read_text())
@@ -209,7 +211,9 @@ def test_changing_a_policy_file_needs_a_new_version(tmp_path: Path) -> None:
     il.migrate()
     il.load_workflow(path)
     il.load_workflow(path)  # same files: same version, fine
-    policy.write_text('@id("forbid:no-eur") forbid (principal, action, resource) when { context.environment == "y" };')
+    policy.write_text(
+        '@id("forbid:no-eur") forbid (principal, action, resource) when { context.environment == "y" };'
+    )
     with pytest.raises(PolicyError) as err:
         il.load_workflow(path)
     assert err.value.field == "version"
