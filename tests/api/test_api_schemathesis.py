@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from conftest import Harness, fresh_pg_url, postgres_available
+from conftest import Harness, _require_pg, fresh_pg_url
 from interlock._internal.api.app import create_app
 
 WF = "support-triage"
@@ -65,8 +65,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     if request.param == "sqlite":
         urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'interlock.db'}"])
     else:
-        if not postgres_available():
-            pytest.skip("PostgreSQL not reachable")
+        _require_pg()  # skips with the shared notice, or fails when PostgreSQL is required
         urls = fresh_pg_url()
     db_url = next(urls)
     harness = Harness(db_url)
