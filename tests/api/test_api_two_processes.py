@@ -6,13 +6,8 @@ both executes once, and a pause made on one is seen by the other on the very nex
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,83 +17,19 @@ import pytest
 import yaml
 
 from conftest import SUPPORT_TRIAGE, Harness
+from servers import ServeProcess as Replica
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 WF = "support-triage"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _interlock_command() -> list[str]:
-    script = Path(sys.executable).with_name("interlock")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("interlock")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from interlock._internal.cli.main import main; main()"]
-
-
-class Replica:
-    """One `interlock serve` process; its output goes to a log file shown when it fails to start."""
-
-    def __init__(self, name: str, db_url: str, workdir: Path, manifest: Path = SUPPORT_TRIAGE) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        cmd = [
-            *_interlock_command(),
-            "serve",
-            "--manifest",
-            str(manifest),
-            "--db",
-            db_url,
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        # The same environment as the test, SUPPORT_DESK_DB included: both replicas and the test
-        # read and write one help desk.
-        self.proc = subprocess.Popen(
-            cmd, cwd=workdir, env=os.environ.copy(), stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.http = httpx.Client(base_url=self.url, timeout=30)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"replica did not become ready:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self._log.close()
-
-
 @pytest.fixture
 def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[Harness, Replica, Replica]]:
     harness = Harness(pg_url)  # migrates, loads the workflow, creates both agents
-    replicas = [Replica(name, pg_url, tmp_path) for name in ("a", "b")]
+    replicas = [
+        Replica(name, manifest=SUPPORT_TRIAGE, db_url=pg_url, workdir=tmp_path) for name in ("a", "b")
+    ]
     try:
         for replica in replicas:
             replica.wait_ready()
@@ -197,7 +128,7 @@ def test_rate_limit_holds_across_replicas(pg_url: str, tmp_path: Path) -> None:
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     shutil.copy(SUPPORT_TRIAGE.parent / "support_desk.py", tmp_path / "support_desk.py")
     harness = Harness(pg_url, manifest)
-    replicas = [Replica(name, pg_url, tmp_path, manifest) for name in ("a", "b")]
+    replicas = [Replica(name, manifest=manifest, db_url=pg_url, workdir=tmp_path) for name in ("a", "b")]
     try:
         for replica in replicas:
             replica.wait_ready()

@@ -12,13 +12,8 @@ several processes share.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,81 +24,12 @@ import pytest
 import yaml
 
 from conftest import SUPPORT_TRIAGE, Harness
+from servers import ServeProcess as Server
 
 pytestmark = pytest.mark.e2e
 
 REFUNDS = 200
 EXECUTABLE = 50  # 5 USD / 0.10 USD
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _interlock_command() -> list[str]:
-    script = Path(sys.executable).with_name("interlock")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("interlock")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from interlock._internal.cli.main import main; main()"]
-
-
-class Server:
-    """One `interlock serve` process; its output goes to a log file shown when it fails to start."""
-
-    def __init__(self, name: str, *, manifest: Path, db_url: str, workdir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        cmd = [
-            *_interlock_command(),
-            "serve",
-            "--manifest",
-            str(manifest),
-            "--db",
-            db_url,
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        # The test's environment, SUPPORT_DESK_DB included: both servers write to one help desk.
-        self.proc = subprocess.Popen(
-            cmd, cwd=workdir, env=os.environ.copy(), stdout=self._log, stderr=subprocess.STDOUT
-        )
-        limits = httpx.Limits(max_connections=REFUNDS, max_keepalive_connections=REFUNDS)
-        self.http = httpx.Client(base_url=self.url, timeout=120, limits=limits)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not become ready:\n{self.log_path.read_text()[-3000:]}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-3000:]
-
-    def stop(self) -> None:
-        self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self._log.close()
 
 
 def priced_refunds_manifest(folder: Path) -> Path:
@@ -126,7 +52,10 @@ def priced_refunds_manifest(folder: Path) -> Path:
 def two_servers(db_url: str, tmp_path: Path) -> Iterator[tuple[Harness, Server, Server]]:
     manifest = priced_refunds_manifest(tmp_path / "workflow")
     harness = Harness(db_url, manifest)  # migrates, loads the variant, creates both agents
-    servers = [Server(name, manifest=manifest, db_url=db_url, workdir=tmp_path) for name in ("a", "b")]
+    servers = [
+        Server(name, manifest=manifest, db_url=db_url, workdir=tmp_path, max_connections=REFUNDS)
+        for name in ("a", "b")
+    ]
     try:
         for server in servers:
             server.wait_ready()

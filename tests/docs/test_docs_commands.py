@@ -51,7 +51,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -60,6 +59,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -180,12 +181,6 @@ def all_docs() -> list[Doc]:
 
 
 # ---- the workspace ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

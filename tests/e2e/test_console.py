@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO, SUPPORT_TRIAGE, Harness
+from servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -45,12 +45,6 @@ PHRASE = "Refund 120.00 USD on ticket T-1003"
 
 def chromium() -> str | None:
     return os.environ.get("INTERLOCK_CHROMIUM") or shutil.which("chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from interlock._internal.api.mcp_gateway import build_mcp_app, visible_tools
 from interlock._internal.gateway.runtime import build_runtime
 from interlock._internal.manifest.loader import load_manifest
 from interlock._internal.store import tables as t
+from servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,12 +42,6 @@ def git(repo: Path, *args: str) -> str:
         ["git", "-C", str(repo), *args], check=True, env=GIT_ENV, capture_output=True, text=True
     )
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from interlock._internal.evals.golden import load_golden
 from interlock._internal.evals.runner import run_golden
 from interlock._internal.gateway.transports.python import PythonTransport
 from interlock._internal.manifest.loader import load_manifest_text
+from servers import free_port
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "invoice-matching"
 MANIFEST = EXAMPLE_DIR / "workflow.yaml"
@@ -58,12 +58,6 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
 def service(api_key: str, tmp_path: Path) -> Iterator[Any]:
     with ap.start(tmp_path / "ap-service.db") as svc:
         yield svc
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tools() -> dict[str, Any]:
@@ -420,7 +414,7 @@ def test_golden_set_is_well_formed() -> None:
 def test_golden_set_passes_against_the_real_service(
     api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("AP_SERVICE_PORT", str(port))
     monkeypatch.setenv("AP_SERVICE_DB", str(tmp_path / "ap-eval.db"))
     # The hook adds the service to these; set here so the test's environment is restored afterwards.

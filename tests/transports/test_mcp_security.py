@@ -26,6 +26,7 @@ from interlock._internal.gateway.transports.mcp import McpTransport, import_mcp_
 from interlock._internal.manifest.loader import load_manifest, load_manifest_text
 from interlock._internal.manifest.models import McpServerSpec, ToolSpec
 from interlock.exceptions import ConfigError, ManifestError, UpstreamError
+from servers import free_port
 
 SECRET = "ghs_s3cret-value-that-must-stay-hidden-1234"
 FILE_SECRET = "file-secret-9f8e7d6c5b4a"
@@ -104,12 +105,6 @@ def ctx(timeout_s: float = 20.0, credential: str | None = None) -> CallContext:
         credential=credential,
         timeout_s=timeout_s,
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def chain(exc: BaseException) -> Iterator[BaseException]:

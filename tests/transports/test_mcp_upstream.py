@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from interlock._internal.gateway.transports.mcp import (
 )
 from interlock._internal.manifest.models import McpServerSpec, ToolSpec
 from interlock.exceptions import ConfigError, UpstreamError
+from servers import free_port
 
 GIT_MAP = {
     "git_status": {"verb": "read", "idempotent": True},
@@ -112,12 +112,6 @@ def make_repo(path: Path) -> Path:
     ):
         subprocess.run(["git", "-C", str(path), *args], check=True, env=env)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
