@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import Harness
-from interlock._internal.api.app import create_app
+from interlock._internal.server import create_app
 
 WF = "support-triage"
 TICKET = {"ticket_id": "T-1001"}

@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SUPPORT_TRIAGE, Harness
 from interlock import ConfigError, ManifestError, StorageError
-from interlock._internal.api.app import create_app
 from interlock._internal.api.errors import status_for
 from interlock._internal.api.routes_runs import action_response
 from interlock._internal.gateway.models import ActionResult, Decision, Reason
+from interlock._internal.server import create_app
 from interlock.exceptions import (
     ArgumentsInvalid,
     AuditIntegrityError,

@@ -24,7 +24,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from conftest import Harness, _require_pg, fresh_pg_url
-from interlock._internal.api.app import create_app
+from interlock._internal.server import create_app
 
 WF = "support-triage"
 

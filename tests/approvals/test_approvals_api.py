@@ -14,8 +14,8 @@ import uvicorn
 from sqlalchemy import update
 
 from conftest import SUPPORT_TRIAGE, Harness
-from interlock._internal.api.app import create_app
 from interlock._internal.manifest.loader import load_manifest_text
+from interlock._internal.server import create_app
 from interlock._internal.store import tables as t
 
 REFUND = {"ticket_id": "T-1003", "amount": 120, "currency": "EUR", "reason": "broken item"}

@@ -95,7 +95,7 @@ def browser() -> Iterator[Any]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     import uvicorn
 
-    from interlock._internal.api.app import create_app
+    from interlock._internal.server import create_app
 
     db = tmp_path_factory.mktemp("console") / "interlock.db"
     harness = Harness(f"sqlite:///{db}", SUPPORT_TRIAGE)

@@ -80,8 +80,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     import uvicorn
 
     from interlock import Interlock, Settings
-    from interlock._internal.api.app import MCP_PATH, create_app
     from interlock._internal.gateway.transports.mcp import McpTransport
+    from interlock._internal.server import MCP_PATH, create_app
 
     base = tmp_path_factory.mktemp("gateway")
     repo = base / "repo"

@@ -18,8 +18,8 @@ from sqlalchemy import update
 
 from conftest import Harness
 from interlock import AsyncClient
-from interlock._internal.api.app import create_app
 from interlock._internal.api.schemas import ToolInfo
+from interlock._internal.server import create_app
 from interlock._internal.store import tables as t
 
 agents = pytest.importorskip("agents")

@@ -25,7 +25,7 @@ from interlock import (
     StorageError,
     UpstreamError,
 )
-from interlock._internal.api.app import create_app
+from interlock._internal.server import create_app
 
 
 class LiveServer:

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import Harness
-from interlock._internal.api.app import create_app
+from interlock._internal.server import create_app
 from interlock._internal.ui.console import CSP
 from interlock._internal.ui.routes import LOCAL_ADMIN, console_of, sign_in_url
 from interlock._internal.ui.session import SESSION_COOKIE, LoginCodes, SessionSigner

@@ -36,7 +36,7 @@ from interlock._internal.identity.operators import OperatorStore
 from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
 from interlock._internal.limits.breaker import CircuitBreakerRegistry
 from interlock._internal.limits.ratelimit import RateLimiter
-from interlock._internal.manifest.loader import LoadedManifest, load_manifest
+from interlock._internal.manifest.loader import LoadedManifest, load_manifest, load_manifest_text
 from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
@@ -354,10 +354,58 @@ class Interlock:
                     "key": r["name"],
                     "paused_by": r["paused_by"],
                     "reason": r["paused_reason"],
+                    "created_at": r["updated_at"],
                 }
                 for r in conn.execute(select(t.workflows).where(t.workflows.c.paused.is_(True))).mappings()
             ]
         return rows
+
+    def workflow_state(self, workflow: str) -> dict[str, Any]:
+        """The workflow's kill switch as stored: ``paused``, ``paused_by``, ``paused_reason`` and
+        ``updated_at`` (when it was last paused or resumed); not paused when never stored."""
+        query = select(
+            t.workflows.c.paused,
+            t.workflows.c.paused_by,
+            t.workflows.c.paused_reason,
+            t.workflows.c.updated_at,
+        ).where(t.workflows.c.name == workflow)
+        with reading(self.engine) as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return {"paused": False, "paused_by": None, "paused_reason": None, "updated_at": None}
+        return {**row, "paused": bool(row["paused"])}
+
+    def ping(self) -> None:
+        """Raise :class:`StorageError` unless the database answers."""
+        with reading(self.engine) as conn:
+            conn.execute(select(1))
+
+    def load_active_workflow(self, workflow: str, *, actor: str) -> WorkflowRuntime:
+        """Load the workflow's active version from the database (what a server loaded last), for a
+        process that did not load its manifest file: the CLI deciding an approval or resolving a
+        handoff runs the action through it, as the server would."""
+        query = (
+            select(
+                t.workflow_versions.c.manifest, t.workflow_versions.c.source_path, t.workflow_versions.c.id
+            )
+            .select_from(
+                t.workflows.join(
+                    t.workflow_versions, t.workflow_versions.c.id == t.workflows.c.active_version_id
+                )
+            )
+            .where(t.workflows.c.name == workflow)
+        )
+        with reading(self.engine) as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(
+                f"workflow {workflow!r} has no active version in this database", code="unknown_workflow"
+            )
+        source = Path(row.source_path) if row.source_path else None
+        # Relative references in the manifest (policies, Python tools) resolve from where it was loaded.
+        base_dir = source.parent if source is not None and source.parent.is_dir() else Path.cwd()
+        loaded = load_manifest_text(row.manifest, file=str(source or f"<{row.id}>"), base_dir=base_dir)
+        return self.load_workflow(loaded, actor=actor)
 
     def is_paused(self, workflow: str) -> bool:
         with reading(self.engine) as conn:

@@ -4,8 +4,9 @@
     app = create_app(interlock=il)               # embedding: the caller owns ``il``
 
 Domain errors become HTTP responses in exactly one place, :func:`install_error_handlers`, which
-this factory installs. The MCP gateway (``/mcp``) and the console (``/ui``) are mounted by
-:func:`mount_extras`.
+this factory installs. The MCP gateway (``/mcp``) is mounted by :func:`mount_extras`. The
+console (``/ui``) is another face: :func:`interlock._internal.server.create_app` mounts it on this
+app, so neither face imports the other.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from interlock._internal.api.housekeeping import housekeeping
 from interlock._internal.api.mcp_gateway import build_mcp_app
 from interlock._internal.service import Interlock
 from interlock._internal.settings import Settings
-from interlock._internal.ui.routes import create_console
 
 # Something the lifespan enters after Interlock has started and leaves before it closes (for
 # instance the MCP session manager's ``run()``).
@@ -36,12 +36,11 @@ UI_PATH = "/ui"
 
 
 def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
-    """Mount what is not the REST API: the MCP gateway at ``/mcp`` and the console at ``/ui``.
+    """Mount what is not the REST API: the MCP gateway at ``/mcp``.
 
     Return the context managers the app's lifespan must run (the MCP streamable-HTTP session
     manager needs one).
     """
-    app.mount(UI_PATH, create_console(interlock))
     gateway = build_mcp_app(interlock)
     # A route, not a mount: a mount would answer "/mcp" with a redirect to "/mcp/".
     # Starlette serves a non-function endpoint as a raw ASGI app; its annotation only knows handlers.
@@ -49,8 +48,8 @@ def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
     return [gateway.lifespan, housekeeping(interlock)]
 
 
-def create_app(settings: Settings | None = None, *, interlock: Interlock | None = None) -> FastAPI:
-    """Build the HTTP app.
+def create_api(settings: Settings | None = None, *, interlock: Interlock | None = None) -> FastAPI:
+    """Build the HTTP app without the console (see :func:`interlock._internal.server.create_app`).
 
     Without ``interlock`` the app builds one from ``settings`` and owns it: the lifespan runs
     :meth:`Interlock.start` (migrate, load ``settings.manifests``) before serving and closes it on
@@ -104,4 +103,4 @@ def create_app(settings: Settings | None = None, *, interlock: Interlock | None 
     return app
 
 
-__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "LifespanHook", "create_app", "mount_extras"]
+__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "LifespanHook", "create_api", "mount_extras"]

@@ -15,11 +15,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter
 
 from interlock._internal.api.errors import MISSING_TOKEN
-from interlock._internal.identity.operators import ROLES, Operator
+from interlock._internal.identity.operators import Operator
 from interlock._internal.identity.secrets import OPERATOR_TOKEN_PREFIX
 from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent
+from interlock._internal.permissions import ALL_ROLES, actor, require_any_role
 from interlock._internal.service import Interlock
-from interlock.exceptions import AuthenticationError, PermissionDenied
+from interlock.exceptions import AuthenticationError
 
 WRONG_TOKEN_TYPE = "wrong_token_type"
 
@@ -132,29 +133,12 @@ def agent_or_operator(
     return authenticate_agent(token, tokens=interlock.tokens, store=interlock.agents)
 
 
-def require_any_role(operator: Operator, roles: tuple[str, ...], workflow: str | None) -> None:
-    """:class:`PermissionDenied` unless the operator holds one of ``roles`` for ``workflow``."""
-    if not any(operator.can(role, workflow) for role in roles):
-        where = f" for workflow {workflow!r}" if workflow is not None else ""
-        raise PermissionDenied(
-            f"operator {operator.id!r} needs one of the roles {', '.join(roles)}{where}",
-            details={"operator_id": operator.id, "roles": list(roles), "workflow": workflow},
-        )
-
-
-def actor(operator: Operator) -> str:
-    """How an operator is named in the audit log."""
-    return f"operator:{operator.id}"
-
-
 InterlockDep = Annotated[Interlock, Depends(get_interlock)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 AgentTokenDep = Annotated[str, Depends(agent_token)]
 AgentDep = Annotated[AgentPrincipal, Depends(current_agent)]
 OperatorDep = Annotated[Operator, Depends(current_operator)]
 CallerDep = Annotated[AgentPrincipal | Operator, Depends(agent_or_operator)]
-
-ALL_ROLES: tuple[str, ...] = ROLES
 
 __all__ = [
     "ALL_ROLES",

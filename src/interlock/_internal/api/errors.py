@@ -20,39 +20,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from interlock._internal.http_status import status_for
 from interlock.exceptions import (
-    ActionDenied,
-    ArgumentsInvalid,
-    AuthenticationError,
-    ConfigError,
-    ConflictError,
     InterlockError,
     LimitExceeded,
-    ManifestError,
-    NotFound,
-    PermissionDenied,
-    StorageError,
-    TokenScopeError,
-    UpstreamError,
 )
 
 log = logging.getLogger("interlock.api")
-
-# Most specific first: TokenScopeError is an AuthenticationError, ManifestError a ConfigError.
-_STATUS: tuple[tuple[type[InterlockError], int], ...] = (
-    (TokenScopeError, 403),
-    (AuthenticationError, 401),
-    (PermissionDenied, 403),
-    (NotFound, 404),
-    (ArgumentsInvalid, 422),
-    (ActionDenied, 403),
-    (LimitExceeded, 429),
-    (ConflictError, 409),
-    (ManifestError, 400),  # a manifest the request carried
-    (ConfigError, 500),  # the server's own configuration
-    (StorageError, 503),
-    (UpstreamError, 502),
-)
 
 _SERVER_MESSAGES = {
     503: "the database is not answering; retry shortly",
@@ -67,14 +41,6 @@ _ROUTING_CODES = {
     405: "method_not_allowed",
     415: "unsupported_media_type",
 }
-
-
-def status_for(exc: InterlockError) -> int:
-    """The HTTP status of an Interlock error; anything unmapped is a 500."""
-    for kind, status in _STATUS:
-        if isinstance(exc, kind):
-            return status
-    return 500
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import select, text
 
 from interlock._internal.api.deps import (
     ALL_ROLES,
@@ -45,8 +44,6 @@ from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.agents import AgentRecord
 from interlock._internal.identity.operators import Operator
 from interlock._internal.service import Interlock
-from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading
 from interlock.exceptions import ArgumentsInvalid, InterlockError, PermissionDenied
 
 router = APIRouter(prefix="/v1")
@@ -61,16 +58,9 @@ _BODY_ERRORS = error_responses(400, 422)
 
 
 def _state(interlock: Interlock, name: str) -> WorkflowState:
-    with reading(interlock.engine) as conn:
-        row = conn.execute(
-            select(t.workflows.c.paused, t.workflows.c.paused_by, t.workflows.c.paused_reason).where(
-                t.workflows.c.name == name
-            )
-        ).first()
-    if row is None:
-        return WorkflowState(name=name, paused=False)
+    row = interlock.workflow_state(name)
     return WorkflowState(
-        name=name, paused=bool(row.paused), paused_by=row.paused_by, paused_reason=row.paused_reason
+        name=name, paused=row["paused"], paused_by=row["paused_by"], paused_reason=row["paused_reason"]
     )
 
 
@@ -292,8 +282,7 @@ def healthz() -> Health:
 def readyz(interlock: InterlockDep) -> Response:
     """Ready to serve agents: the database answers and at least one workflow is loaded."""
     try:
-        with reading(interlock.engine) as conn:
-            conn.execute(text("SELECT 1"))
+        interlock.ping()
     except InterlockError:
         return _not_ready("database", "the database is not answering")
     names = sorted(rt.name for rt in interlock.workflows)

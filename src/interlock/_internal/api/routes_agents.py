@@ -149,7 +149,7 @@ def list_tools(agent: AgentDep, interlock: InterlockDep) -> list[ToolInfo]:
     A tool listed here may still be denied or sent for approval depending on its arguments.
     """
     # The MCP gateway's rule, so tools/list and GET /v1/tools always agree.
-    from interlock._internal.api.mcp_gateway import visible_tools
+    from interlock._internal.policy.visibility import visible_tools
 
     runtime = interlock.runtime(agent.workflow)
     return [

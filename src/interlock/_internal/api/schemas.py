@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from interlock._internal.gateway.models import ActionResult
+from interlock._internal.gateway.models import ActionResult, ToolInfo
 from interlock._internal.manifest.models import (
     AgentSpec,
     Approvals,
@@ -161,14 +161,6 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["Bearer"] = "Bearer"
     expires_in: int
-
-
-class ToolInfo(BaseModel):
-    name: str
-    description: str
-    verb: Verb
-    traits: list[Trait]
-    input_schema: dict[str, Any]
 
 
 class WorkflowSummary(BaseModel):

@@ -121,6 +121,21 @@ class ApprovalService:
             row = self._row(approval_id)
         return self._views([row], now)[0]
 
+    def rows_for_run(self, run_id: str) -> builtins.list[dict[str, Any]]:
+        """A run's approvals as stored, oldest first (the run timeline reads them)."""
+        query = select(t.approvals).where(t.approvals.c.run_id == run_id).order_by(t.approvals.c.created_at)
+        with reading(self.engine) as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def id_for_step(self, run_id: str, step_id: str) -> str | None:
+        """The approval a step asked for, if any."""
+        query = select(t.approvals.c.id).where(
+            t.approvals.c.run_id == run_id, t.approvals.c.step_id == step_id
+        )
+        with reading(self.engine) as conn:
+            found = conn.execute(query).first()
+        return None if found is None else str(found[0])
+
     def list(
         self,
         *,

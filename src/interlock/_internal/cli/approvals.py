@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -93,35 +92,8 @@ def _operator(il: Interlock, operator_id: str, *, as_json: bool) -> Operator:
 
 def _load_workflow(il: Interlock, workflow: str) -> None:
     """Load the workflow's active version from the database: its manifest names the approvers,
-    and an approved action runs through it."""
-    from sqlalchemy import select
-
-    from interlock._internal.manifest.loader import load_manifest_text
-    from interlock._internal.store import tables as t
-    from interlock._internal.store.engine import reading
-    from interlock.exceptions import NotFound
-
-    with reading(il.engine) as conn:
-        row = conn.execute(
-            select(
-                t.workflow_versions.c.manifest, t.workflow_versions.c.source_path, t.workflow_versions.c.id
-            )
-            .select_from(
-                t.workflows.join(
-                    t.workflow_versions, t.workflow_versions.c.id == t.workflows.c.active_version_id
-                )
-            )
-            .where(t.workflows.c.name == workflow)
-        ).first()
-    if row is None:
-        raise NotFound(
-            f"workflow {workflow!r} has no active version in this database", code="unknown_workflow"
-        )
-    source = Path(row.source_path) if row.source_path else None
-    # Relative references in the manifest (policies, Python tools) resolve from where it was loaded.
-    base_dir = source.parent if source is not None and source.parent.is_dir() else Path.cwd()
-    loaded = load_manifest_text(row.manifest, file=str(source or f"<{row.id}>"), base_dir=base_dir)
-    il.load_workflow(loaded, actor=_via())
+    and an approved action runs through it, in the service, as it would on a server."""
+    il.load_active_workflow(workflow, actor=_via())
 
 
 def _ago(seconds: float) -> str:

@@ -106,7 +106,7 @@ def demo(
     import httpx
     import uvicorn
 
-    from interlock._internal.api.app import create_app
+    from interlock._internal.server import create_app
     from interlock._internal.service import Interlock
     from interlock._internal.settings import DatabaseSettings, Settings
 

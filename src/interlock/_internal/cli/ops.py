@@ -2,7 +2,7 @@
 
 Like ``interlock approvals``, these work on the database directly and act as a named operator
 (``--as ID``), who must exist and be active: their roles decide what is allowed, by the same rules
-as the HTTP API (:mod:`interlock._internal.api.routes_ops`), and the audit log names them. A
+as the HTTP API and the console (:mod:`interlock._internal.permissions`), and the audit log names them. A
 handoff resumed with edited arguments sends the held action through the whole pipeline from this
 process, with the workflow's active manifest loaded from the database.
 """
@@ -29,11 +29,13 @@ from interlock._internal.cli.approvals import (
     _operator,
 )
 from interlock._internal.cli.common import console, fail, print_json
+from interlock._internal.operations import handoffs as handoff_ops
+from interlock._internal.operations import pauses as pause_ops
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
-    from interlock._internal.api.routes_ops import PauseInfo
     from interlock._internal.gateway.models import ActionResult
+    from interlock._internal.operations.pauses import PauseInfo
     from interlock._internal.runs.handoffs import Handoff, Resolution
     from interlock._internal.service import Interlock
 
@@ -108,8 +110,6 @@ def pause(
     as_json: JsonOpt = False,
 ) -> None:
     """Pause a workflow, agent or environment: its next action anywhere is denied until resumed."""
-    from interlock._internal.api import routes_ops
-
     if not reason.strip():
         fail(
             "give a reason for pausing; it goes in the audit log",
@@ -119,7 +119,7 @@ def pause(
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json)
         _prepare(il, scope.value, key)
-        info, created = routes_ops.pause(il, operator, scope.value, key, reason=reason)
+        info, created = pause_ops.pause(il, operator, scope.value, key, reason=reason)
     if as_json:
         print_json({**info.model_dump(mode="json"), "created": created})
         return
@@ -139,12 +139,10 @@ def resume(
     scope: ScopeArg, key: KeyArg, as_operator: RequiredAsOpt, db: DbOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Lift a pause; approved actions it held run now (those of workflows this process can load)."""
-    from interlock._internal.api import routes_ops
-
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json)
         _prepare(il, scope.value, key)
-        info = routes_ops.resume(il, operator, scope.value, key)
+        info = pause_ops.resume(il, operator, scope.value, key)
     if as_json:
         print_json(info.model_dump(mode="json"))
         return
@@ -153,11 +151,9 @@ def resume(
 
 def pauses(as_operator: AsOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List every active pause: what, who, why and since when."""
-    from interlock._internal.api import routes_ops
-
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json) if as_operator else None
-        items = routes_ops.active_pauses(il, operator)
+        items = pause_ops.active_pauses(il, operator)
     if as_json:
         print_json([p.model_dump(mode="json") for p in items])
         return
@@ -194,9 +190,7 @@ def list_handoffs(
     as_json: JsonOpt = False,
 ) -> None:
     """List handoffs, newest first (open ones unless --state says otherwise)."""
-    from interlock._internal.api import routes_ops
-
-    if state not in (*routes_ops.HANDOFF_STATES, "all"):
+    if state not in (*handoff_ops.HANDOFF_STATES, "all"):
         fail(
             f"--state must be open, resumed, stopped or all, not {state!r}",
             as_json=as_json,
@@ -204,7 +198,7 @@ def list_handoffs(
         )
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json) if as_operator else None
-        items = routes_ops.visible_handoffs(il, operator, workflow=workflow, state=state, run_id=run)
+        items = handoff_ops.visible_handoffs(il, operator, workflow=workflow, state=state, run_id=run)
     if as_json:
         print_json([h.model_dump(mode="json") for h in items])
         return
@@ -230,11 +224,9 @@ def list_handoffs(
 @handoffs_app.command()
 def show(handoff_id: IdArg, as_operator: AsOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Show one handoff: the run, the held action and its (redacted) arguments, why, how it ended."""
-    from interlock._internal.api import routes_ops
-
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json) if as_operator else None
-        handoff = routes_ops.visible_handoff(il, operator, handoff_id)
+        handoff = handoff_ops.visible_handoff(il, operator, handoff_id)
     _print(handoff, None, as_json=as_json)
 
 
@@ -255,8 +247,6 @@ def resolve(
     as_json: JsonOpt = False,
 ) -> None:
     """Resolve a handoff: resume the run, resume it with edited arguments, or stop it."""
-    from interlock._internal.api import routes_ops
-
     arguments: Any = None
     if args is not None:
         try:
@@ -269,7 +259,7 @@ def resolve(
         operator = _operator(il, as_operator, as_json=as_json)
         if action is Action.resume_with_arguments:
             _load_workflow(il, il.handoffs.get(handoff_id).workflow)  # the edited action runs through it
-        handoff, result = routes_ops.resolve(
+        handoff, result = handoff_ops.resolve(
             il,
             operator,
             handoff_id,

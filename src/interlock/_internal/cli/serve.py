@@ -92,9 +92,8 @@ def serve(
 
     import uvicorn
 
-    from interlock._internal.api.app import MCP_PATH, UI_PATH, create_app
+    from interlock._internal.server import MCP_PATH, UI_PATH, create_app, sign_in_url
     from interlock._internal.service import Interlock
-    from interlock._internal.ui.routes import sign_in_url
 
     interlock = Interlock(settings)
     try:

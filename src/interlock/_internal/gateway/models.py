@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from interlock._internal.manifest.models import Trait, Verb
+
 DecisionKind = Literal["allow", "deny", "require_approval", "escalate"]
 ActionStatus = Literal["executed", "pending_approval", "denied", "invalid", "limited", "failed", "escalated"]
 
@@ -120,3 +122,13 @@ class Step(BaseModel):
 
 class RunView(Run):
     steps_detail: list[Step] = Field(default_factory=list)
+
+
+class ToolInfo(BaseModel):
+    """A tool as listed to an agent (``GET /v1/tools``, the SDK's ``tools()``)."""
+
+    name: str
+    description: str
+    verb: Verb
+    traits: list[Trait]
+    input_schema: dict[str, Any]

@@ -201,6 +201,13 @@ class OperatorStore:
             raise NotFound(f"no operator {operator_id!r}", details={"operator_id": operator_id})
         return _record(row)
 
+    def with_token_hash(self, operator_id: str) -> tuple[OperatorRecord, str] | None:
+        """The operator and the hash of their current API token (a console session is bound to
+        it, so rotating the token ends the session), or None for an unknown id."""
+        with reading(self._engine) as conn:
+            row = conn.execute(select(operators).where(operators.c.id == operator_id)).first()
+        return None if row is None else (_record(row), row.token_hash)
+
     def list(self) -> builtins.list[OperatorRecord]:
         """Every operator (disabled ones included), ordered by id."""
         with reading(self._engine) as conn:

@@ -38,9 +38,19 @@ class HandoffStore:
         self.engine = engine
 
     def list(
-        self, *, workflow: str | None = None, state: str | None = "open", limit: int = 200
+        self,
+        *,
+        workflow: str | None = None,
+        state: str | None = "open",
+        run_id: str | None = None,
+        limit: int = 200,
     ) -> list[Handoff]:
-        query = select(t.handoffs).order_by(t.handoffs.c.created_at.desc()).limit(limit)
+        """Newest first; one run's in the order they happened."""
+        if run_id is not None:
+            query = select(t.handoffs).where(t.handoffs.c.run_id == run_id).order_by(t.handoffs.c.created_at)
+        else:
+            query = select(t.handoffs).order_by(t.handoffs.c.created_at.desc())
+        query = query.limit(limit)
         if workflow is not None:
             query = query.where(t.handoffs.c.workflow == workflow)
         if state is not None:

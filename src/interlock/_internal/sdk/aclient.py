@@ -13,9 +13,8 @@ from typing import Any
 
 import httpx
 
-from interlock._internal.api.schemas import ToolInfo
 from interlock._internal.approvals.models import AgentApprovalView
-from interlock._internal.gateway.models import ActionResult, ModelCallResult, Run, RunView
+from interlock._internal.gateway.models import ActionResult, ModelCallResult, Run, RunView, ToolInfo
 from interlock._internal.sdk.client import (
     DEFAULT_APPROVAL_WAIT_S,
     DEFAULT_RETRIES,

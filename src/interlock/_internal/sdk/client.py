@@ -38,9 +38,8 @@ import httpx
 from pydantic import ValidationError
 
 from interlock import __version__
-from interlock._internal.api.schemas import ToolInfo
 from interlock._internal.approvals.models import SETTLED_EXECUTIONS, AgentApprovalView
-from interlock._internal.gateway.models import ActionResult, ModelCallResult, Run, RunView
+from interlock._internal.gateway.models import ActionResult, ModelCallResult, Run, RunView, ToolInfo
 from interlock.exceptions import (
     ActionDenied,
     ArgumentsInvalid,

@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ov
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from interlock._internal.api.schemas import ToolInfo
 from interlock._internal.approvals.models import AgentApprovalView
-from interlock._internal.gateway.models import ActionResult
+from interlock._internal.gateway.models import ActionResult, ToolInfo
 from interlock._internal.sdk.aclient import AsyncClient
 from interlock._internal.sdk.client import DEFAULT_APPROVAL_WAIT_S, Client, approval_settled
 from interlock.exceptions import (
@@ -165,8 +164,8 @@ class EmbeddedAgent:
 
     def tools(self) -> list[ToolInfo]:
         # The MCP gateway's visibility rule, so every interface lists the same tools.
-        from interlock._internal.api.mcp_gateway import visible_tools
         from interlock._internal.identity.tokens import authenticate_agent
+        from interlock._internal.policy.visibility import visible_tools
 
         il = self.interlock
         principal = authenticate_agent(self.token(), tokens=il.tokens, store=il.agents)

@@ -5,23 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from interlock._internal.cli.workflow import operating_model
 from interlock._internal.evals.weekly import fmt, weekly_figures
 from interlock._internal.identity.operators import Operator
 from interlock._internal.manifest.models import Approvals
-from interlock._internal.service import Interlock
-from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading
-from interlock._internal.ui import words
-from interlock._internal.ui.access import (
+from interlock._internal.manifest.operating_model import operating_model
+from interlock._internal.permissions import (
     may_admin_agents,
-    may_pause,
+    may_pause_workflow,
     may_view,
     runtime_for,
     visible_workflows,
 )
+from interlock._internal.service import Interlock
+from interlock._internal.ui import words
 
 FIGURES: tuple[tuple[str, str, str], ...] = (
     ("runs", "Runs", "count"),
@@ -72,10 +68,7 @@ def approvals_text(approvals: Approvals) -> str:
 
 
 def pause_state(interlock: Interlock, workflow: str) -> dict[str, Any]:
-    with reading(interlock.engine) as conn:
-        row = conn.execute(select(t.workflows).where(t.workflows.c.name == workflow)).mappings().first()
-    if row is None:
-        return {"paused": False, "by": "", "reason": "", "since": ""}
+    row = interlock.workflow_state(workflow)
     return {
         "paused": bool(row["paused"]),
         "by": row["paused_by"] or "",
@@ -152,7 +145,7 @@ def workflow_page(interlock: Interlock, operator: Operator, name: str) -> dict[s
         "approvals": approvals_text(runtime.manifest.approvals),
         "pause_owners": model["pause_owners"],
         "state": pause_state(interlock, runtime.name),
-        "can_pause": may_pause(operator, runtime),
+        "can_pause": may_pause_workflow(operator, runtime),
         "figures": _figures(interlock, runtime.name),
     }
 

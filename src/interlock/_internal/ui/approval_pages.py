@@ -10,9 +10,9 @@ from interlock._internal.approvals.models import ApprovalView
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.operators import Operator
+from interlock._internal.permissions import may_decide, may_view
 from interlock._internal.service import Interlock
 from interlock._internal.ui import words
-from interlock._internal.ui.access import may_decide, may_view
 from interlock.exceptions import NotFound
 
 AGE_CHOICES: tuple[tuple[str, str, int | None], ...] = (

@@ -17,16 +17,13 @@ import fastapi
 from fastapi import Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import select
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interlock import __version__
-from interlock._internal.identity.operators import ACTIVE, Operator
+from interlock._internal.identity.operators import Operator
 from interlock._internal.identity.secrets import credential_fingerprint
 from interlock._internal.service import Interlock
-from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading
 from interlock._internal.ui import words
 from interlock._internal.ui.session import (
     LOGIN_CSRF_COOKIE,
@@ -89,16 +86,11 @@ class Console:
 
     def active_operator(self, operator_id: str) -> tuple[Operator, str] | None:
         """The active operator and the fingerprint of their current token, or None."""
-        with reading(self.interlock.engine) as conn:
-            row = conn.execute(select(t.operators).where(t.operators.c.id == operator_id)).first()
-        if row is None or row.status != ACTIVE:
+        found = self.interlock.operators.with_token_hash(operator_id)
+        if found is None or not found[0].active:
             return None
-        operator = Operator(
-            id=row.id,
-            roles=tuple(row.roles),
-            workflows=None if row.workflows is None else tuple(row.workflows),
-        )
-        return operator, credential_fingerprint(row.token_hash)
+        record, token_hash = found
+        return record.principal(), credential_fingerprint(token_hash)
 
     def signed_in(self, request: Request) -> SignedIn:
         """The operator behind the request's session cookie, checked against the database now."""

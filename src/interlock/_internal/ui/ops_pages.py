@@ -6,7 +6,7 @@
     POST /pauses                    pause an agent or an environment (``scope``, ``key``, ``reason``)
     POST /pauses/resume             lift a pause (``scope``, ``key``)
 
-Who may do what is decided by :mod:`interlock._internal.api.routes_ops`, the same rules as the API.
+Who may do what is decided by :mod:`interlock._internal.permissions`, the same rules as the API.
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 
-from interlock._internal.api import routes_ops
-from interlock._internal.api.errors import status_for
+from interlock._internal import permissions
+from interlock._internal.http_status import status_for
 from interlock._internal.identity.operators import Operator
+from interlock._internal.operations import handoffs as handoff_ops
+from interlock._internal.operations import pauses as pause_ops
+from interlock._internal.permissions import visible_workflows
 from interlock._internal.runs.handoffs import Handoff
 from interlock._internal.service import Interlock
-from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading
 from interlock._internal.telemetry.redaction import MASK
 from interlock._internal.ui import words
-from interlock._internal.ui.access import visible_workflows
 from interlock._internal.ui.console import (
     Console,
     ConsoleDep,
@@ -98,7 +97,7 @@ def _item(interlock: Interlock, h: Handoff) -> dict[str, Any]:
 
 def _switches(interlock: Interlock, operator: Operator) -> dict[str, Any]:
     """Active pauses, and the agents and environments this operator may pause or resume."""
-    active = routes_ops.active_pauses(interlock, operator)
+    active = pause_ops.active_pauses(interlock, operator)
     paused = {(p.scope, p.key) for p in active}
     agents = [
         {
@@ -108,12 +107,12 @@ def _switches(interlock: Interlock, operator: Operator) -> dict[str, Any]:
             "paused": ("agent", r.id) in paused,
         }
         for r in interlock.agents.list()
-        if r.status == "active" and any(operator.can(role, r.workflow) for role in routes_ops.AGENT_PAUSERS)
+        if r.status == "active" and any(operator.can(role, r.workflow) for role in permissions.AGENT_PAUSERS)
     ]
     environments = (
         [
             {"name": name, "paused": ("environment", name) in paused}
-            for name in sorted(routes_ops.known_environments(interlock))
+            for name in sorted(pause_ops.known_environments(interlock))
         ]
         if operator.can("admin", None)
         else []
@@ -139,13 +138,13 @@ def _switches(interlock: Interlock, operator: Operator) -> dict[str, Any]:
 
 def _allowed(interlock: Interlock, operator: Operator, scope: str, key: str) -> bool:
     try:
-        return routes_ops.may_pause(interlock, operator, scope, key)
+        return pause_ops.may_pause(interlock, operator, scope, key)
     except NotFound:  # a workflow paused in the database but not loaded here
         return False
 
 
 def handoff_page(interlock: Interlock, operator: Operator, handoff_id: str) -> dict[str, Any]:
-    h = routes_ops.visible_handoff(interlock, operator, handoff_id)
+    h = handoff_ops.visible_handoff(interlock, operator, handoff_id)
     run = interlock.runs.view(h.run_id)
     resolution = h.resolution if isinstance(h.resolution, dict) else {}
     page = {
@@ -154,7 +153,7 @@ def handoff_page(interlock: Interlock, operator: Operator, handoff_id: str) -> d
         "environment": run.environment,
         "run_state": run.state,
         "run_state_words": RUN_STATE_WORDS.get(run.state, run.state),
-        "can_resolve": h.state == "open" and routes_ops.may_resolve(operator, h.workflow),
+        "can_resolve": h.state == "open" and permissions.may_resolve(operator, h.workflow),
         "arguments_json": json.dumps(h.arguments, indent=2, ensure_ascii=False)
         if h.arguments is not None
         else "{}",
@@ -186,10 +185,7 @@ def handoff_page(interlock: Interlock, operator: Operator, handoff_id: str) -> d
 
 
 def _approval_of(interlock: Interlock, run_id: str, step_id: str) -> str:
-    query = select(t.approvals.c.id).where(t.approvals.c.run_id == run_id, t.approvals.c.step_id == step_id)
-    with reading(interlock.engine) as conn:
-        found = conn.execute(query).first()
-    return "" if found is None else str(found[0])
+    return interlock.approvals.id_for_step(run_id, step_id) or ""
 
 
 # ---- routes -------------------------------------------------------------------------------------
@@ -211,7 +207,7 @@ def handoffs(
         "state": state if state in STATE_CHOICES else "open",
         "run": run,
     }
-    items = routes_ops.visible_handoffs(
+    items = handoff_ops.visible_handoffs(
         il, signed.operator, workflow=filters["workflow"] or None, state=filters["state"], run_id=run or None
     )
     return console.render(
@@ -268,8 +264,8 @@ def resolve(
     comment: Text = "",
 ) -> Response:
     console.check_csrf(signed, csrf)
-    found = routes_ops.visible_handoff(console.interlock, signed.operator, handoff_id)
-    if not routes_ops.may_resolve(signed.operator, found.workflow):
+    found = handoff_ops.visible_handoff(console.interlock, signed.operator, handoff_id)
+    if not permissions.may_resolve(signed.operator, found.workflow):
         raise PermissionDenied(
             f"operator {signed.operator.id!r} may not resolve handoffs of {found.workflow}: "
             "that takes an owner, admin or approver of the workflow",
@@ -295,7 +291,7 @@ def resolve(
             request, console, signed, handoff_id, error=error, status_code=422, form=form
         )
     try:
-        routes_ops.resolve(
+        handoff_ops.resolve(
             console.interlock,
             signed.operator,
             handoff_id,
@@ -325,11 +321,11 @@ def pause(
     reason: Text = "",
 ) -> Response:
     console.check_csrf(signed, csrf)
-    if scope not in routes_ops.SCOPES:
+    if scope not in pause_ops.SCOPES:
         raise ArgumentsInvalid("choose an agent, an environment or a workflow to pause", field="scope")
     if not reason.strip():
         raise ArgumentsInvalid("give a reason for pausing; it goes in the audit log", field="reason")
-    routes_ops.pause(console.interlock, signed.operator, scope, key, reason=reason)
+    pause_ops.pause(console.interlock, signed.operator, scope, key, reason=reason)
     return see_other(_back(request))
 
 
@@ -343,10 +339,10 @@ def resume(
     key: Text = "",
 ) -> Response:
     console.check_csrf(signed, csrf)
-    if scope not in routes_ops.SCOPES:
+    if scope not in pause_ops.SCOPES:
         raise ArgumentsInvalid("choose an agent, an environment or a workflow to resume", field="scope")
     try:
-        routes_ops.resume(console.interlock, signed.operator, scope, key)
+        pause_ops.resume(console.interlock, signed.operator, scope, key)
     except NotFound as exc:
         if exc.code != "not_paused":
             raise

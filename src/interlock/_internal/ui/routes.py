@@ -17,9 +17,10 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from interlock._internal.api.errors import status_for
+from interlock._internal import permissions as access
+from interlock._internal.http_status import status_for
 from interlock._internal.service import Interlock
-from interlock._internal.ui import access, ops_pages, signin
+from interlock._internal.ui import ops_pages, signin
 from interlock._internal.ui.admin_pages import agents_page, workflow_page, workflows_list
 from interlock._internal.ui.approval_pages import AGE_CHOICES, STATE_CHOICES, TRAITS, approval_page, inbox
 from interlock._internal.ui.console import (
@@ -198,7 +199,9 @@ def _switch(
 ) -> Response:
     console.check_csrf(signed, csrf)
     runtime = access.runtime_for(console.interlock, signed.operator, name)
-    access.require(access.may_pause(signed.operator, runtime), signed.operator, f"pause or resume {name}")
+    access.require(
+        access.may_pause_workflow(signed.operator, runtime), signed.operator, f"pause or resume {name}"
+    )
     reason = reason.strip()
     if paused and not reason:
         return _workflow_response(

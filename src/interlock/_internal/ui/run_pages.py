@@ -7,16 +7,12 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
-
 from interlock._internal.gateway.models import Step
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.operators import Operator
+from interlock._internal.permissions import may_view, visible_workflows
 from interlock._internal.service import Interlock
-from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading
 from interlock._internal.ui import words
-from interlock._internal.ui.access import may_view, visible_workflows
 from interlock._internal.ui.approval_pages import decided_by_text
 from interlock.exceptions import NotFound
 
@@ -96,19 +92,8 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
         runtime: WorkflowRuntime | None = interlock.runtime(view.workflow)
     except NotFound:
         runtime = None
-    with reading(interlock.engine) as conn:
-        approvals = {
-            r["id"]: dict(r)
-            for r in conn.execute(
-                select(t.approvals).where(t.approvals.c.run_id == run_id).order_by(t.approvals.c.created_at)
-            ).mappings()
-        }
-        handoffs = [
-            dict(r)
-            for r in conn.execute(
-                select(t.handoffs).where(t.handoffs.c.run_id == run_id).order_by(t.handoffs.c.created_at)
-            ).mappings()
-        ]
+    approvals = {r["id"]: r for r in interlock.approvals.rows_for_run(run_id)}
+    handoffs = [h.model_dump() for h in interlock.handoffs.list(run_id=run_id, state=None, limit=1000)]
     by_step = {a["step_id"]: a for a in approvals.values()}
 
     steps, reads, changes = [], [], []
