@@ -20,8 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from interlock._internal.cli.common import console, fail, print_json
-
-EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "support-triage" / "workflow.yaml"
+from interlock._internal.examples import reference_manifest
 
 
 @dataclass(frozen=True)
@@ -111,13 +110,14 @@ def demo(
     from interlock._internal.settings import DatabaseSettings, Settings
 
     started = time.monotonic()
-    if not EXAMPLE.is_file():
-        fail(f"the reference workflow is missing: {EXAMPLE}")
+    example = reference_manifest()
+    if not example.is_file():
+        fail(f"the reference workflow is missing: {example}")
     workdir = Path(tempfile.mkdtemp(prefix="interlock-demo-")) if keep is None else keep
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["SUPPORT_DESK_DB"] = str(workdir / "support-desk.db")
     db_url = f"sqlite:///{workdir / 'interlock.db'}"
-    il = Interlock(Settings(database=DatabaseSettings(url=db_url), manifests=[EXAMPLE]))
+    il = Interlock(Settings(database=DatabaseSettings(url=db_url), manifests=[example]))
     server: uvicorn.Server | None = None
     try:
         il.start()
@@ -194,6 +194,7 @@ def demo(
                 events=verified.events,
                 elapsed=elapsed,
                 kept=keep is not None,
+                example=example,
             )
         if not verified.ok:
             raise SystemExit(1)
@@ -216,6 +217,7 @@ def _print(
     events: int,
     elapsed: float,
     kept: bool,
+    example: Path,
 ) -> None:
     table = Table(title=f"support-triage: run {run_id}", show_lines=False)
     for col in ("#", "agent's action", "HTTP", "outcome", "why"):
@@ -239,10 +241,9 @@ def _print(
         console.print(f"  • the run's timeline:   interlock runs show {run_id} --db {db_url}")
         console.print(f"  • verify the audit log: interlock audit verify --db {db_url}")
         console.print(f"  • decide the refund:    interlock approvals list --db {db_url}")
-        console.print(f"  • serve it with the console: interlock serve --db {db_url} --manifest {EXAMPLE}")
+        console.print(f"  • serve it with the console: interlock serve --db {db_url} --manifest {example}")
     else:
         console.print("  • keep the database to explore it: interlock demo --keep ./demo-data")
-    console.print(
-        "  • the workflow's operating model: interlock workflow show examples/support-triage/workflow.yaml"
-    )
+    console.print(f"  • the workflow's operating model: interlock workflow show {example}", soft_wrap=True)
+    console.print("  • start a workflow of your own: interlock init my-workflow")
     console.print(f"  • API while it ran: {base}/v1 (OpenAPI at /openapi.json), MCP at {base}/mcp")

@@ -19,18 +19,24 @@ def _register() -> None:
         approvals,
         audit,
         check,
+        db,
         demo,
         evals,
+        init,
         operators,
         ops,
         purge,
         report,
         runs,
         serve,
+        version,
         whatif,
         workflow,
     )
 
+    app.callback()(version.root)
+    app.command("init")(init.init)
+    app.add_typer(db.app, name="db")
     app.add_typer(workflow.app, name="workflow")
     app.add_typer(audit.app, name="audit")
     app.command("check")(check.check)
