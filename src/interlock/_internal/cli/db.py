@@ -16,8 +16,7 @@ from interlock._internal.cli.common import console, fail_from, load_settings, pr
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
+    from interlock._internal.service import Interlock
     from interlock._internal.store.migrate import SchemaStatus
 
 app = typer.Typer(help="The database schema: current revision, upgrade, check.", no_args_is_help=True)
@@ -36,10 +35,11 @@ def _group() -> None:
     """The database schema: current revision, upgrade, check."""
 
 
-def _engine(db: str | None) -> Engine:
-    from interlock._internal.store.engine import make_engine
+def _interlock(db: str | None) -> Interlock:
+    # Only its engine is used: building it opens nothing until the first statement.
+    from interlock._internal.service import Interlock
 
-    return make_engine(load_settings(db).database)
+    return Interlock(load_settings(db))
 
 
 @app.command()
@@ -47,13 +47,13 @@ def current(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Print the database's schema revision and the newest this Interlock knows."""
     from interlock._internal.store.migrate import status
 
-    engine = _engine(db)
+    il = _interlock(db)
     try:
-        st = status(engine)
+        st = status(il.engine)
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     finally:
-        engine.dispose()
+        il.close()
     if as_json:
         print_json(st.as_dict())
     else:
@@ -67,15 +67,16 @@ def upgrade(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Apply every migration up to the newest; refuse a database a newer Interlock migrated."""
     from interlock._internal.store import migrate
 
-    engine = _engine(db)
+    il = _interlock(db)
     try:
+        engine = il.engine
         before = migrate.status(engine)
         migrate.upgrade(engine)
         after = migrate.status(engine)
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     finally:
-        engine.dispose()
+        il.close()
     if as_json:
         print_json({"from": before.current, "to": after.current, "applied": before.pending})
     elif before.pending:
@@ -106,9 +107,10 @@ def check(
     migrations are pending or the tables differ; 3 when a newer Interlock migrated it."""
     from interlock._internal.store import migrate
 
-    engine = _engine(db)
+    il = _interlock(db)
     deadline = time.monotonic() + wait
     try:
+        engine = il.engine
         while True:
             try:
                 st: SchemaStatus = migrate.status(engine)
@@ -123,7 +125,7 @@ def check(
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     finally:
-        engine.dispose()
+        il.close()
     ok = st.state == "current" and not drift
     if as_json:
         print_json({**st.as_dict(), "drift": drift, "ok": ok})
