@@ -26,7 +26,12 @@ def _registered() -> None:
 def _clean_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No interlock.toml or INTERLOCK_* from the machine running the tests.
     monkeypatch.chdir(tmp_path)
-    for name in ("INTERLOCK_IDENTITY__SIGNING_SEED", "INTERLOCK_AUDIT__SIGNING_SEED", "INTERLOCK_MANIFESTS"):
+    for name in (
+        "INTERLOCK_IDENTITY__SIGNING_SEED",
+        "INTERLOCK_AUDIT__SIGNING_SEED",
+        "INTERLOCK_PACKAGES__SIGNING_SEED",
+        "INTERLOCK_MANIFESTS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -197,6 +202,7 @@ def test_serve_on_public_host_once_secrets_are_set(
 ) -> None:
     monkeypatch.setenv("INTERLOCK_IDENTITY__SIGNING_SEED", "a-long-random-value-for-tokens")
     monkeypatch.setenv("INTERLOCK_AUDIT__SIGNING_SEED", "another-long-random-value-for-audit")
+    monkeypatch.setenv("INTERLOCK_PACKAGES__SIGNING_SEED", "a-third-long-random-value-for-packages")
     result = cli("serve", "-m", str(support_manifest_path), "--db", sqlite_url, "--host", "0.0.0.0")
     assert result.exit_code == 0, result.stderr
     assert fake_uvicorn["host"] == "0.0.0.0"

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.approvals.service import ApprovalService
 from interlock._internal.approvals.webhooks import targets_from_settings
@@ -37,6 +37,8 @@ from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, Tok
 from interlock._internal.limits.breaker import CircuitBreakerRegistry
 from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest, load_manifest_text
+from interlock._internal.packages.service import PackageService
+from interlock._internal.packages.signing import PackageKey
 from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
@@ -134,6 +136,16 @@ class Interlock:
             rate_limiter=self.rate_limiter,
             tracing=self.tracing,
             metrics=self.metrics,
+        )
+
+    @cached_property
+    def packages(self) -> PackageService:
+        """Signed work packages: issue, verify, revoke; runs started with one are bound by it."""
+        return PackageService(
+            self.engine,
+            PackageKey.from_seed(self.settings.packages.signing_seed),
+            runtimes=self.runtime,
+            max_ttl_s=self.settings.packages.max_ttl_s,
         )
 
     @cached_property
@@ -418,9 +430,32 @@ class Interlock:
         """OAuth2 client credentials: a short-lived token scoped to the agent's workflow and environment."""
         return self.tokens.exchange(client_id, client_secret, store=self.agents)
 
-    def start_run(self, token: str, *, trigger: Any = None, started_by: str | None = None) -> Run:
+    def start_run(
+        self,
+        token: str,
+        *,
+        trigger: Any = None,
+        started_by: str | None = None,
+        package: str | None = None,
+    ) -> Run:
+        """Start a run. With ``package`` (a signed work package), every action of the run is also
+        held to the package's tools and bounds, and the package cannot start another run."""
         principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
         runtime = self.runtime(principal.workflow)
+        claims = None
+        if package is not None:
+            claims = self.packages.admit(
+                package,
+                agent_id=principal.agent_id,
+                workflow=principal.workflow,
+                environment=principal.environment,
+                version_id=runtime.version_id,
+            )
+
+        def consume(conn: Connection, run_id: str) -> None:
+            if claims is not None:
+                self.packages.consume(conn, claims, run_id=run_id, actor=f"agent:{principal.agent_id}")
+
         return self.runs.create(
             workflow=principal.workflow,
             workflow_version_id=runtime.version_id,
@@ -429,6 +464,8 @@ class Interlock:
             trigger=trigger,
             started_by=started_by,
             max_concurrent=runtime.manifest.budgets.max_concurrent_runs,
+            package_id=None if claims is None else str(claims["jti"]),
+            on_create=consume if claims is not None else None,
         )
 
     def finish_run(

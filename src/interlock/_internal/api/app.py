@@ -18,7 +18,14 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from interlock import __version__
-from interlock._internal.api import routes_admin, routes_agents, routes_approvals, routes_ops, routes_runs
+from interlock._internal.api import (
+    routes_admin,
+    routes_agents,
+    routes_approvals,
+    routes_ops,
+    routes_packages,
+    routes_runs,
+)
 from interlock._internal.api.deps import ApiMetrics
 from interlock._internal.api.errors import install_error_handlers
 from interlock._internal.api.housekeeping import housekeeping
@@ -99,6 +106,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     app.include_router(routes_admin.router)
     app.include_router(routes_admin.probes)
     app.include_router(routes_ops.router)
+    app.include_router(routes_packages.router)
     hooks.extend(mount_extras(app, il))
     return app
 

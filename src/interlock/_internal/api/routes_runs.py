@@ -94,7 +94,7 @@ def action_response(result: ActionResult) -> JSONResponse:
     status_code=201,
     response_model=Run,
     summary="Start a run",
-    responses=error_responses(400, 401, 403, 404, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 422),
 )
 def start_run(
     token: AgentTokenDep,
@@ -108,6 +108,7 @@ def start_run(
         token,
         trigger=body.trigger if body is not None else None,
         started_by=body.started_by if body is not None else None,
+        package=body.package if body is not None else None,
     )
     metrics.runs_started.labels(workflow=run.workflow).inc()
     response.headers["Location"] = f"/v1/runs/{run.id}"

@@ -58,6 +58,12 @@ class StartRunRequest(_Body):
         description="The operator on whose request the agent runs. When the workflow forbids "
         "self-approval, that operator cannot approve this run's actions.",
     )
+    package: str | None = Field(
+        default=None,
+        max_length=64_000,
+        description="A signed work package (compact JWS from POST /v1/packages). Every action of the run "
+        "is then held to the package's tools and bounds too, and the package cannot start another run.",
+    )
 
     @field_validator("trigger")
     @classmethod

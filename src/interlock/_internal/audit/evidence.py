@@ -1,6 +1,7 @@
 """Evidence bundles: everything about one run an auditor needs, in one signed JSON file, checkable offline.
 
-A bundle holds the run, its steps, decisions and approvals, every audit event of the run (the exact
+A bundle holds the run, the signed work package it was started with (if any),
+its steps, decisions and approvals, every audit event of the run (the exact
 hashed body, its chain links and an inclusion proof), the manifest and Cedar policy text the
 decisions were made under, a signed checkpoint covering every event, and the audit public key. The
 whole bundle is signed with the audit key over its canonical JSON without ``signature``.
@@ -54,6 +55,7 @@ from interlock._internal.store.tables import (
     decisions,
     runs,
     steps,
+    work_packages,
     workflow_versions,
 )
 from interlock.exceptions import AuditIntegrityError, ConfigError, InterlockError, NotFound
@@ -150,8 +152,26 @@ def _read_run(engine: Engine, run_id: str) -> dict[str, Any]:
         version_ids = {run["workflow_version_id"]} | {
             d["manifest_version"] for d in decision_rows if d["manifest_version"] is not None
         }
+        package = None
+        if run.get("package_id") is not None:
+            # The signed package itself: an auditor checks it with the package public key.
+            found = (
+                conn.execute(
+                    select(
+                        work_packages.c.id,
+                        work_packages.c.token,
+                        work_packages.c.claims,
+                        work_packages.c.state,
+                        work_packages.c.revoked_at,
+                    ).where(work_packages.c.id == run["package_id"])
+                )
+                .mappings()
+                .first()
+            )
+            package = None if found is None else dict(found)
         return {
             "run": dict(run),
+            "package": package,
             "steps": rows(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.seq)),
             "decisions": decision_rows,
             "approvals": rows(

@@ -25,6 +25,7 @@ def _register() -> None:
         init,
         operators,
         ops,
+        packages,
         purge,
         report,
         runs,
@@ -54,6 +55,7 @@ def _register() -> None:
     app.command("resume")(ops.resume)
     app.command("pauses")(ops.pauses)
     app.add_typer(ops.handoffs_app, name="handoffs")
+    app.add_typer(packages.app, name="packages")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -14,6 +15,7 @@ from interlock._internal.gateway.models import (
     Reason,
 )
 from interlock._internal.gateway.statements import CLAIM_APPROVAL, DONE_IDEMPOTENCY
+from interlock._internal.packages import stage as package_stage
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import transaction
 from interlock.exceptions import (
@@ -82,6 +84,8 @@ def execute_approved(p: Pipeline, approval_id: str) -> ActionResult | None:
             steps=run.steps,
             tool_calls=run.tool_calls,
         )
+        if run.package_id is not None:  # the work package still bounds what was approved
+            verdict = package_stage.gate(p.engine, run.package_id, intent, verdict, now=time.time())
         approved = Reason(
             code="approved", message=f"approved ({approval_id})", policy_id=f"approval:{approval_id}"
         )

@@ -36,6 +36,7 @@ class Decision(BaseModel):
     manifest_version: str | None = None
     policy_version: str | None = None
     confidence: float | None = None
+    package_id: str | None = None  # the work package the run was started with, if any
 
     @property
     def reason_codes(self) -> list[str]:
@@ -99,6 +100,7 @@ class Run(BaseModel):
     tokens: int = 0
     started_at: float
     ended_at: float | None = None
+    package_id: str | None = None
 
 
 class Step(BaseModel):

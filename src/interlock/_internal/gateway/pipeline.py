@@ -70,6 +70,7 @@ from interlock._internal.limits.locks import acquire as lock_acquire
 from interlock._internal.limits.locks import lock_key
 from interlock._internal.limits.ratelimit import RateLimited, RateLimiter
 from interlock._internal.limits.stop_rules import check_history, sequence_broken
+from interlock._internal.packages import stage as package_stage
 from interlock._internal.runs.state import open_handoff, set_state
 from interlock._internal.runs.store import RunStore, run_from_row
 from interlock._internal.store import tables as t
@@ -239,6 +240,8 @@ class Pipeline:
             steps=run.steps,
             tool_calls=run.tool_calls,
         )
+        if run.package_id is not None:  # the work package and live policy: the stricter wins
+            verdict = package_stage.gate(self.engine, run.package_id, intent, verdict, now=time.time())
         decision = verdict.decision
         if decision.decision == "deny" or verdict.status == "invalid":
             return verdict
@@ -435,6 +438,12 @@ class Pipeline:
                     reserve(conn, scopes, cost_micros=cost)
                 except BudgetRefused as exc:
                     raise _Refused(self._refusal(verdict, exc.reason, "limited", stop_run=True)) from None
+                if run.package_id is not None:
+                    over = package_stage.reserve(
+                        conn, run.package_id, spec.name, intent.arguments, cost_micros=cost, now=now
+                    )
+                    if over is not None:
+                        raise _Refused(self._refusal(verdict, over, "denied"))
                 if intent.idempotency_key is not None:
                     conn.execute(
                         INSERT_IDEMPOTENCY,

@@ -100,6 +100,7 @@ def create_approval(
             "args_hash": decision.args_hash,
             "quorum": quorum,
             "expires_at": now + expires,
+            **({"package": run.package_id} if run.package_id is not None else {}),
         },
     )
     return approval_id
@@ -144,6 +145,7 @@ def write_step(
             "policy_version": decision.policy_version,
             "confidence": intent.confidence,
             "created_at": now,
+            "package_id": run.package_id,
         },
     )
     conn.execute(
@@ -189,6 +191,7 @@ def write_step(
             "policy_version": decision.policy_version,
             "result_hash": None if result is None else hash_value(result),
             "error": error,
+            **({"package": run.package_id} if run.package_id is not None else {}),
         },
     )
 

@@ -32,7 +32,10 @@ def set_state(
         raise ValueError(f"unknown run state {state!r}")
     values: dict[str, Any] = {"state": state, "state_reason": reason}
     values["ended_at"] = time.time() if state in TERMINAL else None
-    conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(**values))
+    # RETURNING the run's package costs no extra round trip and puts it in the event.
+    package_id = conn.execute(
+        update(t.runs).where(t.runs.c.id == run_id).values(**values).returning(t.runs.c.package_id)
+    ).scalar()
     if state != "running":
         # Records the run was changing are free for other runs once it stops acting.
         release_run(conn, run_id)
@@ -42,7 +45,12 @@ def set_state(
         actor=actor,
         workflow=workflow,
         run_id=run_id,
-        data={"state": state, "reason": reason, **(data or {})},
+        data={
+            "state": state,
+            "reason": reason,
+            **(data or {}),
+            **({"package": package_id} if package_id is not None else {}),
+        },
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,6 +37,7 @@ def run_from_row(row: RowMapping) -> Run:
         tokens=row.get("tokens") or 0,
         started_at=row["started_at"],
         ended_at=row["ended_at"],
+        package_id=row.get("package_id"),
     )
 
 
@@ -53,7 +55,11 @@ class RunStore:
         trigger: Any = None,
         started_by: str | None = None,
         max_concurrent: int | None = None,
+        package_id: str | None = None,
+        on_create: Callable[[Connection, str], None] | None = None,
     ) -> Run:
+        """Insert a running run. ``on_create`` runs in the same transaction (a work package is
+        consumed there, so the run and the package's single use commit together)."""
         now = time.time()
         row = {
             "id": new_id("run"),
@@ -71,18 +77,24 @@ class RunStore:
             "tokens": 0,
             "started_at": now,
             "ended_at": None,
+            "package_id": package_id,
         }
         with transaction(self.engine) as conn:
             if max_concurrent is not None:
                 self._check_concurrency(conn, workflow, max_concurrent, now)
             conn.execute(t.runs.insert().values(**row))
+            if on_create is not None:
+                on_create(conn, row["id"])
+            data = {"agent": agent_id, "environment": environment, "manifest_version": workflow_version_id}
+            if package_id is not None:
+                data["package"] = package_id
             append_event(
                 conn,
                 kind="run.started",
                 actor=started_by or f"agent:{agent_id}",
                 workflow=workflow,
                 run_id=row["id"],
-                data={"agent": agent_id, "environment": environment, "manifest_version": workflow_version_id},
+                data=data,
             )
         return run_from_row(row)  # type: ignore[arg-type]
 
@@ -170,6 +182,7 @@ class RunStore:
                     manifest_version=m[t.decisions.c.manifest_version],
                     policy_version=m[t.decisions.c.policy_version],
                     confidence=m[t.decisions.c.confidence],
+                    package_id=m[t.decisions.c.package_id],
                 )
             steps.append(
                 Step(

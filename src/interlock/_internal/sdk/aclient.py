@@ -73,9 +73,13 @@ class AsyncClient:
             headers={"User-Agent": user_agent()},
         )
 
-    async def start_run(self, trigger: Any = None) -> Run:
-        """Start one run of the agent's workflow; every action then names it."""
-        run: Run = parse_model(await self.send(Call("POST", "/v1/runs", json={"trigger": trigger})), Run)
+    async def start_run(self, trigger: Any = None, *, package: str | None = None) -> Run:
+        """Start one run of the agent's workflow; every action then names it. With ``package`` (a
+        signed work package) the run is also bound by the package."""
+        body: dict[str, Any] = {"trigger": trigger}
+        if package is not None:
+            body["package"] = package
+        run: Run = parse_model(await self.send(Call("POST", "/v1/runs", json=body)), Run)
         return run
 
     async def act(

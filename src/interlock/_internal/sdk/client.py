@@ -380,9 +380,13 @@ class Client:
 
     # ---- the agent's API (same shapes as the embedded Interlock, token implied) -----------------
 
-    def start_run(self, trigger: Any = None) -> Run:
-        """Start one run of the agent's workflow; every action then names it."""
-        run: Run = parse_model(self.send(Call("POST", "/v1/runs", json={"trigger": trigger})), Run)
+    def start_run(self, trigger: Any = None, *, package: str | None = None) -> Run:
+        """Start one run of the agent's workflow; every action then names it. With ``package`` (a
+        signed work package) the run is also bound by the package."""
+        body: dict[str, Any] = {"trigger": trigger}
+        if package is not None:
+            body["package"] = package
+        run: Run = parse_model(self.send(Call("POST", "/v1/runs", json=body)), Run)
         return run
 
     def act(

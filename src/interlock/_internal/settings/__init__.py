@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -15,6 +15,7 @@ from pydantic_settings import (
 
 DEFAULT_TOKEN_SIGNING_SEED = "interlock-dev-signing-seed-change-me"
 DEFAULT_ADMIN_TOKEN = ""
+DEFAULT_PACKAGE_SIGNING_SEED = "interlock-dev-package-seed-change-me"
 
 
 class DatabaseSettings(BaseModel):
@@ -66,6 +67,79 @@ class WebhookSettings(BaseModel):
     secret: SecretStr
 
 
+class PackageSettings(BaseModel):
+    # Seed for the Ed25519 key that signs work packages; runners verify with its public key.
+    signing_seed: str = DEFAULT_PACKAGE_SIGNING_SEED
+    max_ttl_s: int = Field(default=7 * 86_400, ge=60, le=90 * 86_400)
+
+
+class OidcGrant(BaseModel):
+    """What members of one identity-provider group may do in Interlock."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[str] = Field(default_factory=list)
+    # None = every workflow.
+    workflows: list[str] | None = None
+
+
+class OidcSettings(BaseModel):
+    """OpenID Connect sign-in for the console and the operator API (authorization code + PKCE)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scopes: str = "openid profile email groups"
+    groups_claim: str = "groups"
+    # The claim that names the person; their operator id is ``sso:<value>``.
+    username_claim: str = "preferred_username"
+    # group name → roles and workflows; a person gets the union over their groups.
+    groups: dict[str, OidcGrant] = Field(default_factory=dict)
+    # Where the provider sends people back; default: <server.public_url>/ui/sso/callback.
+    redirect_url: str | None = None
+    # Label on the console's sign-in button.
+    display_name: str = "single sign-on"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer and self.client_id)
+
+
+class NotificationTargetSettings(BaseModel):
+    """One place people are told about events they must act on.
+
+    ``webhook``: signed JSON (``Interlock-Signature``, as approval webhooks); ``slack``: a Slack
+    incoming-webhook message with a link to the console; ``ticket``: an ITSM issue created with a
+    configurable REST call (``body`` is a JSON template whose strings may use ``{title}``,
+    ``{text}``, ``{link}``, ``{event}``, ``{workflow}``, ``{run_id}``, ``{severity}``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    kind: Literal["webhook", "slack", "ticket"]
+    url: str
+    secret: SecretStr | None = None
+    # Event kinds to send; empty = every event a person must act on.
+    events: list[str] = Field(default_factory=list)
+    method: str = Field(default="POST", pattern="^(POST|PUT|PATCH)$")
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Sent as "Authorization: <auth_scheme> <token>" (tickets: e.g. a Jira API token).
+    token: SecretStr | None = None
+    auth_scheme: str = "Bearer"
+    body: dict[str, Any] | None = None
+
+
+class NotificationSettings(BaseModel):
+    targets: list[NotificationTargetSettings] = Field(default_factory=list)
+    # "Budget nearly spent" is announced once per budget and period when spend crosses this share.
+    budget_warn_ratio: float = Field(default=0.8, gt=0, lt=1)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    backoff_s: float = Field(default=1.0, gt=0, le=3600)
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -90,6 +164,9 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = BreakerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     webhooks: list[WebhookSettings] = Field(default_factory=list)
+    packages: PackageSettings = PackageSettings()
+    oidc: OidcSettings = OidcSettings()
+    notifications: NotificationSettings = NotificationSettings()
     manifests: list[Path] = Field(default_factory=list)
     # USD per million tokens, {"model": {"input": x, "output": y}}; a manifest may override.
     model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -112,6 +189,8 @@ class Settings(BaseSettings):
             found.append("identity.signing_seed")
         if self.audit.signing_seed == AuditSettings().signing_seed:
             found.append("audit.signing_seed")
+        if self.packages.signing_seed == DEFAULT_PACKAGE_SIGNING_SEED:
+            found.append("packages.signing_seed")
         return found
 
     def with_database(self, url: str) -> Settings:
@@ -126,6 +205,11 @@ __all__ = [
     "DatabaseSettings",
     "EgressSettings",
     "IdentitySettings",
+    "NotificationSettings",
+    "NotificationTargetSettings",
+    "OidcGrant",
+    "OidcSettings",
+    "PackageSettings",
     "ServerSettings",
     "Settings",
     "TelemetrySettings",

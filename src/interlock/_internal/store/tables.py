@@ -136,6 +136,7 @@ runs = Table(
     Column("tokens", BigInteger, nullable=False, default=0, server_default="0"),
     _ts("started_at"),
     _ts("ended_at", nullable=True),
+    Column("package_id", String(64), nullable=True),  # the work package the run was started with
 )
 
 steps = Table(
@@ -183,6 +184,7 @@ decisions = Table(
     Column("policy_version", String(64), nullable=True),
     Column("confidence", Float, nullable=True),
     _ts("created_at"),
+    Column("package_id", String(64), nullable=True),
     Index("ix_decisions_created", "created_at"),
 )
 
@@ -266,7 +268,10 @@ __all__ = [
     "handoffs",
     "idempotency",
     "metadata",
+    "notification_cursor",
+    "notification_deliveries",
     "operators",
+    "package_usage",
     "pauses",
     "rate_limits",
     "resource_locks",
@@ -274,6 +279,7 @@ __all__ = [
     "steps",
     "tools",
     "webhook_deliveries",
+    "work_packages",
     "workflow_versions",
     "workflows",
 ]
@@ -308,6 +314,7 @@ budget_counters = Table(
     Column("used_steps", BigInteger, nullable=False, default=0),
     Column("used_tool_calls", BigInteger, nullable=False, default=0),
     _ts("updated_at"),
+    _ts("warned_at", nullable=True),  # when "budget nearly spent" was announced for this period
 )
 
 # Kill switches below the workflow: an agent or a whole environment (workflow pauses live on
@@ -397,4 +404,71 @@ webhook_deliveries = Table(
     _ts("created_at"),
     _ts("next_attempt_at", nullable=True),
     _ts("delivered_at", nullable=True),
+)
+
+# Signed work packages: what an operator (or CI job) allowed one agent to do in one run. ``state``
+# moves issued → used (exactly once, when a run starts with it) or → revoked.
+work_packages = Table(
+    "work_packages",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("nonce", String(64), nullable=False, unique=True),
+    Column("workflow", String(200), nullable=False, index=True),
+    Column("agent_id", String(200), nullable=False),
+    Column("environment", String(100), nullable=False),
+    Column("manifest_version", String(300), nullable=False),
+    Column("claims", JSONText, nullable=False),
+    Column("token", Text, nullable=False),  # the signed JWS, as handed out
+    Column("state", String(20), nullable=False),  # issued | used | revoked
+    Column("issued_by", String(200), nullable=False),
+    _ts("created_at"),
+    _ts("expires_at"),
+    _ts("used_at", nullable=True),
+    Column("run_id", String(64), nullable=True),
+    _ts("revoked_at", nullable=True),
+    Column("revoked_by", String(200), nullable=True),
+    Column("revoked_reason", Text, nullable=True),
+)
+
+# Cumulative bounds of a package (an argument's total, a tool's calls, the budget), in integer
+# micro-units. A reservation is one conditional UPDATE that refuses to pass ``max_total``, so a
+# bound holds with any number of replicas acting at once.
+package_usage = Table(
+    "package_usage",
+    metadata,
+    Column("package_id", String(64), primary_key=True),
+    Column("key", String(400), primary_key=True),
+    Column("used", BigInteger, nullable=False),
+    Column("max_total", BigInteger, nullable=False),
+)
+
+# Notifications to people (webhooks, chat, tickets), one row per (audit event, target). The id is
+# derived from both, so replicas that notice the same event insert one row between them.
+notification_deliveries = Table(
+    "notification_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("target", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),  # webhook | slack | ticket
+    Column("event_seq", BigInteger, nullable=False),
+    Column("event_kind", String(50), nullable=False),
+    Column("run_id", String(64), nullable=True),
+    Column("payload", JSONText, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("response", Text, nullable=True),  # e.g. the ticket id the ITSM answered with
+    _ts("created_at"),
+    _ts("next_attempt_at", nullable=True),
+    _ts("delivered_at", nullable=True),
+    Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+)
+
+# How far the notifier has read the audit log (one row, id 1).
+notification_cursor = Table(
+    "notification_cursor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
 )
