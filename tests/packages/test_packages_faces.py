@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import Harness
-from interlock._internal.api.app import create_app
 from interlock._internal.cli import packages as packages_cli
+from interlock._internal.server import create_app
 
 runner = CliRunner()
 

@@ -16,6 +16,8 @@ pause an environment     an admin of every workflow (it stops every workflow's a
 resolve a handoff        owners, admins and approvers of the workflow
 create an agent          an admin of the workflow
 revoke an agent          admins and owners of the agent's workflow
+issue or revoke a        admins and owners of the package's workflow
+work package
 =======================  =====================================================================
 """
 
@@ -36,6 +38,7 @@ AGENT_PAUSERS: tuple[str, ...] = ("admin", "owner")
 AGENT_ADMINS: tuple[str, ...] = ("admin", "owner")
 AGENT_CREATORS: tuple[str, ...] = ("admin",)
 RESOLVERS: tuple[str, ...] = ("owner", "admin", "approver")
+PACKAGE_ISSUERS: tuple[str, ...] = ("admin", "owner")
 
 
 def actor(operator: Operator) -> str:
@@ -116,6 +119,7 @@ __all__ = [
     "AGENT_CREATORS",
     "AGENT_PAUSERS",
     "ALL_ROLES",
+    "PACKAGE_ISSUERS",
     "PAUSERS",
     "RESOLVERS",
     "actor",

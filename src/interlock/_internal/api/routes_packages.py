@@ -23,10 +23,10 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from interlock._internal.api.deps import ALL_ROLES, InterlockDep, OperatorDep, actor, require_any_role
+from interlock._internal.api.deps import InterlockDep, OperatorDep
 from interlock._internal.api.schemas import error_responses
 from interlock._internal.packages.models import PackageRequest, WorkPackage
-from interlock._internal.packages.service import require_issuer
+from interlock._internal.permissions import ALL_ROLES, PACKAGE_ISSUERS, actor, require_any_role
 
 router = APIRouter(prefix="/v1", tags=["packages"])
 
@@ -57,7 +57,7 @@ class RevokeRequest(BaseModel):
 )
 def issue_package(body: PackageRequest, operator: OperatorDep, interlock: InterlockDep) -> WorkPackage:
     """Issue and sign a work package for one agent's run."""
-    require_issuer(operator, body.workflow)
+    require_any_role(operator, PACKAGE_ISSUERS, body.workflow)
     return interlock.packages.issue(body, actor=actor(operator))
 
 
@@ -99,5 +99,5 @@ def revoke_package(
     package_id: PackagePath, operator: OperatorDep, interlock: InterlockDep, body: RevokeRequest | None = None
 ) -> WorkPackage:
     """Revoke: the package starts no run, and its run is denied every next action."""
-    require_issuer(operator, interlock.packages.get(package_id).claims["workflow"])
+    require_any_role(operator, PACKAGE_ISSUERS, interlock.packages.get(package_id).claims["workflow"])
     return interlock.packages.revoke(package_id, actor=actor(operator), reason=body.reason if body else None)

@@ -65,7 +65,7 @@ def issue(
 ) -> None:
     """Issue a package and print it (a compact JWS the runner passes when it starts its run)."""
     from interlock._internal.packages.models import PackageRequest
-    from interlock._internal.packages.service import require_issuer
+    from interlock._internal.permissions import PACKAGE_ISSUERS, require_any_role
 
     try:
         raw = yaml.safe_load(spec.read_text(encoding="utf-8"))
@@ -76,7 +76,7 @@ def issue(
         fail(f"{spec}: {exc}", as_json=as_json, error_code="spec_invalid")
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, operator_id, as_json=as_json)
-        require_issuer(operator, request.workflow)
+        require_any_role(operator, PACKAGE_ISSUERS, request.workflow)
         _load_workflow(il, request.workflow)
         package = il.packages.issue(request, actor=f"operator:{operator.id}")
     if out is not None:
@@ -174,11 +174,11 @@ def revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a package: it starts no run, and a run started with it is denied every next action."""
-    from interlock._internal.packages.service import require_issuer
+    from interlock._internal.permissions import PACKAGE_ISSUERS, require_any_role
 
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, operator_id, as_json=as_json)
-        require_issuer(operator, il.packages.get(package_id).claims["workflow"])
+        require_any_role(operator, PACKAGE_ISSUERS, il.packages.get(package_id).claims["workflow"])
         package = il.packages.revoke(package_id, actor=f"operator:{operator.id}", reason=reason)
     if as_json:
         print_json(package_dict(package))

@@ -18,7 +18,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.runtime import WorkflowRuntime
-from interlock._internal.identity.operators import Operator
 from interlock._internal.ids import new_id
 from interlock._internal.packages.models import FORMAT, PackageRequest, WorkPackage, usage_limits
 from interlock._internal.packages.signing import ISSUER, PackageKey, verify_package
@@ -29,7 +28,6 @@ from interlock.exceptions import (
     AuthenticationError,
     ConflictError,
     NotFound,
-    PermissionDenied,
     TokenScopeError,
 )
 
@@ -247,19 +245,6 @@ class PackageService:
             return {r["key"]: {"used": int(r["used"]), "max_total": int(r["max_total"])} for r in rows}
 
 
-ISSUER_ROLES = ("admin", "owner")
-
-
-def require_issuer(operator: Operator, workflow: str) -> None:
-    """Issuing and revoking a workflow's packages takes an admin or owner of that workflow."""
-    if not any(operator.can(role, workflow) for role in ISSUER_ROLES):
-        raise PermissionDenied(
-            f"operator {operator.id!r} needs the role admin or owner for workflow {workflow!r} "
-            "to issue or revoke its work packages",
-            details={"operator_id": operator.id, "roles": list(ISSUER_ROLES), "workflow": workflow},
-        )
-
-
 def _refuse_state(package: WorkPackage) -> None:
     if package.state == "revoked":
         raise AuthenticationError(f"work package {package.id} was revoked", code="package_revoked")
@@ -273,4 +258,4 @@ def _package(row: Any) -> WorkPackage:
     return WorkPackage(**{k: row[k] for k in WorkPackage.model_fields})
 
 
-__all__ = ["ISSUER_ROLES", "PackageService", "require_issuer"]
+__all__ = ["PackageService"]
