@@ -122,3 +122,31 @@ def test_check_wait_returns_once_the_schema_is_current(sqlite_url: str) -> None:
     code, out = _json(["check", "--db", sqlite_url, "--wait", "600"])
     assert code == 0
     assert out["ok"] is True
+
+
+def test_check_wait_holds_until_another_process_migrates(sqlite_url: str, tmp_path: Path) -> None:
+    """What a serving pod's init container does while the migration Job runs."""
+    waiting = subprocess.Popen(
+        [*interlock_command(), "db", "check", "--db", sqlite_url, "--wait", "600", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        # It has looked once and found the database empty; it keeps waiting.
+        assert waiting.stderr is not None
+        first = waiting.stderr.readline()
+        assert first.startswith("waiting for the schema"), first
+        assert waiting.poll() is None
+        engine = make_engine(DatabaseSettings(url=sqlite_url))
+        try:
+            migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+        out, err = waiting.communicate(timeout=300)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, out + err
+    assert json.loads(out)["state"] == "current"

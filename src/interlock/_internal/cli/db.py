@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from interlock._internal.cli.common import console, fail_from, load_settings, print_json
+from interlock._internal.cli.common import console, err_console, fail_from, load_settings, print_json
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def check(
 
     il = _interlock(db)
     deadline = time.monotonic() + wait
+    said = False
     try:
         engine = il.engine
         while True:
@@ -120,6 +121,11 @@ def check(
             else:
                 if st.state in ("current", "newer") or time.monotonic() >= deadline:
                     break
+                if not said:  # once, on stderr: a pod's log says why it has not started
+                    err_console.print(
+                        f"waiting for the schema: {st.message}", highlight=False, soft_wrap=True
+                    )
+                    said = True
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         drift = migrate.drift(engine) if st.state == "current" else []
     except InterlockError as exc:
