@@ -37,6 +37,8 @@ from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, Tok
 from interlock._internal.limits.breaker import CircuitBreakerRegistry
 from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest, load_manifest_text
+from interlock._internal.notify.notifier import Notifier
+from interlock._internal.notify.targets import targets_from_settings as notification_targets
 from interlock._internal.packages.service import PackageService
 from interlock._internal.packages.signing import PackageKey
 from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
@@ -136,6 +138,7 @@ class Interlock:
             rate_limiter=self.rate_limiter,
             tracing=self.tracing,
             metrics=self.metrics,
+            budget_warn_ratio=self.settings.notifications.budget_warn_ratio,
         )
 
     @cached_property
@@ -146,6 +149,18 @@ class Interlock:
             PackageKey.from_seed(self.settings.packages.signing_seed),
             runtimes=self.runtime,
             max_ttl_s=self.settings.packages.max_ttl_s,
+        )
+
+    @cached_property
+    def notifications(self) -> Notifier:
+        """Events a person must act on, sent to the configured webhooks, chat and ITSM targets."""
+        cfg = self.settings.notifications
+        return Notifier(
+            self.engine,
+            notification_targets(self.settings),
+            public_url=self.settings.server.public_url,
+            max_attempts=cfg.max_attempts,
+            backoff_s=cfg.backoff_s,
         )
 
     @cached_property
@@ -587,6 +602,8 @@ class Interlock:
         self._runtimes.clear()
         if "approvals" in self.__dict__:
             self.approvals.close()  # stops the webhook worker
+        if "notifications" in self.__dict__:
+            self.notifications.close()
         if "http_transport" in self.__dict__:
             self.http_transport.close()
         if "engine" in self.__dict__:

@@ -1,4 +1,5 @@
-"""What a server does besides answering requests: webhooks, approval expiry, audit checkpoints.
+"""What a server does besides answering requests: webhooks and notifications, approval expiry,
+audit checkpoints.
 
 Safe on every replica at once: each job is a conditional write that only one replica wins.
 """
@@ -23,13 +24,14 @@ log = logging.getLogger("interlock.housekeeping")
 def housekeeping(
     interlock: Interlock, *, every_s: float = 30.0
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
-    """A lifespan hook: start the webhook worker, then every ``every_s`` expire due approvals, run
-    approved actions a lifted pause was holding, and write a signed audit checkpoint when enough
-    has happened since the last one."""
+    """A lifespan hook: start the webhook and notification workers, then every ``every_s`` expire
+    due approvals, run approved actions a lifted pause was holding, and write a signed audit
+    checkpoint when enough has happened since the last one."""
 
     @asynccontextmanager
     async def hook() -> AsyncIterator[None]:
         await run_in_threadpool(interlock.approvals.start)
+        await run_in_threadpool(interlock.notifications.start)
         key = AuditKey.from_settings(interlock.settings.audit)
 
         def tick() -> None:

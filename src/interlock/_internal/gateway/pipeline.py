@@ -59,12 +59,14 @@ from interlock._internal.identity.agents import AgentStore, auth_row
 from interlock._internal.identity.tokens import AgentPrincipal, TokenService, admit_agent, authenticate_agent
 from interlock._internal.ids import new_id
 from interlock._internal.limits.budgets import (
+    DEFAULT_WARN_RATIO,
     BudgetRefused,
     Scope,
     reserve,
     scopes_for,
     settle,
     usd_to_micros,
+    warn_nearly_spent,
 )
 from interlock._internal.limits.locks import acquire as lock_acquire
 from interlock._internal.limits.locks import lock_key
@@ -105,7 +107,9 @@ class Pipeline:
         rate_limiter: RateLimiter | None = None,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        budget_warn_ratio: float = DEFAULT_WARN_RATIO,
     ) -> None:
+        self.budget_warn_ratio = budget_warn_ratio
         self.model_prices = model_prices or {}
         self._sqlite = engine.dialect.name == "sqlite"
         self.rate_limiter = rate_limiter
@@ -563,6 +567,9 @@ class Pipeline:
                 conn.execute(ADD_COST, {"run_id": run.id, "c_cost": spent})
             if scopes:
                 settle(conn, scopes, reserved_micros=cost, actual_micros=spent)
+                warn_nearly_spent(
+                    conn, scopes, workflow=run.workflow, run_id=run.id, ratio=self.budget_warn_ratio
+                )
             if intent.idempotency_key is not None:
                 if error is None:
                     store_outcome(conn, agent_id, intent, run.id, step_id, args_hash, outcome, now)

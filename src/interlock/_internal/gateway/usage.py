@@ -18,6 +18,7 @@ from interlock._internal.limits.budgets import (
     charge,
     scopes_for,
     usd_to_micros,
+    warn_nearly_spent,
 )
 from interlock._internal.runs.state import set_state
 from interlock._internal.store.engine import transaction
@@ -95,13 +96,20 @@ def record_model_call(p: Pipeline, token: str, run_id: str, call: ModelCall) -> 
             },
         )
         over = charge(conn, scopes, cost_micros=cost, tokens=tokens)
+        warn_nearly_spent(conn, scopes, workflow=run.workflow, run_id=run.id, ratio=p.budget_warn_ratio)
         append_event(
             conn,
             kind="model.call",
             actor=f"agent:{run.agent_id}",
             workflow=run.workflow,
             run_id=run.id,
-            data={**usage, "step": step_id, "seq": seq, "cost_micros": cost},
+            data={
+                **usage,
+                "step": step_id,
+                "seq": seq,
+                "cost_micros": cost,
+                **({"package": run.package_id} if run.package_id is not None else {}),
+            },
         )
         state = run.state
         if over is not None and run.state == "running":

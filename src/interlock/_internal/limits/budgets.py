@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
+from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Reason
 from interlock._internal.manifest.models import Limits, Manifest
 from interlock._internal.store import tables as t
@@ -56,6 +57,22 @@ _SETTLE = (
     )
 )
 _READ = select(_b).where(_PK)
+# Mark a scope "nearly spent" once per period, the first time any of its counters crosses its
+# threshold; the WHERE makes exactly one transaction (on any replica) win.
+_WARN = (
+    update(_b)
+    .where(
+        _PK,
+        _b.c.warned_at.is_(None),
+        (_b.c.used_micros >= bindparam("w_cost"))
+        | (_b.c.used_tokens >= bindparam("w_tokens"))
+        | (_b.c.used_steps >= bindparam("w_steps"))
+        | (_b.c.used_tool_calls >= bindparam("w_calls")),
+    )
+    .values(warned_at=bindparam("b_now"))
+    .returning(_b.c.used_micros, _b.c.used_tokens, _b.c.used_steps, _b.c.used_tool_calls)
+)
+DEFAULT_WARN_RATIO = 0.8
 
 
 def usd_to_micros(usd: float) -> int:
@@ -170,6 +187,62 @@ def settle(
                 "b_now": now,
             },
         )
+
+
+def warn_nearly_spent(
+    conn: Connection,
+    scopes: list[Scope],
+    *,
+    workflow: str,
+    run_id: str | None,
+    ratio: float = DEFAULT_WARN_RATIO,
+) -> int:
+    """Append ``budget.nearly_spent`` for each scope whose spend first crossed ``ratio`` of a limit
+    (once per scope and period, across replicas). Returns how many were announced."""
+    now = time.time()
+    announced = 0
+    for scope in scopes:
+        lim = scope.limits
+
+        def threshold(limit: float | None, *, scale: float = 1) -> int:
+            return _NO_LIMIT if limit is None else max(1, math.ceil(limit * scale * ratio))
+
+        row = conn.execute(
+            _WARN,
+            {
+                **scope.params(),
+                "b_now": now,
+                "w_cost": threshold(lim.max_cost_usd, scale=MICROS),
+                "w_tokens": threshold(lim.max_tokens),
+                "w_steps": threshold(lim.max_steps),
+                "w_calls": threshold(lim.max_tool_calls),
+            },
+        ).first()
+        if row is None:
+            continue
+        announced += 1
+        append_event(
+            conn,
+            kind="budget.nearly_spent",
+            actor="interlock",
+            workflow=workflow,
+            run_id=run_id if scope.scope == "run" else None,
+            data={
+                "scope": scope.scope,
+                "key": scope.key,
+                "period": scope.period,
+                "ratio": ratio,
+                "used": {
+                    "cost_usd": row[0] / MICROS,
+                    "tokens": row[1],
+                    "steps": row[2],
+                    "tool_calls": row[3],
+                },
+                "limits": lim.model_dump(exclude_none=True),
+                "run": run_id,
+            },
+        )
+    return announced
 
 
 def charge(conn: Connection, scopes: list[Scope], *, cost_micros: int, tokens: int) -> Reason | None:
