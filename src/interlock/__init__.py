@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from interlock._internal.gateway.models import ActionResult, Decision, Reason, Run, RunView, Step
     from interlock._internal.manifest.loader import LoadedManifest, load_manifest
     from interlock._internal.manifest.models import Manifest
+    from interlock._internal.packages.signing import verify_package
     from interlock._internal.sdk.aclient import AsyncClient
     from interlock._internal.sdk.client import Client
     from interlock._internal.sdk.governed import governed
@@ -55,6 +56,7 @@ _LAZY = {
     "Step": "interlock._internal.gateway.models",
     "governed": "interlock._internal.sdk.governed",
     "load_manifest": "interlock._internal.manifest.loader",
+    "verify_package": "interlock._internal.packages.signing",
 }
 
 
@@ -99,4 +101,5 @@ __all__ = [
     "__version__",
     "governed",
     "load_manifest",
+    "verify_package",
 ]

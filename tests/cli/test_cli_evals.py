@@ -172,3 +172,36 @@ def test_a_broken_hook_fails_its_scenarios_not_the_command(workflow: Path) -> No
     data = json.loads(result.stdout)
     assert data["passed"] == 0
     assert "nope" in data["scenarios"][0]["error"]
+
+
+def test_eval_writes_junit_and_a_markdown_summary(workflow: Path, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    wrong = workflow / "wrong.yaml"
+    wrong.write_text(GOLDEN.replace("{decision: deny, reason: no_policy_permits}", "{decision: allow}"))
+    junit, summary = tmp_path / "out" / "eval.xml", tmp_path / "out" / "eval.md"
+    result = runner.invoke(
+        app, [str(workflow), "--golden", str(wrong), "--junit", str(junit), "--summary", str(summary)]
+    )
+    assert result.exit_code == 1, result.output
+    root = ET.parse(junit).getroot()  # well-formed, or this raises
+    assert root.tag == "testsuites"
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "2", "0")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(cases) == {"bump-3", "bump-2-after-reset", "big-bump", "pass-rate"}
+    failure = cases["big-bump"].find("failure")
+    assert failure is not None
+    assert "decision: expected allow, got deny" in (failure.text or "")
+    assert cases["bump-3"].find("failure") is None
+    assert cases["pass-rate"].find("failure") is not None
+    text = summary.read_text()
+    assert text.startswith("### Interlock eval — `counter` ❌ failed")
+    assert "| limits | 0/1 ❌ |" in text
+    assert "**big-bump** (limits)" in text
+    passing = runner.invoke(app, [str(workflow), "--junit", str(junit)])
+    assert passing.exit_code == 0, passing.output
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert suite.get("failures") == "0"

@@ -375,3 +375,35 @@ def test_cli_gates_on_the_threshold(
     assert "forbid:refund-hard-limit" in within.stdout
     missing = runner.invoke(app, ["--manifest", str(tmp_path / "nope.yaml"), "--db", db_url, "--json"])
     assert missing.exit_code == 2
+
+
+def test_cli_writes_junit_and_a_markdown_summary(
+    engine: Engine, db_url: str, support_manifest_path: Path, tmp_path: Path
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    constructed(engine)
+    candidate = tmp_path / "workflow.yaml"
+    candidate.write_text(support_manifest_path.read_text().replace(*REFUNDS_OVER_100, 1))
+    junit, summary = tmp_path / "whatif.xml", tmp_path / "whatif.md"
+    base = ["--manifest", str(candidate), "--db", db_url, "--workers", "1", "--junit", str(junit)]
+    over = runner.invoke(app, [*base, "--summary", str(summary), "--max-changes", "9"])
+    assert over.exit_code == 1, over.output
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    gate = cases["change-gate"].find("failure")
+    assert gate is not None
+    assert gate.get("message", "").startswith("10 of ")
+    out = cases["require_approval->deny"].find("system-out")
+    assert out is not None
+    assert (out.text or "").startswith("10 decisions: needed approval → denied")
+    text = summary.read_text()
+    assert "❌ too many changes" in text
+    assert "| needed approval → denied | 10 |" in text
+    within = runner.invoke(app, [*base, "--max-changes", "10"])
+    assert within.exit_code == 0, within.output
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert suite.get("failures") == "0"

@@ -34,6 +34,14 @@ def run_eval(
         float | None, typer.Option("--threshold", min=0, max=1, help="Override evaluation.threshold.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", help="Also write the report as JUnit XML (one case per scenario)."),
+    ] = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option("--summary", help="Also write a Markdown summary for a pull-request comment."),
+    ] = None,
 ) -> None:
     """Run every golden scenario in isolation through the pipeline; exit 1 below the pass threshold."""
     from interlock._internal.evals.golden import load_golden
@@ -62,12 +70,30 @@ def run_eval(
             )
     except InterlockError as exc:
         fail(str(exc), code=_ERROR, as_json=as_json, error_code=exc.code)
+    _ci_outputs(report, junit=junit, summary=summary, as_json=as_json)
     if as_json:
         print_json(report.as_dict())
     else:
         _print(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _ci_outputs(report: EvalReport, *, junit: Path | None, summary: Path | None, as_json: bool) -> None:
+    from interlock._internal.evals.ci import eval_junit, eval_markdown, write
+
+    try:
+        if junit is not None:
+            write(junit, eval_junit(report))
+        if summary is not None:
+            write(summary, eval_markdown(report))
+    except OSError as exc:
+        fail(
+            f"cannot write {exc.filename}: {exc.strerror}",
+            code=_ERROR,
+            as_json=as_json,
+            error_code="write_failed",
+        )
 
 
 def _resolve(target: str) -> LoadedManifest:

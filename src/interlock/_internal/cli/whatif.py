@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -40,6 +40,14 @@ def whatif(
         int | None, typer.Option("--workers", min=1, max=64, help="Worker processes (default: CPU count).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", help="Also write the result as JUnit XML (the change gate is a case)."),
+    ] = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option("--summary", help="Also write a Markdown summary for a pull-request comment."),
+    ] = None,
 ) -> None:
     """Re-judge recorded decisions under a candidate manifest and count what would change."""
     from interlock._internal.evals.whatif import parse_since, what_if
@@ -76,6 +84,13 @@ def whatif(
     except InterlockError as exc:
         fail(str(exc), code=_ERROR, as_json=as_json, error_code=exc.code)
     exceeded = report.exceeds(max_changes=max_changes, max_change_rate=max_change_rate)
+    _ci_outputs(
+        report,
+        junit=junit,
+        summary=summary,
+        gate={"max_changes": max_changes, "max_change_rate": max_change_rate, "exceeded": exceeded},
+        as_json=as_json,
+    )
     if as_json:
         data = report.as_dict()
         data["threshold"] = {
@@ -91,6 +106,25 @@ def whatif(
             err_console.print(f"[bold red]gate:[/] {report.changed} changes exceed {limit}", highlight=False)
     if exceeded:
         raise typer.Exit(1)
+
+
+def _ci_outputs(
+    report: WhatIfReport, *, junit: Path | None, summary: Path | None, gate: dict[str, Any], as_json: bool
+) -> None:
+    from interlock._internal.evals.ci import whatif_junit, whatif_markdown, write
+
+    try:
+        if junit is not None:
+            write(junit, whatif_junit(report, **gate))
+        if summary is not None:
+            write(summary, whatif_markdown(report, **gate))
+    except OSError as exc:
+        fail(
+            f"cannot write {exc.filename}: {exc.strerror}",
+            code=_ERROR,
+            as_json=as_json,
+            error_code="write_failed",
+        )
 
 
 def _print(report: WhatIfReport, *, since: str | None) -> None:
