@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 
 from interlock._internal.audit.canonical import hash_value
+from interlock._internal.gateway.dataflow import carried_for
 from interlock._internal.gateway.decide import Intent, Verdict, evaluate
 from interlock._internal.gateway.models import (
     ActionResult,
@@ -83,6 +84,7 @@ def execute_approved(p: Pipeline, approval_id: str) -> ActionResult | None:
             intent=intent,
             steps=run.steps,
             tool_calls=run.tool_calls,
+            carried=carried_for(p.engine, runtime.flow_tools, run.id, intent.tool),
         )
         if run.package_id is not None:  # the work package still bounds what was approved
             verdict = package_stage.gate(p.engine, run.package_id, intent, verdict, now=time.time())

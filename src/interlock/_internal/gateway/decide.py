@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from interlock._internal.audit.canonical import canonical_json, sha256_hex
+from interlock._internal.gateway.dataflow import Carried, check_flow, class_names
 from interlock._internal.gateway.models import (
     ActionStatus,
     Decision,
@@ -95,11 +96,13 @@ def evaluate(
     intent: Intent,
     steps: int = 0,
     tool_calls: int = 0,
+    carried: tuple[Carried, ...] = (),
 ) -> Verdict:
-    """Schema, risk, Cedar, then stop rules and confidence routing. Never raises for bad input:
-    it denies."""
+    """Schema, risk, the system binding, Cedar, data flow, then stop rules and confidence
+    routing. Never raises for bad input: it denies. ``carried`` is what the run's earlier steps
+    brought in (see dataflow.py)."""
     manifest = runtime.manifest
-    base = {
+    base: dict[str, Any] = {
         "manifest_version": runtime.version_id,
         "policy_version": runtime.compiled.sha256,
         "confidence": intent.confidence,
@@ -137,6 +140,18 @@ def evaluate(
             message=f"agent {agent_id} acts in {agent.environment}, not in {environment}",
         )
         return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
+    bound = runtime.bound(tool_rt, environment)
+    if bound is None:
+        # No fallback: a tool whose system does not bind this environment is not callable here.
+        reason = Reason(
+            code="no_binding",
+            message=f"system {spec.system} has no binding for environment {environment}; "
+            f"{spec.name} cannot be called from it",
+        )
+        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
+    tool_rt, base["binding"] = bound
+    if carried:
+        base["data_classes"] = class_names(carried)
     try:
         context: dict[str, Any] = {
             "workflow": runtime.name,
@@ -146,6 +161,7 @@ def evaluate(
             "steps": steps,
             "tool_calls": tool_calls,
             "args": args_to_cedar(args, spec.input_schema),
+            "data_classes": class_names(carried),
         }
         if intent.confidence is not None:
             context["confidence"] = {"__extn": {"fn": "decimal", "arg": decimal_text(intent.confidence)}}
@@ -161,7 +177,21 @@ def evaluate(
     reasons = [Reason(code=verdict.code, message=message, policy_id=p) for p in verdict.policy_ids] or [
         Reason(code=verdict.code, message=message)
     ]
-    if verdict.outcome != "deny":
+    outcome = verdict.outcome
+    policy_ids = list(verdict.policy_ids)
+    flow = check_flow(manifest, spec, args, carried) if outcome != "deny" else None
+    if flow is not None:
+        # What the data may not reach is decided before stop rules, like a policy forbid.
+        policy_ids.append(flow.reason.policy_id or "flow")
+        if flow.outcome == "deny":
+            return Verdict(
+                Decision(decision="deny", reasons=[flow.reason], risk=risk, policy_ids=policy_ids, **base),
+                "denied",
+                tool_rt,
+            )
+        reasons = [flow.reason, *reasons] if outcome == "allow" else [*reasons, flow.reason]
+        outcome = "require_approval"
+    if outcome != "deny":
         # Stop rules judge what policy would let through: a forbidden action is denied, not
         # escalated (escalating it would hand a person a decision policy already made).
         stop = check_intent(manifest, tool=spec.name, arguments=args, risk=risk, confidence=intent.confidence)
@@ -171,20 +201,17 @@ def evaluate(
                     decision="escalate",
                     reasons=[stop],
                     risk=risk,
-                    policy_ids=list(verdict.policy_ids),
+                    policy_ids=policy_ids,
                     **base,
                 ),
                 "escalated",
                 tool_rt,
             )
-    outcome = verdict.outcome
     routed = _route_by_confidence(manifest, outcome, intent.confidence)
     if routed is not None:
         outcome, reason = routed
         reasons = [reason, *reasons] if outcome == "require_approval" else [reason]
-    decision = Decision(
-        decision=outcome, reasons=reasons, risk=risk, policy_ids=list(verdict.policy_ids), **base
-    )
+    decision = Decision(decision=outcome, reasons=reasons, risk=risk, policy_ids=policy_ids, **base)
     status: ActionStatus = {"allow": "executed", "deny": "denied", "require_approval": "pending_approval"}[
         outcome
     ]  # type: ignore[assignment]

@@ -37,6 +37,11 @@ class Decision(BaseModel):
     policy_version: str | None = None
     confidence: float | None = None
     package_id: str | None = None  # the work package the run was started with, if any
+    # The system binding the action was resolved to in the run's environment: system,
+    # environment, endpoint and the credential's reference (never the secret).
+    binding: dict[str, Any] | None = None
+    # The data classes the run carried when this was decided.
+    data_classes: list[str] = Field(default_factory=list)
 
     @property
     def reason_codes(self) -> list[str]:
@@ -120,6 +125,8 @@ class Step(BaseModel):
     evidence: list[str] | None = None
     duration_ms: float | None = None
     created_at: float
+    # The data classes this step brought into the run, and whose data it was (domains).
+    data_classes: dict[str, Any] | None = None
 
 
 class RunView(Run):

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from interlock._internal.audit.canonical import hash_value
 from interlock._internal.gateway import approved, usage
+from interlock._internal.gateway.dataflow import carried_for, classes_of
 from interlock._internal.gateway.decide import Intent, Verdict, _deny, _Refused, evaluate, resolve_credential
 from interlock._internal.gateway.models import (
     ActionResult,
@@ -243,6 +244,7 @@ class Pipeline:
             intent=intent,
             steps=run.steps,
             tool_calls=run.tool_calls,
+            carried=carried_for(self.engine, runtime.flow_tools, run.id, intent.tool),
         )
         if run.package_id is not None:  # the work package and live policy: the stricter wins
             verdict = package_stage.gate(self.engine, run.package_id, intent, verdict, now=time.time())
@@ -592,6 +594,7 @@ class Pipeline:
                 error=error,
                 duration_ms=duration_ms,
                 cost_micros=spent,
+                data_classes=classes_of(tool.spec, result) if error is None else None,
             )
             if error is not None:
                 broken = sequence_broken(conn, runtime.manifest, run_id=run.id, tool=tool.spec.name)

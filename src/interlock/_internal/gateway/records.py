@@ -62,6 +62,8 @@ def create_approval(
         "impact_if_accepted": spec.impact_if_accepted,
         "impact_if_rejected": spec.impact_if_rejected,
         "policy_reasons": [r.model_dump(exclude_none=True) for r in decision.reasons],
+        # What the run carries when the person decides: the data this action would move.
+        "data_classes": list(decision.data_classes),
         "rules": [r.description for r in matched if r.description],
     }
     conn.execute(
@@ -122,6 +124,7 @@ def write_step(
     error: str | None = None,
     duration_ms: float | None = None,
     cost_micros: int = 0,
+    data_classes: dict[str, Any] | None = None,
 ) -> None:
     reasons = [r.model_dump() for r in decision.reasons]
     conn.execute(
@@ -144,6 +147,8 @@ def write_step(
             "manifest_version": decision.manifest_version,
             "policy_version": decision.policy_version,
             "confidence": intent.confidence,
+            "binding": decision.binding,
+            "data_classes": decision.data_classes or None,
             "created_at": now,
             "package_id": run.package_id,
         },
@@ -168,31 +173,38 @@ def write_step(
             "evidence": list(intent.evidence) if intent.evidence else None,
             "duration_ms": duration_ms,
             "cost_micros": cost_micros,
+            "data_classes": data_classes,
             "created_at": now,
         },
     )
+    data: dict[str, Any] = {
+        "step": step_id,
+        "seq": seq,
+        "tool": decision.tool,
+        "verb": decision.verb,
+        "args_hash": decision.args_hash,
+        "decision": decision.decision,
+        "reasons": [r.code for r in decision.reasons],
+        "policy_ids": decision.policy_ids,
+        "risk": decision.risk,
+        "manifest_version": decision.manifest_version,
+        "policy_version": decision.policy_version,
+        "result_hash": None if result is None else hash_value(result),
+        "error": error,
+        **({"package": run.package_id} if run.package_id is not None else {}),
+    }
+    # Added only when present, so actions on tools without systems keep their event shape.
+    if decision.binding is not None:
+        data["binding"] = decision.binding
+    if data_classes is not None:
+        data["data_classes_in"] = data_classes["classes"]
     append_event(
         conn,
         kind="action." + status,
         actor=f"agent:{agent_id}",
         workflow=run.workflow,
         run_id=run.id,
-        data={
-            "step": step_id,
-            "seq": seq,
-            "tool": decision.tool,
-            "verb": decision.verb,
-            "args_hash": decision.args_hash,
-            "decision": decision.decision,
-            "reasons": [r.code for r in decision.reasons],
-            "policy_ids": decision.policy_ids,
-            "risk": decision.risk,
-            "manifest_version": decision.manifest_version,
-            "policy_version": decision.policy_version,
-            "result_hash": None if result is None else hash_value(result),
-            "error": error,
-            **({"package": run.package_id} if run.package_id is not None else {}),
-        },
+        data=data,
     )
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema_rs
 
+from interlock._internal.gateway.bindings import bind_tool, binding_record, bound_system
 from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.python import PythonTransport
@@ -68,6 +69,12 @@ class WorkflowRuntime:
     tools: dict[str, ToolRuntime]
     transports: dict[str, Transport]
     owned: tuple[str, ...] = ()  # transports this runtime created and closes; shared ones stay open
+    # (tool, environment) → the tool as that environment's system binding resolves it, with
+    # what the decision records; None when the system does not bind that environment.
+    bound_tools: dict[tuple[str, str], tuple[ToolRuntime, dict[str, Any]] | None] = field(default_factory=dict)
+    # Tools whose decision needs the data classes the run carries (a destination to check, or
+    # policies that speak of context.data_classes).
+    flow_tools: frozenset[str] = frozenset()
     # Answers that depend only on this version (which tools an agent sees, say): computed once.
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -89,6 +96,14 @@ class WorkflowRuntime:
         if runtime is None:
             raise NotFound(f"unknown tool {name!r} in workflow {self.name}", code="unknown_tool")
         return runtime
+
+    def bound(self, tool: ToolRuntime, environment: str) -> tuple[ToolRuntime, dict[str, Any] | None] | None:
+        """The tool for a run in ``environment``: itself when its system binds nothing, its
+        environment's binding when it does, or None (no binding for that environment: refuse)."""
+        key = (tool.spec.name, environment)
+        if key not in self.bound_tools:
+            return tool, None
+        return self.bound_tools[key]
 
     def transport_for(self, spec: ToolSpec) -> Transport:
         kind = spec.upstream.kind if spec.upstream is not None else "none"
@@ -129,6 +144,25 @@ def build_runtime(
                 (parse_condition(rc.when, spec.input_schema), tuple(rc.traits)) for rc in spec.risk_conditions
             ),
         )
+    bound_tools: dict[tuple[str, str], tuple[ToolRuntime, dict[str, Any]] | None] = {}
+    for spec in loaded.manifest.tools:
+        system = bound_system(loaded.manifest, spec)
+        if system is None:
+            continue
+        for env in loaded.manifest.environments:
+            binding = system.bindings.get(env)
+            bound_tools[(spec.name, env)] = (
+                None
+                if binding is None
+                else (
+                    replace(tools[spec.name], spec=bind_tool(spec, binding)),
+                    binding_record(system, env, binding, spec),
+                )
+            )
+    uses_classes = "data_classes" in compiled.text
+    flow_tools = frozenset(
+        spec.name for spec in loaded.manifest.tools if uses_classes or spec.destination is not None
+    )
     transports: dict[str, Transport] = {"python": PythonTransport(base_dir=loaded.base_dir)}
     if loaded.manifest.mcp_servers:
         # Construction starts nothing: sessions open on the first call and close with the runtime.
@@ -144,4 +178,12 @@ def build_runtime(
     owned = tuple(transports)
     for kind, transport in (shared_transports or {}).items():
         transports.setdefault(kind, transport)
-    return WorkflowRuntime(loaded=loaded, compiled=compiled, tools=tools, transports=transports, owned=owned)
+    return WorkflowRuntime(
+        loaded=loaded,
+        compiled=compiled,
+        tools=tools,
+        transports=transports,
+        owned=owned,
+        bound_tools=bound_tools,
+        flow_tools=flow_tools,
+    )

@@ -31,7 +31,9 @@ from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped,unu
 from pydantic import BaseModel, ValidationError
 
 from interlock._internal.manifest.conditions import field_kind, parse_condition
+from interlock._internal.manifest.imports import Imported, read_imports
 from interlock._internal.manifest.models import TRAITS, VERBS, Manifest, ToolSpec
+from interlock._internal.manifest.system_checks import SystemChecks
 from interlock.exceptions import ManifestError
 
 MAX_BYTES = 1024 * 1024
@@ -124,7 +126,22 @@ def _load(text: str, *, file: str, path: Path | None, base_dir: Path) -> LoadedM
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise _from_validation_error(exc, data, lines, file) from None
-    _Checker(manifest, lines, file, base_dir).run()
+    imported = read_imports(manifest.imports, base_dir=base_dir, file=file, lines=lines) if manifest.imports else []
+    own = len(manifest.systems)
+    if imported:
+        classes = list(manifest.data_classes)
+        for item in imported:
+            classes.extend(c for c in item.content.data_classes if c not in classes)
+        manifest = manifest.model_copy(
+            update={
+                "systems": [*manifest.systems, *(s for item in imported for s in item.content.systems)],
+                "data_classes": classes,
+            }
+        )
+        for item in imported:
+            encoded += b"\0" + item.text.encode("utf-8")
+    origins = [(item, i) for item in imported for i in range(len(item.content.systems))]
+    _Checker(manifest, lines, file, base_dir, own_systems=own, imported_systems=origins).run()
     manifest = manifest.model_copy(
         update={
             "tools": [
@@ -491,7 +508,18 @@ def _options(annotation: Any) -> Iterator[Any]:
 class _Checker:
     """Cross-references the models cannot see: names that must exist, schemas that must be valid."""
 
-    def __init__(self, manifest: Manifest, lines: dict[YamlPath, int], file: str, base_dir: Path):
+    def __init__(
+        self,
+        manifest: Manifest,
+        lines: dict[YamlPath, int],
+        file: str,
+        base_dir: Path,
+        *,
+        own_systems: int | None = None,
+        imported_systems: list[tuple[Imported, int]] | None = None,
+    ):
+        self.own_systems = len(manifest.systems) if own_systems is None else own_systems
+        self.imported_systems = imported_systems or []
         self.m = manifest
         self.lines = lines
         self.file = file
@@ -515,6 +543,7 @@ class _Checker:
                 self.known_tool(name, "roles", role, "tools", j)
         self.check_rules()
         self.check_stop_rules()
+        SystemChecks(self, self.own_systems, self.imported_systems).run()
         for index, policy in enumerate(self.m.policies):
             if not (self.base_dir / policy).is_file():
                 self.fail(f"policy file '{policy}' not found next to the manifest", "policies", index)
@@ -557,7 +586,12 @@ class _Checker:
             self.condition(risk.when, tool, (*base, "risk_conditions", j, "when"))
         upstream = tool.upstream
         servers = {server.name for server in self.m.mcp_servers}
-        if upstream is not None and upstream.kind == "mcp" and upstream.server not in servers:
+        if (
+            upstream is not None
+            and upstream.kind == "mcp"
+            and upstream.server is not None
+            and upstream.server not in servers
+        ):
             self.fail(
                 f"unknown MCP server '{upstream.server}'; declare it under mcp_servers",
                 *base,

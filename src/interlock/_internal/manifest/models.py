@@ -96,7 +96,8 @@ class HttpUpstream(Strict):
 
 class McpUpstream(Strict):
     kind: Literal["mcp"] = "mcp"
-    server: Name
+    # Omitted when the tool's system binds an MCP server per environment.
+    server: Name | None = None
     tool: str
 
 
@@ -133,11 +134,37 @@ class RiskCondition(Strict):
     traits: list[Trait] = Field(min_length=1)
 
 
+DestinationKind = Literal["internal", "external", "public"]
+
+
+class Destination(Strict):
+    """Where a tool sends data, and which data classes that place is cleared to receive.
+
+    ``internal`` is one of the company's own systems, ``external`` a recipient outside it (a
+    customer's mailbox, a partner's API), ``public`` anyone (a web page, a public channel).
+    ``recipient`` is the argument holding the address data goes to; a recipient in the data
+    subject's own domain is cleared for that subject's data when a flow rule says so.
+    """
+
+    kind: DestinationKind
+    cleared: list[Name] = Field(default_factory=list)
+    recipient: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class ToolSpec(Strict):
     name: Name
     description: str = ""
     verb: Verb
     traits: list[Trait] = Field(default_factory=list)
+    # The system this tool acts on (see Manifest.systems); its binding for the run's
+    # environment supplies the endpoint and the credential.
+    system: Name | None = None
+    # Data classes this tool's result carries into the run (pii, financial, ...).
+    returns: list[Name] = Field(default_factory=list)
+    # A result path naming whose data it is (an email address or a domain): a recipient in that
+    # domain is the data's own subject.
+    data_subject: str | None = Field(default=None, min_length=1, max_length=200)
+    destination: Destination | None = None
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     output_schema: dict[str, Any] | None = None
     upstream: Upstream | None = None
@@ -400,6 +427,58 @@ class McpServerSpec(Strict):
         return self
 
 
+class Binding(Strict):
+    """One environment's way to reach a system: its endpoint and its credential reference.
+
+    ``url`` is the base URL HTTP tools' paths are joined to; ``mcp_server`` names the MCP server
+    (under mcp_servers) MCP tools call. A run uses only its own environment's binding.
+    """
+
+    url: str | None = Field(default=None, pattern=r"^https?://[^/?#{}\s]+(/[^?#{}\s]*)?$")
+    mcp_server: Name | None = None
+    credential: CredentialRef | None = None
+
+
+Tier = Annotated[int, Field(ge=1, le=4)]
+
+
+class SystemSpec(Strict):
+    """A system tools act on: who owns it, how critical it is, what data it holds, and per
+    environment where it is and with which credential."""
+
+    name: Name
+    owner: str = Field(min_length=1)
+    description: str | None = None
+    tier: Tier = 3  # 1 = most critical
+    data_classes: list[Name] = Field(default_factory=list)
+    bindings: dict[Name, Binding] = Field(default_factory=dict)
+
+
+DEFAULT_DATA_CLASSES = ("public", "internal", "pii", "financial", "secret")
+
+
+class FlowRule(Strict):
+    """What happens when a run carrying ``classes`` would send them to a destination of a kind in
+    ``to`` that is not cleared for them. Without a matching rule such a flow is denied."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,120}$")]
+    classes: list[Name] = Field(min_length=1)
+    to: list[DestinationKind] = Field(min_length=1)
+    outcome: Literal["allow", "require_approval", "deny"]
+    # A recipient in the domain of the data's own subject (see ToolSpec.data_subject) is cleared.
+    except_subject_domain: bool = False
+    description: str | None = None
+
+
+class Baseline(Strict):
+    """The team's figures before agents, for the executive view's comparison."""
+
+    cycle_time_s: float | None = Field(default=None, ge=0)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    cost_per_task_usd: float | None = Field(default=None, ge=0)
+    description: str | None = None
+
+
 class Manifest(Strict):
     name: Name
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,50}$")]
@@ -411,6 +490,13 @@ class Manifest(Strict):
     agents: list[AgentSpec] = Field(default_factory=list)
     roles: dict[Name, RoleGrant] = Field(default_factory=dict)
     tools: list[ToolSpec] = Field(min_length=1)
+    # Shared systems files (relative to the manifest) whose systems this workflow uses.
+    imports: list[str] = Field(default_factory=list)
+    systems: list[SystemSpec] = Field(default_factory=list)
+    # The data classes tools and systems may name; empty means DEFAULT_DATA_CLASSES.
+    data_classes: list[Name] = Field(default_factory=list)
+    flow_rules: list[FlowRule] = Field(default_factory=list)
+    baseline: Baseline | None = None
     mcp_servers: list[McpServerSpec] = Field(default_factory=list)
     rules: Rules = Rules()
     policies: list[str] = Field(default_factory=list)  # extra .cedar files, relative to the manifest
@@ -429,6 +515,15 @@ class Manifest(Strict):
                 return spec
         return None
 
+    def system(self, name: str) -> SystemSpec | None:
+        for spec in self.systems:
+            if spec.name == name:
+                return spec
+        return None
+
+    def known_data_classes(self) -> tuple[str, ...]:
+        return tuple(self.data_classes) if self.data_classes else DEFAULT_DATA_CLASSES
+
     def agent(self, agent_id: str) -> AgentSpec | None:
         for spec in self.agents:
             if spec.id == agent_id:
@@ -437,10 +532,15 @@ class Manifest(Strict):
 
 
 __all__ = [
+    "DEFAULT_DATA_CLASSES",
     "TRAITS",
     "VERBS",
     "AgentSpec",
+    "Baseline",
+    "Binding",
     "CredentialRef",
+    "Destination",
+    "FlowRule",
     "HttpUpstream",
     "Manifest",
     "McpUpstream",
@@ -448,5 +548,6 @@ __all__ = [
     "RoleGrant",
     "RuleSpec",
     "StopRule",
+    "SystemSpec",
     "ToolSpec",
 ]

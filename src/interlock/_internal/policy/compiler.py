@@ -39,6 +39,8 @@ CONTEXT_ATTRS: dict[str, Any] = {
     "steps": {"type": "Long"},
     "tool_calls": {"type": "Long"},
     "confidence": {"type": "Extension", "name": "decimal", "required": False},
+    # The data classes the run carries (what earlier steps brought in: pii, financial, ...).
+    "data_classes": {"type": "Set", "element": {"type": "String"}},
 }
 
 
@@ -105,6 +107,20 @@ def cedar_schema(manifest: Manifest) -> dict[str, Any]:
                             "workflow": str_t,
                             "verb": str_t,
                             "traits": {"type": "Set", "element": str_t},
+                            "returns": {"type": "Set", "element": str_t},
+                            # Absent for a tool that names no system: test with `resource has system`.
+                            "system": {"type": "Entity", "name": "System", "required": False},
+                        },
+                    }
+                },
+                "System": {
+                    "shape": {
+                        "type": "Record",
+                        "attributes": {
+                            "owner": str_t,
+                            "tier": {"type": "Long"},
+                            "data_classes": {"type": "Set", "element": str_t},
+                            "environments": {"type": "Set", "element": str_t},
                         },
                     }
                 },
@@ -127,14 +143,29 @@ def entities(manifest: Manifest) -> list[dict[str, Any]]:
                 "parents": [{"type": f"{NS}::Role", "id": r} for r in agent.roles],
             }
         )
-    for tool in manifest.tools:
+    for system in manifest.systems:
         out.append(
             {
-                "uid": {"type": f"{NS}::Tool", "id": tool.name},
-                "attrs": {"workflow": manifest.name, "verb": tool.verb, "traits": sorted(tool.traits)},
+                "uid": {"type": f"{NS}::System", "id": system.name},
+                "attrs": {
+                    "owner": system.owner,
+                    "tier": system.tier,
+                    "data_classes": sorted(system.data_classes),
+                    "environments": sorted(system.bindings),
+                },
                 "parents": [],
             }
         )
+    for tool in manifest.tools:
+        attrs: dict[str, Any] = {
+            "workflow": manifest.name,
+            "verb": tool.verb,
+            "traits": sorted(tool.traits),
+            "returns": sorted(tool.returns),
+        }
+        if tool.system is not None:
+            attrs["system"] = {"__entity": {"type": f"{NS}::System", "id": tool.system}}
+        out.append({"uid": {"type": f"{NS}::Tool", "id": tool.name}, "attrs": attrs, "parents": []})
     return out
 
 

@@ -183,6 +183,8 @@ class RunStore:
                     policy_version=m[t.decisions.c.policy_version],
                     confidence=m[t.decisions.c.confidence],
                     package_id=m[t.decisions.c.package_id],
+                    binding=m[t.decisions.c.binding],
+                    data_classes=m[t.decisions.c.data_classes] or [],
                 )
             steps.append(
                 Step(
@@ -202,6 +204,7 @@ class RunStore:
                     evidence=m[t.steps.c.evidence],
                     duration_ms=m[t.steps.c.duration_ms],
                     created_at=m[t.steps.c.created_at],
+                    data_classes=m[t.steps.c.data_classes],
                 )
             )
         return RunView(**run.model_dump(), steps_detail=steps)

@@ -159,6 +159,7 @@ steps = Table(
     Column("evidence", JSONText, nullable=True),
     Column("duration_ms", Float, nullable=True),
     Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("data_classes", JSONText, nullable=True),  # classes this step brought into its run
     _ts("created_at"),
     UniqueConstraint("run_id", "seq", name="uq_steps_run_seq"),
 )
@@ -183,6 +184,8 @@ decisions = Table(
     Column("manifest_version", String(300), nullable=True),
     Column("policy_version", String(64), nullable=True),
     Column("confidence", Float, nullable=True),
+    Column("binding", JSONText, nullable=True),  # the system binding the action resolved to
+    Column("data_classes", JSONText, nullable=True),  # classes the run carried at the decision
     _ts("created_at"),
     Column("package_id", String(64), nullable=True),
     Index("ix_decisions_created", "created_at"),

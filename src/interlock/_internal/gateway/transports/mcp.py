@@ -122,7 +122,7 @@ class McpTransport:
         upstream = tool.upstream
         if not isinstance(upstream, McpUpstream):
             raise UpstreamError(f"tool {tool.name} is not bound to an MCP server tool")
-        server = self._server(upstream.server)
+        server = self._server(upstream.server or "")
         headers = _credential_headers(tool, ctx.credential) if server.url is not None else {}
         meta = {IDEMPOTENCY_META_KEY: ctx.idempotency_key} if ctx.idempotency_key else None
         coro = self._call(
