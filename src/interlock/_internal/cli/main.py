@@ -22,6 +22,7 @@ def _register() -> None:
         db,
         demo,
         evals,
+        graph,
         init,
         operators,
         ops,
@@ -47,6 +48,7 @@ def _register() -> None:
     app.command("demo")(demo.demo)
     app.command("purge")(purge.purge)
     app.add_typer(report.app, name="report")
+    app.command("graph")(graph.graph)
     app.add_typer(runs.app, name="runs")
     app.add_typer(approvals.app, name="approvals")
     app.command("whatif")(whatif.whatif)

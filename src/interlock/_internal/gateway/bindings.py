@@ -12,6 +12,7 @@ from typing import Any
 
 from interlock._internal.manifest.models import (
     Binding,
+    CredentialRef,
     HttpUpstream,
     Manifest,
     McpUpstream,
@@ -29,16 +30,19 @@ def binding_record(system: SystemSpec, environment: str, binding: Binding, tool:
         endpoint = f"{scheme}://{rest.split('/', 1)[0]}"
     elif kind == "mcp":
         endpoint = f"mcp:{binding.mcp_server}"
-    credential = None
-    if binding.credential is not None:
-        ref = binding.credential
-        credential = f"env:{ref.env}" if ref.env is not None else f"file:{ref.file}"
     return {
         "system": system.name,
         "environment": environment,
         "endpoint": endpoint,
-        "credential": credential,
+        "credential": credential_ref(binding.credential),
     }
+
+
+def credential_ref(ref: CredentialRef | None) -> str | None:
+    """``env:NAME`` or ``file:path``: where a secret lives, never the secret."""
+    if ref is None:
+        return None
+    return f"env:{ref.env}" if ref.env is not None else f"file:{ref.file}"
 
 
 def bind_tool(tool: ToolSpec, binding: Binding) -> ToolSpec:
@@ -64,4 +68,4 @@ def bound_system(manifest: Manifest, tool: ToolSpec) -> SystemSpec | None:
     return system
 
 
-__all__ = ["bind_tool", "binding_record", "bound_system"]
+__all__ = ["bind_tool", "binding_record", "bound_system", "credential_ref"]

@@ -138,11 +138,15 @@ def check_flow(
         if data_class in cleared:
             continue
         rule = _rule_for(manifest, data_class, destination.kind)
-        if rule is not None and rule.except_subject_domain and recipient is not None:
-            # Cleared only when every piece of this class came from the recipient's own domain:
-            # one other customer's data in the run keeps the flow uncleared.
-            if all(o.domains and set(o.domains) == {recipient} for o in origins[data_class]):
-                continue
+        # Cleared by the subject's domain only when every piece of this class came from the
+        # recipient's own domain: one other customer's data in the run keeps the flow uncleared.
+        if (
+            rule is not None
+            and rule.except_subject_domain
+            and recipient is not None
+            and all(o.domains and set(o.domains) == {recipient} for o in origins[data_class])
+        ):
+            continue
         outcome = rule.outcome if rule is not None else "deny"
         if outcome == "allow":
             continue

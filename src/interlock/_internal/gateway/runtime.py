@@ -71,7 +71,9 @@ class WorkflowRuntime:
     owned: tuple[str, ...] = ()  # transports this runtime created and closes; shared ones stay open
     # (tool, environment) → the tool as that environment's system binding resolves it, with
     # what the decision records; None when the system does not bind that environment.
-    bound_tools: dict[tuple[str, str], tuple[ToolRuntime, dict[str, Any]] | None] = field(default_factory=dict)
+    bound_tools: dict[tuple[str, str], tuple[ToolRuntime, dict[str, Any]] | None] = field(
+        default_factory=dict
+    )
     # Tools whose decision needs the data classes the run carries (a destination to check, or
     # policies that speak of context.data_classes).
     flow_tools: frozenset[str] = frozenset()

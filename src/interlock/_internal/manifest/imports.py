@@ -39,7 +39,9 @@ class Imported:
     lines: dict[YamlPath, int] = field(repr=False)
 
 
-def read_imports(paths: list[str], *, base_dir: Path, file: str, lines: dict[YamlPath, int]) -> list[Imported]:
+def read_imports(
+    paths: list[str], *, base_dir: Path, file: str, lines: dict[YamlPath, int]
+) -> list[Imported]:
     """Read and validate every imported systems file, in order."""
     from interlock._internal.manifest.loader import MAX_BYTES, _from_validation_error, _line, _read_yaml
 
@@ -55,7 +57,9 @@ def read_imports(paths: list[str], *, base_dir: Path, file: str, lines: dict[Yam
             return ManifestError(message, file=file, line=at, field=f"imports[{index}]")
 
         if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute():
-            raise where("an import is a path relative to the manifest, so workflows move with their shared files")
+            raise where(
+                "an import is a path relative to the manifest, so workflows move with their shared files"
+            )
         path = base_dir / rel
         try:
             raw = path.read_bytes()

@@ -126,7 +126,9 @@ def _load(text: str, *, file: str, path: Path | None, base_dir: Path) -> LoadedM
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise _from_validation_error(exc, data, lines, file) from None
-    imported = read_imports(manifest.imports, base_dir=base_dir, file=file, lines=lines) if manifest.imports else []
+    imported = (
+        read_imports(manifest.imports, base_dir=base_dir, file=file, lines=lines) if manifest.imports else []
+    )
     own = len(manifest.systems)
     if imported:
         classes = list(manifest.data_classes)

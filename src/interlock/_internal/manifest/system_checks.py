@@ -46,7 +46,9 @@ class SystemChecks:
 
         imported, local = self.imported[index - self.own]
         where: YamlPath = ("systems", local, *path)
-        raise ManifestError(message, file=imported.file, line=_line(imported.lines, where), field=dotted(where))
+        raise ManifestError(
+            message, file=imported.file, line=_line(imported.lines, where), field=dotted(where)
+        )
 
     def known_class(self, name: str, fail: object, *path: str | int) -> None:
         if name not in self.classes:
@@ -60,13 +62,17 @@ class SystemChecks:
         for index, system in enumerate(self.m.systems):
             if system.name in seen:
                 first = seen[system.name]
-                where = "this manifest" if first < self.own else f"'{self.imported[first - self.own][0].file}'"
+                where = (
+                    "this manifest" if first < self.own else f"'{self.imported[first - self.own][0].file}'"
+                )
                 self.fail_system(index, f"duplicate system '{system.name}' (first in {where})", "name")
             seen[system.name] = index
             self.check_system(index, system)
         for index, tool in enumerate(self.m.tools):
             self.check_tool(index, tool)
-        self.c.unique([(r.id, ("flow_rules", i, "id")) for i, r in enumerate(self.m.flow_rules)], "flow rule id")
+        self.c.unique(
+            [(r.id, ("flow_rules", i, "id")) for i, r in enumerate(self.m.flow_rules)], "flow rule id"
+        )
         for i, rule in enumerate(self.m.flow_rules):
             for j, name in enumerate(rule.classes):
                 self.known_class(name, self.c.fail, "flow_rules", i, "classes", j)
@@ -116,7 +122,11 @@ class SystemChecks:
         for j, name in enumerate(tool.returns):
             self.known_class(name, self.c.fail, *base, "returns", j)
         if tool.data_subject is not None and not tool.returns:
-            self.c.fail("data_subject names whose data a result is; declare the classes under 'returns'", *base, "data_subject")
+            self.c.fail(
+                "data_subject names whose data a result is; declare the classes under 'returns'",
+                *base,
+                "data_subject",
+            )
         if tool.destination is not None:
             for j, name in enumerate(tool.destination.cleared):
                 self.known_class(name, self.c.fail, *base, "destination", "cleared", j)
@@ -125,7 +135,9 @@ class SystemChecks:
                 from interlock._internal.manifest.loader import _has_path
 
                 if not _has_path(tool.input_schema, recipient.split(".")):
-                    self.c.fail(f"tool '{tool.name}' has no argument '{recipient}'", *base, "destination", "recipient")
+                    self.c.fail(
+                        f"tool '{tool.name}' has no argument '{recipient}'", *base, "destination", "recipient"
+                    )
         upstream = tool.upstream
         system = None
         if tool.system is not None:
@@ -133,7 +145,11 @@ class SystemChecks:
             if system is None:
                 close = difflib.get_close_matches(tool.system, list(self.systems), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                self.c.fail(f"unknown system '{tool.system}'{hint}; declare it under systems or import it", *base, "system")
+                self.c.fail(
+                    f"unknown system '{tool.system}'{hint}; declare it under systems or import it",
+                    *base,
+                    "system",
+                )
         bindings = system.bindings if system is not None else {}
         if upstream is not None and upstream.kind == "http" and upstream.url.startswith("/") and not bindings:
             self.c.fail(
@@ -144,7 +160,9 @@ class SystemChecks:
                 "url",
             )
         if upstream is not None and upstream.kind == "mcp" and upstream.server is None and not bindings:
-            self.c.fail("missing server (or a system whose bindings name mcp_server)", *base, "upstream", "server")
+            self.c.fail(
+                "missing server (or a system whose bindings name mcp_server)", *base, "upstream", "server"
+            )
         if not bindings or system is None:
             return
         if tool.credential is not None and any(b.credential is not None for b in bindings.values()):
@@ -161,7 +179,13 @@ class SystemChecks:
             self.check_binding(base, tool, system, env, binding, servers)
 
     def check_binding(
-        self, base: YamlPath, tool: ToolSpec, system: SystemSpec, env: str, binding: Binding, servers: set[str]
+        self,
+        base: YamlPath,
+        tool: ToolSpec,
+        system: SystemSpec,
+        env: str,
+        binding: Binding,
+        servers: set[str],
     ) -> None:
         upstream = tool.upstream
         if upstream is None:
@@ -192,7 +216,8 @@ class SystemChecks:
                 )
             if binding.mcp_server is None:
                 self.c.fail(
-                    f"system '{system.name}' has no mcp_server for environment '{env}', which this MCP tool needs",
+                    f"system '{system.name}' has no mcp_server for environment '{env}', "
+                    "which this MCP tool needs",
                     *base,
                     "upstream",
                 )

@@ -9,6 +9,7 @@ their API token (or a one-time link printed by ``interlock serve``); see :mod:`.
 
 from __future__ import annotations
 
+from datetime import date
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
@@ -39,6 +40,7 @@ from interlock._internal.ui.console import (
 )
 from interlock._internal.ui.run_pages import runs_list, timeline
 from interlock._internal.ui.signin import LOCAL_ADMIN, console_of, ensure_local_admin, login_page, sign_in_url
+from interlock._internal.ui.system_pages import executive_page, systems_page
 from interlock.exceptions import (
     ArgumentsInvalid,
     AuthenticationError,
@@ -147,6 +149,22 @@ def decide(
 
 
 # ---- runs ---------------------------------------------------------------------------------------
+
+
+@router.get("/systems")
+def systems(request: Request, console: ConsoleDep, signed: SignedDep) -> Response:
+    page = systems_page(console.interlock, signed.operator)
+    return console.render(request, "systems.html", signed=signed, nav="systems", **page)
+
+
+@router.get("/executive")
+def executive(request: Request, console: ConsoleDep, signed: SignedDep, week_ending: Short = "") -> Response:
+    try:
+        day = date.fromisoformat(week_ending) if week_ending else None
+    except ValueError:
+        raise ArgumentsInvalid("week_ending: expected YYYY-MM-DD", field="week_ending") from None
+    page = executive_page(console.interlock, signed.operator, week_ending=day)
+    return console.render(request, "executive.html", signed=signed, nav="executive", **page)
 
 
 @router.get("/runs")
