@@ -117,7 +117,8 @@ def test_no_binding_for_the_environment_means_no_call_and_no_fallback(ledger, up
     assert res.status == "denied"
     assert res.decision.reason_codes == ["no_binding"]
     assert "archive has no binding for environment staging" in res.decision.reasons[0].message
-    assert prod.seen == [] and stage.seen == []
+    assert prod.seen == []
+    assert stage.seen == []
 
 
 def test_production_reaches_production_with_its_own_credential(ledger, upstreams) -> None:  # type: ignore[no-untyped-def]
@@ -133,7 +134,8 @@ def test_production_reaches_production_with_its_own_credential(ledger, upstreams
         ("/archive/tickets/T-9", "Bearer archive-secret-0003"),
     ]
     assert stage.seen == []
-    assert res.decision.binding is not None and res.decision.binding["environment"] == "production"
+    assert res.decision.binding is not None
+    assert res.decision.binding["environment"] == "production"
 
 
 def test_a_staging_token_cannot_be_used_on_a_production_run(ledger, upstreams) -> None:  # type: ignore[no-untyped-def]
@@ -144,4 +146,5 @@ def test_a_staging_token_cannot_be_used_on_a_production_run(ledger, upstreams) -
     run = il.start_run(tokens["prod-bot"]).id
     with pytest.raises(InterlockError):
         il.act(tokens["stage-bot"], run, "tickets.get", {"ticket_id": "T-10"})
-    assert prod.seen == [] and stage.seen == []
+    assert prod.seen == []
+    assert stage.seen == []

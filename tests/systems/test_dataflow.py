@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Harness
 from sqlalchemy import select, update
 from systems_fixtures import support_copy
 
+from conftest import Harness
 from interlock._internal.gateway.dataflow import Carried
 from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.runtime import build_runtime
@@ -125,7 +125,8 @@ def test_an_approved_flow_executes_once(alone: Harness) -> None:
     assert result is not None and result.status == "executed", result
     assert alone.il.pipeline.execute_approved(res.approval_id) is None
     done = alone.il.get_run(run).steps_detail[-1]
-    assert done.tool == "emails.send" and done.status == "executed"
+    assert done.tool == "emails.send"
+    assert done.status == "executed"
     assert done.decision.reason_codes[0] == "approved"
 
 
@@ -160,8 +161,7 @@ def test_cedar_conditions_on_system_tier_and_data_classes(tmp_path: Path) -> Non
             ).decision.decision
             == "allow"
         )
-        assert (
-            "data_classes" in runtime.compiled.text and runtime.flow_tools
-        )  # every tool loads the run's classes
+        assert "data_classes" in runtime.compiled.text
+        assert runtime.flow_tools
     finally:
         runtime.close()

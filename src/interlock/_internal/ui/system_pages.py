@@ -15,7 +15,7 @@ from interlock._internal.manifest.models import Manifest
 from interlock._internal.service import Interlock
 from interlock._internal.systems.graph import build_graph
 from interlock._internal.systems.service import activity, layout
-from interlock._internal.ui.access import may_view
+from interlock._internal.permissions import may_view
 
 
 def _visible(interlock: Interlock, operator: Operator) -> list[Manifest]:
