@@ -65,7 +65,7 @@ def bound_manifest(folder: Path, *, prod: int, stage: int) -> Path:
 
 def support_copy(folder: Path, *, edit: dict[str, str] | None = None) -> Path:
     """The reference workflow copied into ``folder`` (with its desk and systems file), edited."""
-    for name in ("support_desk.py", "systems.yaml", "golden.yaml"):
+    for name in ("support_desk.py", "golden.yaml"):
         shutil.copy(EXAMPLE / name, folder / name)
     text = (EXAMPLE / "workflow.yaml").read_text(encoding="utf-8")
     for old, new in (edit or {}).items():
@@ -73,4 +73,15 @@ def support_copy(folder: Path, *, edit: dict[str, str] | None = None) -> Path:
         text = text.replace(old, new)
     path = folder / "workflow.yaml"
     path.write_text(text, encoding="utf-8")
+    return path
+
+
+def shared_copy(folder: Path) -> Path:
+    """The reference workflow with its systems moved into a shared ``systems.yaml`` it imports."""
+    path = support_copy(folder)
+    text = path.read_text(encoding="utf-8")
+    start = text.index("systems:\n")
+    end = text.index("\nagents:\n")
+    (folder / "systems.yaml").write_text("# shared by the support workflows\n" + text[start:end] + "\n")
+    path.write_text(text[:start] + "imports: [systems.yaml]\n" + text[end:], encoding="utf-8")
     return path

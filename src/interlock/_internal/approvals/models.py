@@ -71,6 +71,8 @@ class ApprovalPackage(BaseModel):
     impact_if_rejected: str | None = None
     policy_reasons: list[dict[str, Any]] = Field(default_factory=list)
     rules: list[str] = Field(default_factory=list)
+    # The data classes the run carried when it asked (what this action would move).
+    data_classes: list[str] = Field(default_factory=list)
 
 
 class ApprovalView(BaseModel):

@@ -243,7 +243,7 @@ def _day(ts: float) -> str:
 
 def chart(series: list[float | None], weeks: list[str], kind: str) -> dict[str, Any]:
     """Bars for eight weeks of one figure: coordinates for an inline SVG, and a title per bar."""
-    width, height, bottom = 240, 70, 14
+    width, height, bottom = 240, 46, 12
     peak = max([v for v in series if v is not None] + [0.0]) or 1.0
     slot = width / len(series)
     bars = []

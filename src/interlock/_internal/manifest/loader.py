@@ -140,8 +140,6 @@ def _load(text: str, *, file: str, path: Path | None, base_dir: Path) -> LoadedM
                 "data_classes": classes,
             }
         )
-        for item in imported:
-            encoded += b"\0" + item.text.encode("utf-8")
     origins = [(item, i) for item in imported for i in range(len(item.content.systems))]
     _Checker(manifest, lines, file, base_dir, own_systems=own, imported_systems=origins).run()
     manifest = manifest.model_copy(

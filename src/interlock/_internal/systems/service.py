@@ -101,7 +101,7 @@ _TITLES = {
 
 def layout(graph: dict[str, Any]) -> dict[str, Any]:
     """Column positions for every node and a path for every drawn edge, for an inline SVG."""
-    col_w, box_w, box_h, gap, top = 190, 160, 34, 14, 40
+    col_w, box_w, box_h, gap, top = 150, 136, 34, 14, 40
     columns: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _COLUMNS}
     for n in graph["nodes"]:
         columns[n["kind"]].append(n)
@@ -122,7 +122,7 @@ def layout(graph: dict[str, Any]) -> dict[str, Any]:
                     "y": y,
                     "w": box_w,
                     "h": box_h,
-                    "label": n["label"][:24],
+                    "label": n["label"][:21],
                     "sub": sub,
                     "fill": _FILL[kind],
                     "kind": kind,

@@ -175,6 +175,7 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
         "risk": [{"trait": r, "words": words.TRAIT_WORDS.get(r, r)} for r in view.risk],
         "policy_reasons": _reasons(package.policy_reasons),
         "rules": list(package.rules),
+        "data_classes": list(package.data_classes),
         "previous": previous,
         "requested": words.fmt_time(view.created_at),
         "requested_iso": words.iso_time(view.created_at),

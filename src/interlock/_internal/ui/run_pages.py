@@ -63,6 +63,13 @@ def _upstream(runtime: WorkflowRuntime | None, tool: str | None) -> Any:
     return None if spec is None else spec.upstream
 
 
+def _system(runtime: WorkflowRuntime | None, tool: str | None) -> str | None:
+    if runtime is None or tool is None:
+        return None
+    spec = runtime.manifest.tool(tool)
+    return None if spec is None else spec.system
+
+
 def _reasons(step: Step) -> list[dict[str, str]]:
     if step.decision is None:
         return []
@@ -97,6 +104,7 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
     by_step = {a["step_id"]: a for a in approvals.values()}
 
     steps, reads, changes = [], [], []
+    carried: dict[str, dict[str, Any]] = {}  # the run's data classes, with the step that brought each
     tools: Counter[str] = Counter()
     for step in view.steps_detail:
         model = step.kind == "model"
@@ -107,7 +115,12 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
             if model
             else words.describe_action(step.verb, step.tool, step.arguments)
         )
-        system = None if model else words.system_of(step.tool, _upstream(runtime, step.tool))
+        declared = _system(runtime, step.tool)
+        system = None if model else declared or words.system_of(step.tool, _upstream(runtime, step.tool))
+        brought = list((step.data_classes or {}).get("classes") or [])
+        for name in brought:
+            carried.setdefault(name, {"name": name, "seq": step.seq, "tool": step.tool or ""})
+        binding = step.decision.binding if step.decision is not None else None
         requested = by_step.get(step.id)
         carried_out = approvals.get(_approval_of(step) or "")
         approval = requested or carried_out
@@ -140,6 +153,8 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
             "error": step.error or "",
             "reasoning": reasoning,
             "evidence": [{"text": str(e), "href": words.safe_link(e)} for e in step.evidence or []],
+            "classes_in": brought,
+            "binding": binding,
             "approval": None
             if approval is None
             else {
@@ -207,6 +222,7 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
         "tools": [{"name": name, "count": n} for name, n in tools.items()],
         "approvals": decided,
         "escalations": escalations,
+        "data_classes": list(carried.values()),
     }
 
 
