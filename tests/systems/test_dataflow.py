@@ -122,7 +122,8 @@ def test_an_approved_flow_executes_once(alone: Harness) -> None:
     with alone.il.engine.begin() as conn:
         conn.execute(update(t.approvals).where(t.approvals.c.id == res.approval_id).values(state="approved"))
     result = alone.il.pipeline.execute_approved(res.approval_id)
-    assert result is not None and result.status == "executed", result
+    assert result is not None
+    assert result.status == "executed", result
     assert alone.il.pipeline.execute_approved(res.approval_id) is None
     done = alone.il.get_run(run).steps_detail[-1]
     assert done.tool == "emails.send"

@@ -12,10 +12,10 @@ from interlock._internal.evals.weekly import default_week_ending
 from interlock._internal.gateway.bindings import credential_ref
 from interlock._internal.identity.operators import Operator
 from interlock._internal.manifest.models import Manifest
+from interlock._internal.permissions import may_view
 from interlock._internal.service import Interlock
 from interlock._internal.systems.graph import build_graph
 from interlock._internal.systems.service import activity, layout
-from interlock._internal.permissions import may_view
 
 
 def _visible(interlock: Interlock, operator: Operator) -> list[Manifest]:
