@@ -203,7 +203,7 @@ def test_approve_a_refund_and_read_the_timeline(page: Any, server: Server, desk:
     expect(changes).to_contain_text(PHRASE)
     expect(changes).to_contain_text("in payments")
     expect(changes).to_contain_text("approved by olga")
-    expect(page.get_by_text("Read ticket T-1003 in tickets")).to_be_visible()
+    expect(page.get_by_text("Read ticket T-1003 in helpdesk")).to_be_visible()
     expect(page.locator(".timeline > li")).to_have_count(3)
     shot(page, "console-timeline.png")
 

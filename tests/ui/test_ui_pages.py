@@ -442,7 +442,7 @@ def test_runs_list_and_timeline_read_in_words(console: Console) -> None:
     assert "ticket: T-1001" in runs
     html = client.get(f"/ui/runs/{run}").text
     assert "Read ticket T-1001" in html
-    assert "read from tickets" in html
+    assert "read from helpdesk" in html
     assert "Delete customer C-1001" in html
     assert "Denied" in html
     assert "no-deletes" in html
