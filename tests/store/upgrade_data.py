@@ -2,9 +2,11 @@
 
 ``python tests/store/upgrade_data.py`` fills a fresh SQLite database through the real services of
 this checkout (runs, actions of every outcome, approvals decided and pending, votes, a denied
-action, two signed audit checkpoints) and writes every row of every table, as stored, to
-``upgrade_fixtures/schema-<revision>.json``. Run it when a release is cut, so the next releases'
-upgrade tests start from what that release wrote; the files of earlier releases stay as they are.
+action, an idempotency key, a paused agent, a handoff, two signed audit checkpoints) and writes
+every row of every table, as stored, to ``upgrade_fixtures/schema-<revision>.json``. Run it when a
+release is cut, so the next releases' upgrade tests start from what that release wrote; the files
+of earlier releases stay as they are. ``schema-0006.json`` was written by the code of the last
+commit whose newest migration was 0006 (this script run against that commit's ``src/``).
 
 :func:`load` puts such a file back into an empty database on either engine: it migrates to the
 file's revision, then inserts the rows exactly as they were stored (JSON text byte for byte, so
@@ -75,6 +77,9 @@ def _fill(url: str) -> None:
         ("payments.refund", {"ticket_id": "T-1002", "amount": 30, "currency": "USD", "reason": "late"}),
     ]:
         h.act(run, tool, args)
+    h.act(
+        run, "tickets.update", {"ticket_id": "T-1006", "fields": {"group": "billing"}}, idempotency_key="fx-1"
+    )
     write_checkpoint(h.il.engine, key)
     pending = [
         h.act(
@@ -91,16 +96,20 @@ def _fill(url: str) -> None:
     h.act(run, "tickets.update", {"ticket_id": "T-1002", "fields": {"priority": "low"}, "assignee": "x"})
     report_run = h.run("reporter")
     h.act(report_run, "tickets.search", {"query": "late"}, agent="reporter")
+    h.il.pause("agent", "reporter", actor="fixture", reason="weekly report done")
+    unsure = h.run()  # a low-confidence write hands this run to a person
+    h.act(unsure, "tickets.update", {"ticket_id": "T-1007", "fields": {"status": "pending"}}, confidence=0.2)
     write_checkpoint(h.il.engine, key)
     assert h.il.verify_audit().ok
     h.close()
 
 
 def main() -> None:
+    from alembic.runtime.migration import MigrationContext
+
     from interlock import __version__
     from interlock._internal.settings import DatabaseSettings
     from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import current_revision
 
     with tempfile.TemporaryDirectory() as tmp:
         import os
@@ -109,7 +118,8 @@ def main() -> None:
         url = f"sqlite:///{Path(tmp) / 'interlock.db'}"
         _fill(url)
         engine = make_engine(DatabaseSettings(url=url))
-        revision = current_revision(engine)
+        with engine.connect() as conn:  # plain Alembic: the script runs on the code of the release
+            revision = MigrationContext.configure(conn).get_current_revision()
         data = {"revision": revision, "made_by": f"interlock {__version__}", "tables": dump(engine)}
         engine.dispose()
     out = FIXTURES / f"schema-{revision}.json"
