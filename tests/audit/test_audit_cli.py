@@ -44,20 +44,28 @@ def _tamper(url: str, statement: str) -> None:
         engine.dispose()
 
 
-def test_empty_database_verifies(db_url: str) -> None:
+def test_no_database_is_refused_and_an_empty_one_verifies(db_url: str) -> None:
+    missing = runner.invoke(app, ["verify", "--db", db_url])
+    assert missing.exit_code == 1
+    assert "no Interlock database at" in missing.stderr
+    engine = make_engine(DatabaseSettings(url=db_url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
     result = runner.invoke(app, ["verify", "--db", db_url])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "audit chain OK: 0 events, tip 000000000000"
+    assert result.stdout.strip() == "audit chain OK: 0 events, tip 000000000000"
 
 
 def test_good_chain(db_url: str) -> None:
     tip = _chain(db_url, 3)
     result = runner.invoke(app, ["verify", "--db", db_url])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"audit chain OK: 3 events, tip {tip[:12]}"
+    assert result.stdout.strip() == f"audit chain OK: 3 events, tip {tip[:12]}"
     result = runner.invoke(app, ["verify", "--db", db_url, "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert (report["ok"], report["events"], report["tip_hash"]) == (True, 3, tip)
 
 

@@ -209,6 +209,12 @@ def test_maybe_checkpoint_by_count_and_by_time(engine: Any, key: AuditKey) -> No
 
 
 def test_checkpoint_command(db_url: str) -> None:
+    assert runner.invoke(app, ["checkpoint", "--db", db_url]).exit_code == 1  # no database yet
+    eng = make_engine(DatabaseSettings(url=db_url))
+    try:
+        upgrade(eng)
+    finally:
+        eng.dispose()
     result = runner.invoke(app, ["checkpoint", "--db", db_url])
     assert result.exit_code == 0, result.output
     assert "no checkpoint written" in result.output

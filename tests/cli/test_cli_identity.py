@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from conftest import SUPPORT_TRIAGE
 from interlock import Interlock, Settings
 from interlock._internal.cli import main
+from servers import free_port
 
 runner = CliRunner()
 WF = "support-triage"
@@ -45,7 +47,16 @@ def cli_json(*args: str) -> Any:
     return json.loads(result.stdout)
 
 
+def loaded(url: str) -> str:
+    """The database after a server loaded the reference workflow: agents are checked against it."""
+    with Interlock(Settings(database={"url": url})) as il:  # type: ignore[arg-type]
+        il.migrate()
+        il.load_workflow(SUPPORT_TRIAGE)
+    return url
+
+
 def test_agents_create_list_revoke(db_url: str) -> None:
+    loaded(db_url)
     created = cli_json(
         "agents", "create", "triage-bot", "--workflow", WF, "--env", "production", "--db", db_url
     )
@@ -68,7 +79,10 @@ def test_agents_create_list_revoke(db_url: str) -> None:
 
 
 def test_agents_human_output_shows_the_secret_once(sqlite_url: str) -> None:
-    result = cli("agents", "create", "reporter", "--workflow", WF, "--env", "production", "--db", sqlite_url)
+    loaded(sqlite_url)
+    result = cli(
+        "agents", "create", "reporter", "--force", "--workflow", WF, "--env", "production", "--db", sqlite_url
+    )
     assert result.exit_code == 0, result.stderr
     secret_lines = [line for line in result.stdout.splitlines() if line.startswith("client_secret:")]
     assert len(secret_lines) == 1
@@ -80,13 +94,25 @@ def test_agents_human_output_shows_the_secret_once(sqlite_url: str) -> None:
 
 
 def test_agent_errors_are_reported(sqlite_url: str) -> None:
-    cli_json("agents", "create", "bot", "--workflow", WF, "--env", "production", "--db", sqlite_url)
+    loaded(sqlite_url)
+    cli_json("agents", "create", "triage-bot", "--workflow", WF, "--env", "production", "--db", sqlite_url)
     again = cli(
-        "agents", "create", "bot", "--workflow", WF, "--env", "production", "--db", sqlite_url, "--json"
+        "agents",
+        "create",
+        "triage-bot",
+        "--workflow",
+        WF,
+        "--env",
+        "production",
+        "--db",
+        sqlite_url,
+        "--json",
     )
     assert again.exit_code == 1
     assert json.loads(again.stdout)["error"]["code"] == "conflict"
-    bad = cli("agents", "create", "no way", "--workflow", WF, "--env", "production", "--db", sqlite_url)
+    bad = cli(
+        "agents", "create", "no way", "--workflow", WF, "--env", "production", "--force", "--db", sqlite_url
+    )
     assert bad.exit_code == 1
     assert "agent_id" in bad.stderr
     missing = cli("agents", "revoke", "ghost", "--db", sqlite_url, "--json")
@@ -157,19 +183,23 @@ def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_serve_validates_migrates_and_prints_urls(
     sqlite_url: str, support_manifest_path: Path, fake_uvicorn: dict[str, Any]
 ) -> None:
-    result = cli("serve", "--manifest", str(support_manifest_path), "--db", sqlite_url, "--port", "8123")
+    port = free_port()
+    result = cli("serve", "--manifest", str(support_manifest_path), "--db", sqlite_url, "--port", str(port))
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert "http://127.0.0.1:8123/v1" in result.stdout
-    assert "http://127.0.0.1:8123/mcp" in result.stdout
-    assert "http://127.0.0.1:8123/ui" in result.stdout
+    assert f"http://127.0.0.1:{port}/v1" in result.stdout
+    assert f"http://127.0.0.1:{port}/mcp" in result.stdout
+    assert f"http://127.0.0.1:{port}/ui" in result.stdout
     assert fake_uvicorn["host"] == "127.0.0.1"
-    assert fake_uvicorn["port"] == 8123
+    assert fake_uvicorn["port"] == port
     assert fake_uvicorn["workflows"] == [WF]
 
-    as_json = cli("serve", "-m", str(support_manifest_path), "--db", sqlite_url, "--json")
+    other = free_port()
+    as_json = cli(
+        "serve", "-m", str(support_manifest_path), "--db", sqlite_url, "--json", "--port", str(other)
+    )
     assert as_json.exit_code == 0
     urls = json.loads(as_json.stdout)
-    assert urls["api"] == "http://127.0.0.1:8000/v1"
+    assert urls["api"] == f"http://127.0.0.1:{other}/v1"
     assert urls["workflows"] == [{"name": WF, "version": "1.0.0"}]
 
 
@@ -203,7 +233,18 @@ def test_serve_on_public_host_once_secrets_are_set(
     monkeypatch.setenv("INTERLOCK_IDENTITY__SIGNING_SEED", "a-long-random-value-for-tokens")
     monkeypatch.setenv("INTERLOCK_AUDIT__SIGNING_SEED", "another-long-random-value-for-audit")
     monkeypatch.setenv("INTERLOCK_PACKAGES__SIGNING_SEED", "a-third-long-random-value-for-packages")
-    result = cli("serve", "-m", str(support_manifest_path), "--db", sqlite_url, "--host", "0.0.0.0")
+    port = free_port("0.0.0.0")
+    result = cli(
+        "serve",
+        "-m",
+        str(support_manifest_path),
+        "--db",
+        sqlite_url,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+    )
     assert result.exit_code == 0, result.stderr
     assert fake_uvicorn["host"] == "0.0.0.0"
 

@@ -292,7 +292,10 @@ def test_an_empty_week(engine: Engine) -> None:
     assert r["figures"]["runs"] == {"value": 0, "previous": 0, "delta": 0}
     assert r["figures"]["error_rate"] == {"value": None, "previous": None, "delta": None}
     assert r["top_denial_reasons"] == []
-    assert r["recommendation"]["action"] == "tighten"  # nothing shows the metric is met
+    # No runs at all: no recommendation, and the report says why.
+    assert r["recommendation"]["action"] == "not_enough_data"
+    assert "0 runs this week; the rules need at least 10" in r["recommendation"]["rule"]
+    assert "Recommendation: Not enough data" in render_weekly_html(r)
     assert "<svg" in render_weekly_html(r)
 
 

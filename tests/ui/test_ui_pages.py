@@ -14,10 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import Harness
+from interlock._internal.identity.signin_links import SignInLinks
 from interlock._internal.server import create_app
 from interlock._internal.ui.console import CSP
 from interlock._internal.ui.routes import LOCAL_ADMIN, console_of, sign_in_url
-from interlock._internal.ui.session import SESSION_COOKIE, LoginCodes, SessionSigner
+from interlock._internal.ui.session import SESSION_COOKIE, SessionSigner
 
 WF = "support-triage"
 REFUND = {"ticket_id": "T-1003", "amount": 120, "currency": "USD", "reason": "charged twice"}
@@ -178,14 +179,16 @@ def test_the_one_time_link_signs_the_local_admin_in_once(console: Console) -> No
     assert sign_in_url(console.app, "http://testserver/ui") is None
 
 
-def test_login_codes_expire_and_work_once() -> None:
-    codes = LoginCodes(ttl_s=60)
-    code = codes.issue("ana", now=1000.0)
-    assert codes.redeem(code, now=1061.0) is None
-    code = codes.issue("ana", now=1000.0)
-    assert codes.redeem(code, now=1010.0) == "ana"
-    assert codes.redeem(code, now=1010.0) is None
-    assert codes.redeem("", now=1010.0) is None
+def test_sign_in_links_live_in_the_database_expire_and_work_once(console: Console) -> None:
+    links = console.harness.il.signin_links
+    code = links.issue("ana", actor="test", ttl_s=60, now=1000.0)
+    assert links.redeem(code, now=1061.0) is None
+    code = links.issue("ana", actor="test", ttl_s=60, now=1000.0)
+    # Another process on the same database (another replica) redeems it: nothing lives in memory.
+    other = SignInLinks(console.harness.il.engine)
+    assert other.redeem(code, now=1010.0) == "ana"
+    assert links.redeem(code, now=1010.0) is None
+    assert links.redeem("", now=1010.0) is None
 
 
 def test_after_sign_in_the_console_only_redirects_inside_itself(console: Console) -> None:

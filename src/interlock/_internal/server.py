@@ -15,7 +15,6 @@ from interlock._internal.api.app import API_PREFIX, MCP_PATH, UI_PATH, create_ap
 from interlock._internal.service import Interlock
 from interlock._internal.settings import Settings
 from interlock._internal.ui.routes import create_console
-from interlock._internal.ui.signin import sign_in_url
 
 
 def create_app(settings: Settings | None = None, *, interlock: Interlock | None = None) -> FastAPI:
@@ -30,4 +29,4 @@ def create_app(settings: Settings | None = None, *, interlock: Interlock | None 
     return app
 
 
-__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "create_app", "sign_in_url"]
+__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "create_app"]

@@ -33,6 +33,7 @@ from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.http import HttpTransport
 from interlock._internal.identity.agents import AgentStore
 from interlock._internal.identity.operators import OperatorStore
+from interlock._internal.identity.signin_links import SignInLinks
 from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
 from interlock._internal.limits.breaker import CircuitBreakerRegistry
 from interlock._internal.limits.ratelimit import RateLimiter
@@ -89,6 +90,10 @@ class Interlock:
     @cached_property
     def operators(self) -> OperatorStore:
         return OperatorStore(self.engine)
+
+    @cached_property
+    def signin_links(self) -> SignInLinks:
+        return SignInLinks(self.engine)
 
     @cached_property
     def runs(self) -> RunStore:
@@ -407,10 +412,8 @@ class Interlock:
         with reading(self.engine) as conn:
             conn.execute(select(1))
 
-    def load_active_workflow(self, workflow: str, *, actor: str) -> WorkflowRuntime:
-        """Load the workflow's active version from the database (what a server loaded last), for a
-        process that did not load its manifest file: the CLI deciding an approval or resolving a
-        handoff runs the action through it, as the server would."""
+    def active_manifest(self, workflow: str) -> LoadedManifest | None:
+        """The workflow's active manifest as stored (what a server loaded last), or None."""
         query = (
             select(
                 t.workflow_versions.c.manifest, t.workflow_versions.c.source_path, t.workflow_versions.c.id
@@ -425,13 +428,27 @@ class Interlock:
         with reading(self.engine) as conn:
             row = conn.execute(query).first()
         if row is None:
-            raise NotFound(
-                f"workflow {workflow!r} has no active version in this database", code="unknown_workflow"
-            )
+            return None
         source = Path(row.source_path) if row.source_path else None
         # Relative references in the manifest (policies, Python tools) resolve from where it was loaded.
         base_dir = source.parent if source is not None and source.parent.is_dir() else Path.cwd()
-        loaded = load_manifest_text(row.manifest, file=str(source or f"<{row.id}>"), base_dir=base_dir)
+        return load_manifest_text(row.manifest, file=str(source or f"<{row.id}>"), base_dir=base_dir)
+
+    def known_workflows(self) -> list[str]:
+        """Workflows this database has an active version of, by name."""
+        query = select(t.workflows.c.name).where(t.workflows.c.active_version_id.is_not(None))
+        with reading(self.engine) as conn:
+            return sorted(str(r[0]) for r in conn.execute(query))
+
+    def load_active_workflow(self, workflow: str, *, actor: str) -> WorkflowRuntime:
+        """Load the workflow's active version from the database, for a process that did not load
+        its manifest file: the CLI deciding an approval or resolving a handoff runs the action
+        through it, in this service, as the server would."""
+        loaded = self.active_manifest(workflow)
+        if loaded is None:
+            raise NotFound(
+                f"workflow {workflow!r} has no active version in this database", code="unknown_workflow"
+            )
         return self.load_workflow(loaded, actor=actor)
 
     def is_paused(self, workflow: str) -> bool:

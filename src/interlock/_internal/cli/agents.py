@@ -5,20 +5,17 @@ from __future__ import annotations
 import getpass
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from interlock._internal.cli.common import console, fail_from, load_settings, print_json
-from interlock.exceptions import InterlockError
+from interlock._internal.cli.common import console, err_console, fail, opened_interlock, print_json
+from interlock._internal.operations.agents import manifest_mismatch
 
 if TYPE_CHECKING:
     from interlock._internal.identity.agents import AgentRecord
-    from interlock._internal.service import Interlock
 
 app = typer.Typer(
     help="Agents: create one (its secret is shown once), list them, revoke one.", no_args_is_help=True
@@ -36,19 +33,7 @@ def cli_actor() -> str:
         return "cli"
 
 
-@contextmanager
-def opened(db: str | None, *, as_json: bool) -> Iterator[Interlock]:
-    """An Interlock on the configured (or given) database, migrated; errors end the command."""
-    from interlock._internal.service import Interlock
-
-    interlock = Interlock(load_settings(db))
-    try:
-        interlock.migrate()
-        yield interlock
-    except InterlockError as exc:
-        fail_from(exc, as_json=as_json)
-    finally:
-        interlock.close()
+opened = opened_interlock
 
 
 def agent_dict(record: AgentRecord) -> dict[str, object]:
@@ -73,11 +58,25 @@ def create(
     agent_id: Annotated[str, typer.Argument(metavar="ID", help="The agent's client id.")],
     workflow: Annotated[str, typer.Option("--workflow", "-w", help="The workflow it acts in.")],
     env: Annotated[str, typer.Option("--env", "-e", help="The environment it acts in.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Create it even if the workflow's manifest does not declare it so (warns)."
+        ),
+    ] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an agent and print its client secret. The secret is shown this once and never stored."""
+    """Create an agent and print its client secret. The secret is shown this once and never stored.
+
+    The workflow's active manifest (as last loaded by a server on this database) must declare the
+    agent in that environment; --force creates it anyway, with a warning."""
     with opened(db, as_json=as_json) as il:
+        problem = manifest_mismatch(il, agent_id, workflow=workflow, environment=env)
+        if problem is not None and not force:
+            fail(problem + "; --force creates it anyway", as_json=as_json, error_code="not_in_manifest")
+        if problem is not None:
+            err_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False, soft_wrap=True)
         creds = il.agents.create(agent_id, workflow=workflow, environment=env, actor=cli_actor())
         record = il.agents.get(creds.client_id)
     if as_json:

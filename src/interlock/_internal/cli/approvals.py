@@ -14,15 +14,14 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from interlock._internal.cli.common import console, fail, fail_from, load_settings, print_json
+from interlock._internal.cli.common import console, fail, opened_interlock, print_json
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
@@ -62,18 +61,7 @@ CommentOpt = Annotated[
 IdArg = Annotated[str, typer.Argument(metavar="APPROVAL_ID", help="The approval (an action's approval_id).")]
 
 
-@contextmanager
-def _opened(db: str | None, *, as_json: bool) -> Iterator[Interlock]:
-    from interlock._internal.service import Interlock
-
-    interlock = Interlock(load_settings(db))
-    try:
-        interlock.migrate()
-        yield interlock
-    except InterlockError as exc:
-        fail_from(exc, as_json=as_json)
-    finally:
-        interlock.close()
+_opened = opened_interlock
 
 
 def _via() -> str:

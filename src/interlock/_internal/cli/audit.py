@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from interlock._internal.cli.common import console, err_console, fail, fail_from, load_settings, print_json
+from interlock._internal.cli.common import (
+    console,
+    err_console,
+    fail,
+    fail_from,
+    load_settings,
+    opened_database,
+    print_json,
+)
 from interlock.exceptions import AuditIntegrityError, ConfigError, InterlockError, NotFound
 
 if TYPE_CHECKING:
@@ -35,16 +43,10 @@ def verify(
     """Recompute every hash of the audit chain; exit 1 naming the first event that does not verify."""
     # Imported here so `interlock --help` does not load SQLAlchemy and Alembic.
     from interlock._internal.audit.verify import VerifyReport, verify_chain
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
-    settings = load_settings(db)
     report: VerifyReport
-    try:
-        engine = make_engine(settings.database)
+    with opened_database(db, as_json=as_json) as engine:
         try:
-            # A database nobody has used yet is a valid, empty chain rather than a missing table.
-            upgrade(engine)
             if as_json or not err_console.is_terminal:
                 report = verify_chain(engine)
             else:
@@ -52,10 +54,8 @@ def verify(
                     report = verify_chain(
                         engine, progress=lambda n: status.update(f"verifying the audit chain… {n} events")
                     )
-        finally:
-            engine.dispose()
-    except InterlockError as exc:
-        fail_from(exc, as_json=as_json)
+        except InterlockError as exc:
+            fail_from(exc, as_json=as_json)
     if not report.ok:
         fail(report.message, as_json=as_json, error_code=AuditIntegrityError.code)
     if as_json:
@@ -85,19 +85,15 @@ def _audit_key(settings: Settings) -> AuditKey:
 def checkpoint(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Sign a checkpoint of the audit log at its current tip (Merkle root over every event hash)."""
     from interlock._internal.audit.checkpoints import write_checkpoint
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
     settings = load_settings(db)
     try:
         key = _audit_key(settings)
-        engine = make_engine(settings.database)
-        try:
-            upgrade(engine)
-            with err_console.status("checkpointing the audit log…"):
-                cp = write_checkpoint(engine, key)
-        finally:
-            engine.dispose()
+        with (
+            opened_database(db, as_json=as_json) as engine,
+            err_console.status("checkpointing the audit log…"),
+        ):
+            cp = write_checkpoint(engine, key)
     except NotFound as exc:
         if exc.code != "audit_empty":
             fail_from(exc, as_json=as_json)
@@ -142,19 +138,12 @@ def export(
 ) -> None:
     """Write a signed evidence bundle of one run, verifiable offline with `interlock audit verify-bundle`."""
     from interlock._internal.audit.evidence import bundle_bytes, export_bundle
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
     settings = load_settings(db)
     try:
         key = _audit_key(settings)
-        engine = make_engine(settings.database)
-        try:
-            upgrade(engine)
-            with err_console.status("exporting…") as status:
-                bundle = export_bundle(engine, run, key, progress=lambda msg: status.update(msg + "…"))
-        finally:
-            engine.dispose()
+        with opened_database(db, as_json=as_json) as engine, err_console.status("exporting…") as status:
+            bundle = export_bundle(engine, run, key, progress=lambda msg: status.update(msg + "…"))
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(bundle_bytes(bundle))

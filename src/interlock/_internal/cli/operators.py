@@ -46,8 +46,10 @@ def create(
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an operator and print their API token. The token is shown this once and never stored."""
-    with opened(db, as_json=as_json) as il:
+    """Create an operator and print their API token. The token is shown this once and never stored.
+
+    The first operator may be created before anything else: this creates the database if needed."""
+    with opened(db, as_json=as_json, create=True) as il:
         record, token = il.operators.create(
             operator_id, roles=role, workflows=workflow or None, actor=cli_actor()
         )
@@ -80,6 +82,34 @@ def list_operators(db: DbOpt = None, as_json: JsonOpt = False) -> None:
         scope = ", ".join(r.workflows) if r.workflows is not None else "(all)"
         table.add_row(escape(r.id), escape(", ".join(r.roles)), escape(scope), status, when(r.created_at))
     console.print(table)
+
+
+@app.command("signin-link")
+def signin_link(
+    operator_id: Annotated[str, typer.Argument(metavar="ID", help="The operator to sign in.")],
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The console's address, ending in /ui (default: server.public_url, else host and port).",
+        ),
+    ] = None,
+    ttl: Annotated[int, typer.Option("--ttl", min=60, max=86_400, help="Seconds the link stays good.")] = 600,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a one-time console sign-in link for an operator. It is kept in the database, so any
+    running replica accepts it: no restart needed. Good for one use, within --ttl seconds."""
+    from interlock._internal.operations.signin import console_url, sign_in_link
+
+    with opened(db, as_json=as_json) as il:
+        link = sign_in_link(il, operator_id, console=url or console_url(il), actor=cli_actor(), ttl_s=ttl)
+    if as_json:
+        print_json({"operator_id": operator_id, "url": link, "expires_in_s": ttl})
+        return
+    # Plain write: the link must come out whole, never wrapped.
+    sys.stdout.write(f"{link}\n")
+    console.print(f"One use, within {ttl} seconds; it signs in as {escape(operator_id)}.", style="yellow")
 
 
 @app.command()

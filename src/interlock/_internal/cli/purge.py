@@ -10,7 +10,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from interlock._internal.cli.common import console, err_console, fail_from, load_settings, print_json
+from interlock._internal.cli.common import (
+    console,
+    err_console,
+    fail_from,
+    opened_database,
+    print_json,
+)
 from interlock.exceptions import InterlockError
 
 
@@ -45,21 +51,16 @@ def purge(
     The audit log keeps its hashes, so `interlock audit verify` still passes; each purge is audited.
     """
     from interlock._internal.runs.retention import parse_age, purge_payloads
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
-    settings = load_settings(db)
     try:
         age = parse_age(older_than) if older_than is not None else None
-        engine = make_engine(settings.database)
-        try:
-            upgrade(engine)
-            with err_console.status("purging payloads…" if not dry_run else "counting payloads…"):
-                report = purge_payloads(
-                    engine, workflow=workflow, older_than_s=age, dry_run=dry_run, actor=_actor()
-                )
-        finally:
-            engine.dispose()
+        with (
+            opened_database(db, as_json=as_json) as engine,
+            err_console.status("purging payloads…" if not dry_run else "counting payloads…"),
+        ):
+            report = purge_payloads(
+                engine, workflow=workflow, older_than_s=age, dry_run=dry_run, actor=_actor()
+            )
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     if as_json:

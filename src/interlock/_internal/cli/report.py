@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from interlock._internal.cli.common import console, err_console, fail, fail_from, load_settings, print_json
+from interlock._internal.cli.common import (
+    console,
+    err_console,
+    fail,
+    fail_from,
+    opened_database,
+    print_json,
+)
 from interlock.exceptions import InterlockError
 
 app = typer.Typer(
@@ -34,24 +41,17 @@ def weekly(
 ) -> None:
     """Write weekly-<workflow>-<date>.html and .json: figures, deltas, charts and a recommendation."""
     from interlock._internal.evals.weekly import default_week_ending, write_weekly_report
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
     try:
         day = date.fromisoformat(week_ending) if week_ending else default_week_ending()
     except ValueError:
         fail(f"--week-ending {week_ending!r}: expected YYYY-MM-DD", code=2, as_json=as_json)
-    settings = load_settings(db)
     try:
-        engine = make_engine(settings.database)
-        try:
-            upgrade(engine)
-            with err_console.status("computing the weekly review…"):
-                html_path, json_path, report = write_weekly_report(
-                    engine, workflow, week_ending=day, out_dir=out
-                )
-        finally:
-            engine.dispose()
+        with (
+            opened_database(db, as_json=as_json) as engine,
+            err_console.status("computing the weekly review…"),
+        ):
+            html_path, json_path, report = write_weekly_report(engine, workflow, week_ending=day, out_dir=out)
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     if as_json:

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from interlock._internal.cli.common import console, fail, fail_from, load_settings, print_json
+from interlock._internal.cli.common import (
+    console,
+    fail,
+    fail_from,
+    opened_database,
+    print_json,
+)
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
@@ -93,14 +99,10 @@ def export(
 ) -> None:
     """Write a run (steps with redacted arguments and results, decisions, manifest) to one JSON file."""
     from interlock._internal.runs.replay import load_run, write_export
-    from interlock._internal.store.engine import make_engine
 
     try:
-        engine = make_engine(load_settings(db).database)
-        try:
+        with opened_database(db, as_json=as_json) as engine:
             record = load_run(engine, run_id)
-        finally:
-            engine.dispose()
         digest = write_export(record, out)
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
@@ -119,19 +121,13 @@ def _from_database(
     run_id: str, db: str | None, manifests: list[Path] | None, *, as_json: bool
 ) -> tuple[RunRecord, LoadedManifest]:
     from interlock._internal.runs.replay import active_manifest, load_run, recorded_manifest
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
-    engine = make_engine(load_settings(db).database)
-    try:
-        upgrade(engine)
+    with opened_database(db, as_json=as_json) as engine:
         record = load_run(engine, run_id)
         workflow = str(record.run["workflow"])
         loaded = _pick(manifests, workflow, as_json=as_json) or active_manifest(engine, workflow)
         if loaded is None:
             loaded = recorded_manifest(record, base_dir=Path.cwd())
-    finally:
-        engine.dispose()
     return record, loaded
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from interlock._internal.cli.common import console, fail, fail_from, load_settings, print_json
-from interlock.exceptions import InterlockError
+from interlock.exceptions import ConfigError, InterlockError, ManifestError
 
 if TYPE_CHECKING:
     from interlock._internal.settings import Settings
@@ -47,6 +49,29 @@ def unsafe_defaults_message(host: str, names: list[str]) -> str:
         lines.append(f"  - {name}: set {env} or {toml} in interlock.toml to a long random value")
     lines.append("Every replica must share the same values. Or listen on 127.0.0.1 only.")
     return "\n".join(lines)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else happens: a busy port stops ``serve`` before
+    it migrates, loads or prints a sign-in link that would never work."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}: {exc.strerror}", code="bad_host") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = "; pick another with --port" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}{hint}",
+            code="port_in_use" if exc.errno == errno.EADDRINUSE else "cannot_listen",
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(
@@ -89,10 +114,47 @@ def serve(
     missing = [str(p) for p in settings.manifests if not Path(p).is_file()]
     if missing:
         fail(f"{', '.join(missing)}: no such file", code=2, as_json=as_json, error_code="manifest_not_found")
+    try:
+        sock = bind(host, port)
+    except InterlockError as exc:
+        fail_from(exc, as_json=as_json)
+    try:
+        _serve(settings, sock, host=host, port=port, log_level=log_level, unsafe=unsafe, as_json=as_json)
+    finally:
+        sock.close()
+
+
+def _preflight(settings: Settings, *, as_json: bool) -> None:
+    """Load each manifest and check what it points at (callables, files, MCP commands)."""
+    from interlock._internal.manifest.loader import load_manifest
+    from interlock._internal.manifest.preflight import check_references
+
+    problems: list[ManifestError] = []
+    try:
+        for path in settings.manifests:
+            problems += check_references(load_manifest(path))
+    except InterlockError as exc:
+        fail_from(exc, as_json=as_json)
+    if problems:
+        fail("\n".join(str(p) for p in problems), as_json=as_json, error_code=problems[0].code)
+
+
+def _serve(
+    settings: Settings,
+    sock: socket.socket,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    unsafe: list[str],
+    as_json: bool,
+) -> None:
+    _preflight(settings, as_json=as_json)
 
     import uvicorn
 
-    from interlock._internal.server import MCP_PATH, UI_PATH, create_app, sign_in_url
+    from interlock._internal.operations.signin import local_admin_link
+    from interlock._internal.server import MCP_PATH, UI_PATH, create_app
     from interlock._internal.service import Interlock
 
     interlock = Interlock(settings)
@@ -110,8 +172,12 @@ def serve(
         "ui": f"{url}{UI_PATH}",
         "openapi": f"{url}/openapi.json",
     }
-    # A one-time link for the local admin (a code held in this process's memory, not an API token).
-    sign_in = sign_in_url(app, urls["ui"])
+    # A one-time link for the local admin (a code kept in the database, not an API token).
+    try:
+        sign_in = local_admin_link(interlock, console=urls["ui"])
+    except InterlockError as exc:
+        interlock.close()
+        fail_from(exc, as_json=as_json)
     if sign_in is not None:
         urls["ui_sign_in"] = sign_in
     workflows = [{"name": rt.name, "version": rt.manifest.version} for rt in interlock.workflows]
@@ -134,6 +200,7 @@ def serve(
                 highlight=False,
             )
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+        # The socket bound first, before any work: the port cannot be taken in between.
+        uvicorn.run(app, host=host, port=port, fd=sock.fileno(), log_level=log_level, proxy_headers=False)
     finally:
         interlock.close()

@@ -12,7 +12,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from interlock._internal.cli.common import console, err_console, fail, load_settings, print_json
+from interlock._internal.cli.common import (
+    console,
+    err_console,
+    fail,
+    opened_database,
+    print_json,
+)
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
@@ -52,16 +58,13 @@ def whatif(
     """Re-judge recorded decisions under a candidate manifest and count what would change."""
     from interlock._internal.evals.whatif import parse_since, what_if
     from interlock._internal.manifest.loader import load_manifest
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
 
     try:
         candidate = load_manifest(manifest)
         start = parse_since(since) if since and since.lower() not in ("all", "0") else None
-        engine = make_engine(load_settings(db).database)
-        try:
-            upgrade(engine)
-            with Progress(
+        with (
+            opened_database(db, as_json=as_json) as engine,
+            Progress(
                 TextColumn("re-judging decisions"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -69,18 +72,17 @@ def whatif(
                 console=err_console,
                 transient=True,
                 disable=as_json or not err_console.is_terminal,
-            ) as bar:
-                task = bar.add_task("what-if", total=None)
-                report = what_if(
-                    engine,
-                    candidate,
-                    since=start,
-                    workers=workers,
-                    examples=examples,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-        finally:
-            engine.dispose()
+            ) as bar,
+        ):
+            task = bar.add_task("what-if", total=None)
+            report = what_if(
+                engine,
+                candidate,
+                since=start,
+                workers=workers,
+                examples=examples,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     except InterlockError as exc:
         fail(str(exc), code=_ERROR, as_json=as_json, error_code=exc.code)
     exceeded = report.exceeds(max_changes=max_changes, max_change_rate=max_change_rate)

@@ -14,6 +14,7 @@ from interlock._internal.cli.common import console, print_json
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest
 from interlock._internal.manifest.models import Manifest
 from interlock._internal.manifest.operating_model import operating_model
+from interlock._internal.manifest.preflight import check_references
 from interlock._internal.policy.compiler import compile_manifest
 from interlock.exceptions import ManifestError
 
@@ -38,18 +39,7 @@ def _load(file: Path, *, as_json: bool) -> LoadedManifest:
         return loaded
     except ManifestError as exc:
         if as_json:
-            print_json(
-                {
-                    "valid": False,
-                    "error": {
-                        "code": exc.code,
-                        "file": exc.file,
-                        "line": exc.line,
-                        "field": exc.field,
-                        "message": exc.reason,
-                    },
-                }
-            )
+            print_json({"valid": False, "error": _error(exc)})
         else:
             # Plain text, not Rich: the message quotes the author's values, which must not be
             # read as markup, and `file:line:` must start the line for editors to jump to it.
@@ -57,11 +47,26 @@ def _load(file: Path, *, as_json: bool) -> LoadedManifest:
         raise typer.Exit(2 if exc.code in _UNREADABLE else 1) from None
 
 
+def _error(exc: ManifestError) -> dict[str, Any]:
+    return {"code": exc.code, "file": exc.file, "line": exc.line, "field": exc.field, "message": exc.reason}
+
+
 @app.command()
 def validate(file: FileArg, as_json: JsonOpt = False) -> None:
-    """Check a manifest: exit 0 when valid, 1 with `file:line: field: message` when not."""
+    """Check a manifest: exit 0 when valid, 1 with `file:line: field: message` when not.
+
+    Beyond the manifest itself: every Python callable is imported, every file it names (golden set,
+    policies) must exist, and every MCP server's command must be found."""
     loaded = _load(file, as_json=as_json)
     manifest = loaded.manifest
+    problems = check_references(loaded)
+    if problems:
+        if as_json:
+            errors = [_error(p) for p in problems]
+            print_json({"valid": False, "error": errors[0], "errors": errors})
+        else:
+            sys.stderr.write("".join(f"{p}\n" for p in problems))
+        raise typer.Exit(1)
     if as_json:
         print_json(
             {

@@ -15,11 +15,15 @@ started in; steps, decisions and approvals to the week they were created in. The
   ratio, or a percentage when ``unit`` is ``%``/``percent`` or the target is above 1) is the bar.
 
 The recommendation follows :data:`RULES`, first match wins; the report prints each rule and the
-figures it looked at, so a reader can check the conclusion by hand.
+figures it looked at, so a reader can check the conclusion by hand. Below :data:`MIN_RUNS` runs in
+the week there is no recommendation, only "Not enough data": with fewer runs a single run moves a
+rate by more than ten points, as much as the thresholds themselves. A workflow this database has
+never seen is refused rather than reported on as an empty week.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -37,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import approvals, decisions, runs, steps, workflow_versions, workflows
-from interlock.exceptions import ArgumentsInvalid, ConfigError
+from interlock.exceptions import ArgumentsInvalid, ConfigError, NotFound
 
 DAY_S = 86_400
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
@@ -59,7 +63,14 @@ RULES: tuple[tuple[str, str], ...] = (
         "keep the current scope and fix what holds it back",
     ),
 )
-ACTIONS = {"scale": "Scale", "tighten": "Tighten", "pause_and_redesign": "Pause and redesign"}
+ACTIONS = {
+    "scale": "Scale",
+    "tighten": "Tighten",
+    "pause_and_redesign": "Pause and redesign",
+    "not_enough_data": "Not enough data",
+}
+# The smallest week the rules are applied to (documented in docs/operations.md).
+MIN_RUNS = 10
 
 
 def week_bounds(week_ending: date) -> tuple[float, float]:
@@ -237,6 +248,19 @@ def recommend(figures: dict[str, Any], success: dict[str, Any]) -> dict[str, Any
         "threshold": success["target_ratio"],
         "fired": bool(success["met"]),
     }
+    rules = [{"number": i + 1, "action": a, "label": ACTIONS[a], "rule": r} for i, (a, r) in enumerate(RULES)]
+    runs = figures.get("runs")
+    if isinstance(runs, int) and runs < MIN_RUNS:
+        return {
+            "action": "not_enough_data",
+            "label": ACTIONS["not_enough_data"],
+            "rule": f"{runs} run{'' if runs == 1 else 's'} this week; the rules need at least {MIN_RUNS}, "
+            "so no recommendation is made",
+            "rule_number": 0,
+            "checks": [{"figure": "runs", "value": runs, "threshold": MIN_RUNS, "fired": True}],
+            "rules": rules,
+            "min_runs": MIN_RUNS,
+        }
     if any(c["fired"] for c in pause):
         index, checks = 0, pause
     elif any(c["fired"] for c in tighten):
@@ -252,9 +276,8 @@ def recommend(figures: dict[str, Any], success: dict[str, Any]) -> dict[str, Any
         "rule": rule,
         "rule_number": index + 1,
         "checks": checks,
-        "rules": [
-            {"number": i + 1, "action": a, "label": ACTIONS[a], "rule": r} for i, (a, r) in enumerate(RULES)
-        ],
+        "rules": rules,
+        "min_runs": MIN_RUNS,
     }
 
 
@@ -268,6 +291,11 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
     start, end = week_bounds(week_ending)
     prev_start, prev_end = start - 7 * DAY_S, start
     with reading(engine) as conn:
+        known = sorted(str(r[0]) for r in conn.execute(select(workflows.c.name)))
+        if workflow not in known:
+            close = difflib.get_close_matches(workflow, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known) or 'none'}"
+            raise NotFound(f"no workflow {workflow!r} in this database{hint}", code="unknown_workflow")
         this = _week(conn, workflow, start, end)
         prev = _week(conn, workflow, prev_start, prev_end)
         metric = _success_metric(conn, workflow)
@@ -517,6 +545,7 @@ def write_weekly_report(
 
 
 __all__ = [
+    "MIN_RUNS",
     "RULES",
     "default_week_ending",
     "median",

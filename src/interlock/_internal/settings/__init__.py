@@ -19,6 +19,8 @@ DEFAULT_PACKAGE_SIGNING_SEED = "interlock-dev-package-seed-change-me"
 
 
 class DatabaseSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     url: str = Field(default="sqlite:///interlock.db", description="SQLAlchemy URL; postgresql+psycopg://…")
     # NORMAL keeps WAL commits durable across a process crash; FULL also across power loss.
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
@@ -27,6 +29,8 @@ class DatabaseSettings(BaseModel):
 
 
 class IdentitySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     token_ttl_s: int = Field(default=900, ge=30, le=86_400)
     # Seed for the Ed25519 key that signs access tokens; every replica must share it.
     signing_seed: str = DEFAULT_TOKEN_SIGNING_SEED
@@ -34,6 +38,8 @@ class IdentitySettings(BaseModel):
 
 
 class AuditSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     # Seed for the Ed25519 key that signs audit checkpoints and evidence bundles.
     signing_seed: str = "interlock-dev-audit-seed-change-me"
 
@@ -43,16 +49,22 @@ class EgressSettings(BaseModel):
     loopback and link-local addresses (cloud metadata included) stay blocked unless a CIDR here
     allows them."""
 
+    model_config = ConfigDict(extra="forbid")
+
     allow_hosts: list[str] = Field(default_factory=list)
     allow_cidrs: list[str] = Field(default_factory=list)
 
 
 class BreakerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     failure_threshold: int = Field(default=5, ge=1, le=1000)
     cooldown_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class TelemetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     service_name: str = "interlock"
     # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset means no export.
     otlp_endpoint: str | None = None
@@ -62,6 +74,8 @@ class TelemetrySettings(BaseModel):
 
 class WebhookSettings(BaseModel):
     """Where approval events are posted, signed with HMAC-SHA256 of ``secret``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str
     secret: SecretStr
@@ -141,6 +155,8 @@ class NotificationSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None

@@ -279,6 +279,7 @@ __all__ = [
     "rate_limits",
     "resource_locks",
     "runs",
+    "signin_links",
     "steps",
     "tools",
     "webhook_deliveries",
@@ -474,4 +475,18 @@ notification_cursor = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
+)
+
+# One-time console sign-in links (``interlock operators signin-link``, the link ``serve`` prints),
+# kept by the SHA-256 of the code so that any replica redeems them and a database dump holds none.
+signin_links = Table(
+    "signin_links",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("operator_id", String(200), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    _ts("created_at"),
+    _ts("expires_at"),
+    _ts("used_at", nullable=True),
+    Index("ix_signin_links_expires_at", "expires_at"),
 )

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import fastapi
 from fastapi import Depends, Form, Query, Request
@@ -28,7 +28,6 @@ from interlock._internal.ui import words
 from interlock._internal.ui.session import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
-    LoginCodes,
     Session,
     SessionSigner,
 )
@@ -62,12 +61,11 @@ class SignedIn:
 
 
 class Console:
-    """One console per app: the Interlock it shows, its session signer and its sign-in codes."""
+    """One console per app: the Interlock it shows and its session signer."""
 
     def __init__(self, interlock: Interlock) -> None:
         self.interlock = interlock
         self.signer = SessionSigner(interlock.settings.identity.signing_seed)
-        self.codes = LoginCodes()
         self.public_https = (interlock.settings.server.public_url or "").lower().startswith("https://")
         self.env = Environment(
             loader=FileSystemLoader(str(TEMPLATES)),
@@ -79,10 +77,6 @@ class Console:
         self.env.globals["version"] = __version__
 
     # ---- sign-in ------------------------------------------------------------------------------
-
-    def sign_in_link(self, base_url: str, operator_id: str) -> str:
-        """A single-use link that signs ``operator_id`` in (``base_url`` includes the ``/ui`` path)."""
-        return f"{base_url.rstrip('/')}/login?token={quote(self.codes.issue(operator_id))}"
 
     def active_operator(self, operator_id: str) -> tuple[Operator, str] | None:
         """The active operator and the fingerprint of their current token, or None."""

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -117,38 +116,6 @@ class SessionSigner:
         return bool(presented) and hmac.compare_digest(self.csrf_token(session), presented or "")
 
 
-class LoginCodes:
-    """Single-use, short-lived sign-in codes held in memory: code → operator id."""
-
-    def __init__(self, *, ttl_s: int = LOGIN_CODE_TTL_S) -> None:
-        self.ttl_s = ttl_s
-        self._codes: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
-
-    def issue(self, operator_id: str, *, now: float | None = None) -> str:
-        code = secrets.token_urlsafe(32)
-        now = time.time() if now is None else now
-        # Stored by hash: a memory dump or a debugger shows no usable code.
-        with self._lock:
-            self._codes = {k: v for k, v in self._codes.items() if v[1] > now}
-            self._codes[_digest(code)] = (operator_id, now + self.ttl_s)
-        return code
-
-    def redeem(self, code: str | None, *, now: float | None = None) -> str | None:
-        """The operator id for ``code``, once; None if unknown, used or expired."""
-        if not code or len(code) > 200:
-            return None
-        with self._lock:
-            entry = self._codes.pop(_digest(code), None)
-        if entry is None or entry[1] <= (time.time() if now is None else now):
-            return None
-        return entry[0]
-
-
-def _digest(code: str) -> str:
-    return hashlib.sha256(code.encode("utf-8")).hexdigest()
-
-
 def new_login_csrf() -> str:
     return secrets.token_urlsafe(24)
 
@@ -162,7 +129,6 @@ __all__ = [
     "LOGIN_CSRF_COOKIE",
     "SESSION_COOKIE",
     "SESSION_TTL_S",
-    "LoginCodes",
     "Session",
     "SessionSigner",
     "new_login_csrf",

@@ -1,22 +1,21 @@
 """Signing in to the console: the token form, one-time links, signing out, and the local admin.
 
-``interlock serve`` prints a link made by :func:`sign_in_url`: a random code good for one use within
-ten minutes, held in this process's memory, that signs in the ``local-admin`` operator. The link never
+``interlock serve`` prints a link that signs in the ``local-admin`` operator, and ``interlock operators
+signin-link ID`` one for any operator: a random code good for one use within ten minutes, kept in the
+database (any replica accepts it; see :mod:`interlock._internal.operations.signin`). The link never
 carries an API token. Everyone else signs in with their operator API token through the form.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
 from starlette.routing import Mount
 
-from interlock._internal.identity.operators import ROLES
 from interlock._internal.identity.secrets import OPERATOR_TOKEN_PREFIX
-from interlock._internal.service import Interlock
+from interlock._internal.operations.signin import LOCAL_ADMIN, ensure_local_admin, local_admin_link
 from interlock._internal.ui.console import (
     Console,
     ConsoleDep,
@@ -27,9 +26,7 @@ from interlock._internal.ui.console import (
     see_other,
 )
 from interlock._internal.ui.session import LOGIN_CSRF_COOKIE, new_login_csrf, same_secret
-from interlock.exceptions import AuthenticationError, ConflictError, NotFound
-
-LOCAL_ADMIN = "local-admin"
+from interlock.exceptions import AuthenticationError
 
 router = APIRouter()
 
@@ -72,7 +69,7 @@ def login_form(
     next: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     if token is not None:
-        operator_id = console.codes.redeem(token)
+        operator_id = console.interlock.signin_links.redeem(token)
         response = see_other(safe_next(request, next))
         if operator_id is not None and console.start_session(request, response, operator_id):
             return response
@@ -81,7 +78,7 @@ def login_form(
             console,
             target=next,
             error="This sign-in link was already used or has expired. Sign in with your operator token, "
-            "or restart the server for a new link.",
+            "or ask for a new link (interlock operators signin-link ID).",
             status_code=400,
         )
     try:
@@ -153,28 +150,12 @@ def console_of(app: FastAPI) -> Console | None:
     return None
 
 
-def ensure_local_admin(interlock: Interlock) -> str | None:
-    """The ``local-admin`` operator (every role, every workflow), created on first use.
-
-    Its API token is discarded at creation: it signs in only through one-time links printed by the
-    server. Disable it (``interlock operators disable local-admin``) and no link is printed again.
-    """
-    try:
-        return LOCAL_ADMIN if interlock.operators.get(LOCAL_ADMIN).active else None
-    except NotFound:
-        pass
-    with contextlib.suppress(ConflictError):  # another replica created it first
-        interlock.operators.create(LOCAL_ADMIN, roles=ROLES, workflows=None, actor="interlock serve")
-    return LOCAL_ADMIN
-
-
 def sign_in_url(app: FastAPI, console_url: str) -> str | None:
     """A single-use, ten-minute link signing the local admin in to the console at ``console_url``."""
     console = console_of(app)
     if console is None:
         return None
-    operator_id = ensure_local_admin(console.interlock)
-    return None if operator_id is None else console.sign_in_link(console_url, operator_id)
+    return local_admin_link(console.interlock, console=console_url)
 
 
 __all__ = ["LOCAL_ADMIN", "console_of", "ensure_local_admin", "login_page", "router", "sign_in_url"]
