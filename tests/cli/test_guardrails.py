@@ -268,3 +268,14 @@ def test_signin_link_from_the_cli_works_on_a_running_server_once(db_url: str) ->
         harness.close()
     unknown = cli("operators", "signin-link", "nobody", "--db", db_url, "--json")
     assert unknown.exit_code == 1
+
+
+def test_agents_create_against_a_manifest_file_may_create_the_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    base = ("agents", "create", "triage-bot", "-w", "support-triage", "--db", url, "-m", str(SUPPORT_TRIAGE))
+    wrong = cli(*base, "-e", "staging", "--json")
+    assert wrong.exit_code == 1
+    assert error_of(wrong)["code"] == "not_in_manifest"
+    result = cli(*base, "-e", "production", "--json")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new.db").is_file()

@@ -71,6 +71,8 @@ def test_init_serves_an_agent_read_approval_and_forbidden_action(tmp_path: Path)
         "shop",
         "--env",
         "production",
+        "--manifest",
+        str(tmp_path / "shop" / "workflow.yaml"),
         "--db",
         db_url,
         "--json",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import getpass
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from interlock._internal.cli.common import console, err_console, fail, opened_interlock, print_json
+from interlock._internal.cli.common import console, err_console, fail, fail_from, opened_interlock, print_json
 from interlock._internal.operations.agents import manifest_mismatch
+from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
     from interlock._internal.identity.agents import AgentRecord
@@ -64,15 +66,32 @@ def create(
             "--force", help="Create it even if the workflow's manifest does not declare it so (warns)."
         ),
     ] = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            "-m",
+            help="Check against this manifest file (and create the database if there is none yet) "
+            "instead of the workflow's version a server loaded.",
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an agent and print its client secret. The secret is shown this once and never stored.
 
-    The workflow's active manifest (as last loaded by a server on this database) must declare the
-    agent in that environment; --force creates it anyway, with a warning."""
-    with opened(db, as_json=as_json) as il:
-        problem = manifest_mismatch(il, agent_id, workflow=workflow, environment=env)
+    The workflow's manifest (--manifest, or the version a server last loaded on this database) must
+    declare the agent in that environment; --force creates it anyway, with a warning."""
+    loaded = None
+    if manifest is not None:
+        from interlock._internal.manifest.loader import load_manifest
+
+        try:
+            loaded = load_manifest(manifest)
+        except InterlockError as exc:
+            fail_from(exc, as_json=as_json)
+    with opened(db, as_json=as_json, create=loaded is not None) as il:
+        problem = manifest_mismatch(il, agent_id, workflow=workflow, environment=env, manifest=loaded)
         if problem is not None and not force:
             fail(problem + "; --force creates it anyway", as_json=as_json, error_code="not_in_manifest")
         if problem is not None:

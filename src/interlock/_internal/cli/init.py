@@ -40,4 +40,7 @@ def init(
     console.print("\nNext:", highlight=False)
     console.print(f"  interlock workflow validate {manifest}", highlight=False)
     console.print(f"  interlock eval {directory}", highlight=False)
+    console.print(
+        f"  interlock agents create AGENT_ID --workflow {wf} --env ENV --manifest {manifest}", highlight=False
+    )
     console.print(f"  interlock serve --manifest {manifest}", highlight=False)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import difflib
 
+from interlock._internal.manifest.loader import LoadedManifest
 from interlock._internal.service import Interlock
 
 
-def manifest_mismatch(il: Interlock, agent_id: str, *, workflow: str, environment: str) -> str | None:
-    """What is wrong with creating this agent, by the workflow's active manifest; None if nothing."""
-    loaded = il.active_manifest(workflow)
+def manifest_mismatch(
+    il: Interlock, agent_id: str, *, workflow: str, environment: str, manifest: LoadedManifest | None = None
+) -> str | None:
+    """What is wrong with creating this agent, by ``manifest`` or else the workflow's active one
+    in the database; None if nothing."""
+    if manifest is not None and manifest.manifest.name != workflow:
+        return f"{manifest.path} is workflow {manifest.manifest.name!r}, not {workflow!r}"
+    loaded = manifest if manifest is not None else il.active_manifest(workflow)
     if loaded is None:
         known = il.known_workflows()
         close = difflib.get_close_matches(workflow, known, n=1)
