@@ -250,7 +250,7 @@ def test_report_fleet_command_writes_html_and_json(engine: Engine, db_url: str, 
         app, ["fleet", "--db", db_url, "--week-ending", "2026-03-15", "--out", str(out), "--json"]
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["fleet"]["figures"]["autonomy_rate"]["value"] == pytest.approx(0.8)
     assert [w["workflow"] for w in data["workflows"]] == ["wf-a", "wf-b"]
     assert json.loads((out / "fleet-2026-03-15.json").read_text())["fleet"]["workflows"] == 2

@@ -120,7 +120,12 @@ class Interlock:
 
     @cached_property
     def metrics(self) -> Metrics:
-        return Metrics(self.engine)
+        return Metrics(self.engine, open_circuits=self._open_circuits)
+
+    def _open_circuits(self) -> int:
+        # Only if HTTP tools were ever set up: a scrape should not build the client pool.
+        transport = self.__dict__.get("http_transport")
+        return 0 if transport is None else transport.breaker.open_count()
 
     @cached_property
     def tracing(self) -> Tracing:

@@ -78,26 +78,19 @@ def fleet(
     spend against budget, cost per task and change from baseline, with eight weeks of each."""
     from interlock._internal.evals.fleet import write_fleet_report
     from interlock._internal.evals.weekly import default_week_ending
-    from interlock._internal.store.engine import make_engine
-    from interlock._internal.store.migrate import upgrade
     from interlock._internal.systems.service import registered_manifests
 
     try:
         day = date.fromisoformat(week_ending) if week_ending else default_week_ending()
     except ValueError:
         fail(f"--week-ending {week_ending!r}: expected YYYY-MM-DD", code=2, as_json=as_json)
-    settings = load_settings(db)
     try:
-        engine = make_engine(settings.database)
-        try:
-            upgrade(engine)
-            with err_console.status("computing the fleet report…"):
-                manifests, problems = registered_manifests(engine)
-                html_path, json_path, report = write_fleet_report(
-                    engine, manifests, week_ending=day, out_dir=out
-                )
-        finally:
-            engine.dispose()
+        with (
+            opened_database(db, as_json=as_json) as engine,
+            err_console.status("computing the fleet report…"),
+        ):
+            manifests, problems = registered_manifests(engine)
+            html_path, json_path, report = write_fleet_report(engine, manifests, week_ending=day, out_dir=out)
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     if as_json:

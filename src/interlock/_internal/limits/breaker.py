@@ -120,6 +120,11 @@ class CircuitBreakerRegistry:
                 return "closed"
             return "open" if self._clock() < circuit.opened_at + self.cooldown_s else "half_open"
 
+    def open_count(self) -> int:
+        """Breakers open now (half-open ones included: their upstream has not proven itself yet)."""
+        with self._lock:
+            return sum(1 for c in self._circuits.values() if c.opened_at is not None)
+
     def reset(self, key: str | None = None) -> None:
         """Close one breaker, or all of them (an operator knows the upstream is back)."""
         with self._lock:

@@ -8,7 +8,7 @@ reports the same truth.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -22,8 +22,14 @@ from interlock._internal.store.engine import reading
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+# How many of the newest audit events the outcome-unknown figure looks at: a bounded read per scrape.
+RECENT_EVENTS = 10_000
+
+
 class Metrics:
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(
+        self, engine: Engine | None = None, *, open_circuits: Callable[[], int] | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.actions = Counter(
             "interlock_actions",
@@ -58,6 +64,64 @@ class Metrics:
         )
         if engine is not None:
             self.registry.register(_ApprovalFigures(engine))
+            self.registry.register(_AuditFigures(engine))
+        if open_circuits is not None:
+            self.registry.register(_CircuitFigures(open_circuits))
+
+
+class _CircuitFigures(Collector):
+    """Circuit breakers open in this process (breakers are per replica)."""
+
+    def __init__(self, open_circuits: Callable[[], int]) -> None:
+        self.open_circuits = open_circuits
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "interlock_circuits_open", "Upstream circuit breakers open in this replica."
+        )
+        gauge.add_metric([], float(self.open_circuits()))
+        yield gauge
+
+
+class _AuditFigures(Collector):
+    """The audit log's health: seconds since the last signed checkpoint, and actions whose outcome
+    is unknown (a replica died mid-call) among the newest audit events, each waiting for a person."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily(
+            "interlock_audit_checkpoint_age_seconds",
+            "Seconds since the newest signed audit checkpoint (since the first event when there is none).",
+        )
+        unknown = GaugeMetricFamily(
+            "interlock_outcome_unknown_recent",
+            f"action.outcome_unknown events among the newest {RECENT_EVENTS} audit events.",
+        )
+        e = t.audit_events
+        newest = select(e.c.kind).order_by(e.c.seq.desc()).limit(RECENT_EVENTS).subquery()
+        try:
+            with reading(self.engine) as conn:
+                last = conn.execute(select(func.max(t.audit_checkpoints.c.ts))).scalar()
+                if last is None:
+                    last = conn.execute(select(e.c.ts).order_by(e.c.seq).limit(1)).scalar()
+                count = conn.execute(
+                    select(func.count()).select_from(newest).where(newest.c.kind == "action.outcome_unknown")
+                ).scalar()
+        except Exception:  # a scrape must not fail because the database is briefly away
+            return
+        if last is not None:
+            age.add_metric([], max(0.0, time.time() - float(last)))
+            yield age
+        unknown.add_metric([], float(count or 0))
+        yield unknown
 
 
 class _ApprovalFigures(Collector):

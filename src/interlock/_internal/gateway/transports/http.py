@@ -153,6 +153,7 @@ class HttpTransport:
     ) -> None:
         self._egress = egress
         self._breaker = breaker
+        self.breaker = breaker
         self._client = client
         self._owns_client = client is None
         self._max_bytes = max_response_bytes
