@@ -91,3 +91,21 @@ def test_graph_command_from_files_and_from_the_database(tmp_path: Path, db_url: 
     data = json.loads(result.output)
     assert data["problems"] == []
     assert "system:payments" in {n["id"] for n in data["nodes"]}
+
+
+def test_this_weeks_activity_per_system_and_environment(harness) -> None:  # type: ignore[no-untyped-def]
+    from interlock._internal.systems.service import activity, layout
+
+    run = harness.run()
+    harness.act(run, "customers.get", {"customer_id": "C-1001"})
+    harness.act(run, "customers.delete", {"customer_id": "C-1001"})
+    harness.act(run, "tickets.get", {"ticket_id": "T-1001"})
+    manifests = [harness.runtime.manifest]
+    assert activity(harness.il.engine, manifests) == {
+        "crm": {"production": {"allow": 1, "deny": 1}},
+        "helpdesk": {"production": {"allow": 1}},
+    }
+    drawing = layout(build_graph(manifests))
+    assert {b["id"] for b in drawing["boxes"]} >= {"system:crm", "tool:support-triage/customers.get"}
+    assert drawing["lines"]
+    assert all(line["d"].startswith("M") for line in drawing["lines"])
