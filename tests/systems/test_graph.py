@@ -88,7 +88,7 @@ def test_graph_command_from_files_and_from_the_database(tmp_path: Path, db_url: 
     il.close()
     result = runner.invoke(app, ["graph", "--db", db_url, "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["problems"] == []
     assert "system:payments" in {n["id"] for n in data["nodes"]}
 

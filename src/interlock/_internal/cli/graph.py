@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from interlock._internal.cli.common import console, fail, fail_from, load_settings
+from interlock._internal.cli.common import console, fail, fail_from, opened_database
 from interlock.exceptions import InterlockError
 
 
@@ -36,16 +36,10 @@ def graph(
         if manifests:
             loaded = [load_manifest(path).manifest for path in manifests]
         else:
-            from interlock._internal.store.engine import make_engine
-            from interlock._internal.store.migrate import upgrade
             from interlock._internal.systems.service import registered_manifests
 
-            engine = make_engine(load_settings(db).database)
-            try:
-                upgrade(engine)
+            with opened_database(db, as_json=fmt == "json") as engine:
                 loaded, problems = registered_manifests(engine)
-            finally:
-                engine.dispose()
     except InterlockError as exc:
         fail_from(exc, as_json=fmt == "json")
     result = build_graph(loaded)
