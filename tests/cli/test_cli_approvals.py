@@ -142,3 +142,27 @@ def test_acting_as_someone_is_checked(setup: tuple[Harness, str]) -> None:
     human = cli("approve", approval_id, "--as", "audrey", "--db", db)
     assert human.exit_code == 1
     assert "may not decide" in human.stderr
+
+
+def _width(result: Any) -> int:
+    return max((len(line) for line in result.stdout.splitlines()), default=0)
+
+
+@pytest.mark.parametrize("columns", ["80", "160"])
+def test_the_list_is_readable_at_80_columns_and_shows_the_amount(
+    setup: tuple[Harness, str], desk: Any, columns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    h, db = setup
+    run = h.run()
+    approval_id = h.act(run, "payments.refund", REFUND, idempotency_key="k-80").approval_id
+    text = cli("list", "--db", db)
+    assert text.exit_code == 0, text.output
+    assert _width(text) <= int(columns)
+    assert approval_id in text.stdout  # whole, never wrapped: it is what the next command needs
+    assert "amount 120 EUR" in " ".join(text.stdout.split())
+    if columns == "80":  # one block per approval, not a table of slivers
+        first = text.stdout.splitlines()[0]
+        assert first.startswith(approval_id)
+        assert "payments.refund" in first
+        assert "pending" in first

@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Column, Table
 
-from interlock._internal.cli.common import console, fail, opened_interlock, print_json
+from interlock._internal.cli.common import (
+    console,
+    fail,
+    opened_interlock,
+    print_json,
+    print_records,
+    summarize_arguments,
+)
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
@@ -136,22 +142,25 @@ def list_approvals(
     if not views:
         console.print(f"no {'' if state == 'all' else state + ' '}approvals", style="dim")
         return
-    several = len({v.workflow for v in views}) > 1
-    # Ids are what the next command needs: never wrapped, so they can be copied whole.
-    headers = ["tool", "risk", "age", "votes", "state", "expires"]
-    table = Table(Column("id", no_wrap=True), *(["workflow", *headers] if several else headers))
+    rows = []
     for v in views:
         style = _STATE_STYLE.get(v.state, "")
-        cells = [
-            escape(v.tool),
-            escape(", ".join(v.risk) or "-"),
-            _ago(v.age_s),
-            f"{v.approve_votes}/{v.quorum}",
-            f"[{style}]{escape(v.state)}[/]" if style else escape(v.state),
-            _ago(v.expires_in_s) if v.expires_in_s is not None else "-",
-        ]
-        table.add_row(escape(v.id), *([escape(v.workflow), *cells] if several else cells))
-    console.print(table)
+        rows.append(
+            {
+                "id": escape(v.id),
+                "workflow": escape(v.workflow),
+                "tool": escape(v.tool),
+                "arguments": escape(summarize_arguments(v.arguments)),
+                "risk": escape(", ".join(v.risk) or "-"),
+                "age": _ago(v.age_s),
+                "votes": f"{v.approve_votes}/{v.quorum}",
+                "state": f"[{style}]{escape(v.state)}[/]" if style else escape(v.state),
+                "expires": _ago(v.expires_in_s) if v.expires_in_s is not None else "-",
+            }
+        )
+    several = len({v.workflow for v in views}) > 1
+    columns = ["id", *(["workflow"] if several else []), "tool", "arguments", "risk", "age", "votes", "state"]
+    print_records(rows, columns=[*columns, "expires"], key="id", headline=["tool", "state"])
 
 
 @app.command()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Column, Table
 
 from interlock._internal.settings import Settings
 from interlock.exceptions import InterlockError
@@ -76,6 +77,47 @@ def opened_interlock(db: str | None, *, as_json: bool, create: bool = False) -> 
         fail_from(exc, as_json=as_json)
     finally:
         interlock.close()
+
+
+# Under this width a table of several columns wraps every cell into unreadable slivers: each
+# record is printed as a short block instead (first line the id and what matters most).
+WIDE_ENOUGH = 110
+
+
+def print_records(
+    rows: list[dict[str, str]], *, columns: list[str], key: str, headline: list[str], wide: int = WIDE_ENOUGH
+) -> None:
+    """Print ``rows`` (already escaped for Rich markup) as a table on a wide terminal, or as one
+    block per row on a narrow one (80 columns), where ``key`` (an id to copy) is never wrapped."""
+    if console.width >= wide:
+        table = Table(*[Column(c, no_wrap=c == key) for c in columns])
+        for row in rows:
+            table.add_row(*(row.get(c, "-") for c in columns))
+        console.print(table)
+        return
+    for row in rows:
+        head = "  ".join([f"[bold]{row[key]}[/]", *(row.get(c, "-") for c in headline)])
+        console.print(head, highlight=False, soft_wrap=True)
+        rest = [f"{c} {row[c]}" for c in columns if c != key and c not in headline and row.get(c, "-") != "-"]
+        if rest:
+            console.print("  " + " · ".join(rest), highlight=False, overflow="fold")
+
+
+def summarize_arguments(arguments: Any, *, limit: int = 60) -> str:
+    """The arguments a person scans a list for, in one short line: an amount with its currency
+    first, then the other plain values."""
+    if not isinstance(arguments, dict):
+        return "-" if arguments is None else str(arguments)[:limit]
+    parts = []
+    if "amount" in arguments:
+        currency = arguments.get("currency")
+        parts.append(f"amount {arguments['amount']}" + (f" {currency}" if isinstance(currency, str) else ""))
+    for name, value in arguments.items():
+        if name in ("amount", "currency") or isinstance(value, dict | list):
+            continue
+        parts.append(f"{name} {value}")
+    text = ", ".join(parts) or "-"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def print_json(data: Any) -> None:

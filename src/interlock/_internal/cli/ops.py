@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Column, Table
 
 from interlock._internal.cli.approvals import (
     AsOpt,
@@ -28,7 +27,7 @@ from interlock._internal.cli.approvals import (
     _opened,
     _operator,
 )
-from interlock._internal.cli.common import console, fail, print_json
+from interlock._internal.cli.common import console, fail, print_json, print_records, summarize_arguments
 from interlock._internal.operations import handoffs as handoff_ops
 from interlock._internal.operations import pauses as pause_ops
 from interlock.exceptions import InterlockError
@@ -164,17 +163,19 @@ def pauses(as_operator: AsOpt = None, db: DbOpt = None, as_json: JsonOpt = False
 
 
 def _pause_table(items: list[PauseInfo]) -> None:
-    table = Table("scope", Column("key", no_wrap=True), "workflow", "paused by", "since", "reason")
-    for p in items:
-        table.add_row(
-            p.scope,
-            escape(p.key),
-            escape(p.workflow or "-"),
-            escape(p.paused_by or "-"),
-            _when(p.since),
-            escape(p.reason or "-"),
-        )
-    console.print(table)
+    rows = [
+        {
+            "key": escape(p.key),
+            "scope": p.scope,
+            "workflow": escape(p.workflow or "-"),
+            "paused by": escape(p.paused_by or "-"),
+            "since": _when(p.since),
+            "reason": escape(p.reason or "-"),
+        }
+        for p in items
+    ]
+    columns = ["scope", "key", "workflow", "paused by", "since", "reason"]
+    print_records(rows, columns=columns, key="key", headline=["scope", "workflow"])
 
 
 # ---- handoffs -----------------------------------------------------------------------------------
@@ -205,20 +206,21 @@ def list_handoffs(
     if not items:
         console.print(f"no {'' if state == 'all' else state + ' '}handoffs", style="dim")
         return
-    table = Table(
-        Column("id", no_wrap=True), "workflow", Column("run", no_wrap=True), "tool", "why", "created", "state"
-    )
-    for h in items:
-        table.add_row(
-            escape(h.id),
-            escape(h.workflow),
-            escape(h.run_id),
-            escape(h.tool or "-"),
-            escape(h.message),
-            _when(h.created_at),
-            escape(h.state),
-        )
-    console.print(table)
+    rows = [
+        {
+            "id": escape(h.id),
+            "workflow": escape(h.workflow),
+            "run": escape(h.run_id),
+            "tool": escape(h.tool or "-"),
+            "arguments": escape(summarize_arguments(h.arguments)),
+            "why": escape(h.message),
+            "created": _when(h.created_at),
+            "state": escape(h.state),
+        }
+        for h in items
+    ]
+    columns = ["id", "workflow", "run", "tool", "arguments", "why", "created", "state"]
+    print_records(rows, columns=columns, key="id", headline=["tool", "state"])
 
 
 @handoffs_app.command()
