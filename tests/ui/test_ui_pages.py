@@ -457,3 +457,35 @@ def test_the_console_is_mounted_once_and_found(console: Console) -> None:
     found = console_of(console.app)
     assert found is not None
     assert found.interlock is console.harness.il
+
+
+def test_runs_search_filters_and_pages_after_permissions(console: Console, monkeypatch: Any) -> None:
+    from interlock._internal.ui import run_pages
+
+    h = console.harness
+    tickets = ["T-1001", "T-1002", "T-1003"]
+    runs = [h.il.start_run(h.tokens["triage-bot"], trigger={"ticket": t}).id for t in tickets]
+    h.act(runs[0], "tickets.get", {"ticket_id": "T-1001"})
+    client = console.signed_in("approver")
+
+    everything = client.get("/ui/runs").text
+    assert "3 runs, newest first." in everything
+    found = client.get("/ui/runs?q=t-1002").text  # case-insensitive, in the trigger
+    assert "1 run, newest first." in found
+    assert runs[1] in found and runs[0] not in found
+    with_tool = client.get("/ui/runs?tool=tickets.get").text
+    assert "1 run, newest first." in with_tool
+    assert runs[0] in with_tool
+    assert "0 runs" in client.get("/ui/runs?agent=reporter").text
+    assert "3 runs" in client.get("/ui/runs?state=running").text
+
+    # Pages count only what the operator may see: someone with no role on the workflow sees none.
+    assert "0 runs" in console.signed_in("stranger").get("/ui/runs").text
+    monkeypatch.setattr(run_pages, "PAGE_SIZE", 2)
+    monkeypatch.setattr("interlock._internal.ui.routes.PAGE_SIZE", 2)
+    first = client.get("/ui/runs").text
+    assert "page 1 of 2" in first
+    assert runs[2] in first and runs[1] in first and runs[0] not in first
+    second = client.get("/ui/runs?page=2").text
+    assert runs[0] in second and runs[2] not in second
+    assert 'rel="prev"' in second and 'rel="next"' not in second

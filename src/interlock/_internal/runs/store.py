@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, exists, func, or_, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.sql.elements import ColumnElement
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Decision, Reason, Run, RunView, Step
@@ -156,6 +158,42 @@ class RunStore:
             query = query.where(t.runs.c.workflow == workflow)
         with reading(self.engine) as conn:
             return [run_from_row(r) for r in conn.execute(query).mappings()]
+
+    def search(
+        self,
+        *,
+        workflows: Sequence[str],
+        agent: str | None = None,
+        tool: str | None = None,
+        state: str | None = None,
+        text: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Run], int]:
+        """Runs of ``workflows`` only (the caller's permitted ones: the filter is in the query, so a
+        page and the total count only what the caller may see), newest first, and how many match.
+        ``tool``: runs with a step on it; ``text``: in the run id, agent or trigger."""
+        r = t.runs.c
+        where: builtins.list[ColumnElement[bool]] = [r.workflow.in_(builtins.list(workflows))]
+        if agent:
+            where.append(r.agent_id == agent)
+        if state:
+            where.append(r.state == state)
+        if tool:
+            where.append(exists().where(t.steps.c.run_id == r.id, t.steps.c.tool == tool))
+        if text:
+            needle = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(
+                or_(
+                    func.lower(r.id).like(needle, escape="\\"),
+                    func.lower(r.agent_id).like(needle, escape="\\"),
+                    func.lower(cast(r.trigger, String)).like(needle, escape="\\"),
+                )
+            )
+        query = select(t.runs).where(*where).order_by(r.started_at.desc(), r.id).offset(offset).limit(limit)
+        with reading(self.engine) as conn:
+            total = int(conn.execute(select(func.count()).select_from(t.runs).where(*where)).scalar() or 0)
+            return [run_from_row(row) for row in conn.execute(query).mappings()], total
 
     def view(self, run_id: str) -> RunView:
         with reading(self.engine) as conn:

@@ -10,9 +10,10 @@ their API token (or a one-time link printed by ``interlock serve``); see :mod:`.
 from __future__ import annotations
 
 from datetime import date
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
@@ -38,7 +39,7 @@ from interlock._internal.ui.console import (
     get_console,
     see_other,
 )
-from interlock._internal.ui.run_pages import runs_list, timeline
+from interlock._internal.ui.run_pages import PAGE_SIZE, RUN_STATES, runs_list, timeline
 from interlock._internal.ui.signin import LOCAL_ADMIN, console_of, ensure_local_admin, login_page, sign_in_url
 from interlock._internal.ui.system_pages import executive_page, systems_page
 from interlock.exceptions import (
@@ -168,12 +169,47 @@ def executive(request: Request, console: ConsoleDep, signed: SignedDep, week_end
 
 
 @router.get("/runs")
-def runs(request: Request, console: ConsoleDep, signed: SignedDep, workflow: Short = "") -> Response:
+def runs(
+    request: Request,
+    console: ConsoleDep,
+    signed: SignedDep,
+    workflow: Short = "",
+    agent: Short = "",
+    tool: Short = "",
+    state: Short = "",
+    q: Short = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
     names = access.visible_workflows(console.interlock, signed.operator)
     chosen = workflow if workflow in names else ""
-    items = runs_list(console.interlock, signed.operator, workflow=chosen or None)
+    filters = {"workflow": chosen, "agent": agent.strip(), "tool": tool.strip(), "q": q.strip()}
+    filters["state"] = state if state in RUN_STATES else ""
+    items, total = runs_list(
+        console.interlock,
+        signed.operator,
+        workflow=chosen or None,
+        agent=filters["agent"],
+        tool=filters["tool"],
+        state=filters["state"],
+        text=filters["q"],
+        page=page,
+    )
+    pages = max(1, -(-total // PAGE_SIZE))
+    query = "&".join(f"{k}={quote(v)}" for k, v in filters.items() if v)
     return console.render(
-        request, "runs.html", signed=signed, nav="runs", items=items, workflows=names, workflow=chosen
+        request,
+        "runs.html",
+        signed=signed,
+        nav="runs",
+        items=items,
+        workflows=names,
+        workflow=chosen,
+        filters=filters,
+        states=RUN_STATES,
+        total=total,
+        page=min(page, pages),
+        pages=pages,
+        query=query,
     )
 
 

@@ -25,11 +25,35 @@ RUN_STATE_WORDS = {
 }
 
 
-def runs_list(interlock: Interlock, operator: Operator, *, workflow: str | None) -> list[dict[str, Any]]:
+PAGE_SIZE = 50
+RUN_STATES = tuple(RUN_STATE_WORDS)
+
+
+def runs_list(
+    interlock: Interlock,
+    operator: Operator,
+    *,
+    workflow: str | None,
+    agent: str = "",
+    tool: str = "",
+    state: str = "",
+    text: str = "",
+    page: int = 1,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the runs the operator may see (the permission filter is part of the search, so
+    pages and counts never include, or skip over, runs they may not see), and the total."""
     names = visible_workflows(interlock, operator)
     if workflow is not None and workflow not in names:
-        return []
-    runs = [r for r in interlock.runs.list(workflow=workflow, limit=200) if may_view(operator, r.workflow)]
+        return [], 0
+    runs, total = interlock.runs.search(
+        workflows=[workflow] if workflow else names,
+        agent=agent or None,
+        tool=tool or None,
+        state=state or None,
+        text=text or None,
+        offset=(max(page, 1) - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
+    )
     return [
         {
             "id": r.id,
@@ -45,7 +69,8 @@ def runs_list(interlock: Interlock, operator: Operator, *, workflow: str | None)
             "cost": words.usd(r.cost_usd),
         }
         for r in runs
-    ]
+        if may_view(operator, r.workflow)
+    ], total
 
 
 def trigger_text(trigger: Any) -> str:
