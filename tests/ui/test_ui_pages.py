@@ -472,7 +472,8 @@ def test_runs_search_filters_and_pages_after_permissions(console: Console, monke
     assert "3 runs, newest first." in everything
     found = client.get("/ui/runs?q=t-1002").text  # case-insensitive, in the trigger
     assert "1 run, newest first." in found
-    assert runs[1] in found and runs[0] not in found
+    assert runs[1] in found
+    assert runs[0] not in found
     with_tool = client.get("/ui/runs?tool=tickets.get").text
     assert "1 run, newest first." in with_tool
     assert runs[0] in with_tool
@@ -485,7 +486,11 @@ def test_runs_search_filters_and_pages_after_permissions(console: Console, monke
     monkeypatch.setattr("interlock._internal.ui.routes.PAGE_SIZE", 2)
     first = client.get("/ui/runs").text
     assert "page 1 of 2" in first
-    assert runs[2] in first and runs[1] in first and runs[0] not in first
+    assert runs[2] in first
+    assert runs[1] in first
+    assert runs[0] not in first
     second = client.get("/ui/runs?page=2").text
-    assert runs[0] in second and runs[2] not in second
-    assert 'rel="prev"' in second and 'rel="next"' not in second
+    assert runs[0] in second
+    assert runs[2] not in second
+    assert 'rel="prev"' in second
+    assert 'rel="next"' not in second
