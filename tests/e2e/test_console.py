@@ -234,6 +234,35 @@ def test_reject_by_keyboard_and_the_agent_learns_why(page: Any, server: Server, 
     assert desk.refunds_total() == 0
 
 
+def in_view(tab: Any, locator: Any) -> bool:
+    """Whether the element lies wholly inside the viewport as the page first shows (no scrolling)."""
+    box = locator.bounding_box()
+    height = tab.evaluate("window.innerHeight")
+    scrolled = tab.evaluate("window.scrollY")
+    return bool(
+        box is not None and box["y"] + scrolled >= 0 and box["y"] + box["height"] + scrolled <= height
+    )
+
+
+def test_decision_controls_and_errors_are_in_view_at_1280_by_900(
+    page: Any, server: Server, desk: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    _, pending = server.refund(idempotency_key="refund-T-1003-fold")
+    page.goto(f"{server.url}/ui/approvals/{pending.approval_id}")
+    assert page.viewport_size == {"width": 1280, "height": 900}
+    for name in ("Approve", "Reject"):
+        assert in_view(page, page.get_by_role("button", name=name)), f"{name} is below the fold"
+    shot(page, "console-approval-above-the-fold.png")
+    page.get_by_role("button", name="Reject").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Say why you reject it")
+    assert in_view(page, alert), "the refusal is out of sight"
+    assert page.evaluate("document.activeElement.id") == "comment"  # ready to type the reason
+    shot(page, "console-reject-needs-a-reason.png")
+
+
 def test_pause_in_the_console_denies_the_agents_next_action(page: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
