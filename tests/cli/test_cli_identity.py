@@ -189,6 +189,7 @@ def test_serve_validates_migrates_and_prints_urls(
     assert f"http://127.0.0.1:{port}/v1" in result.stdout
     assert f"http://127.0.0.1:{port}/mcp" in result.stdout
     assert f"http://127.0.0.1:{port}/ui" in result.stdout
+    assert f"database {sqlite_url}" in result.stdout
     assert fake_uvicorn["host"] == "127.0.0.1"
     assert fake_uvicorn["port"] == port
     assert fake_uvicorn["workflows"] == [WF]

@@ -155,6 +155,7 @@ def _serve(
 
     from interlock._internal.operations.signin import local_admin_link
     from interlock._internal.server import MCP_PATH, UI_PATH, create_app
+    from interlock._internal.store.database import database_label
     from interlock._internal.service import Interlock
 
     interlock = Interlock(settings)
@@ -188,6 +189,7 @@ def _serve(
         console.print(f"Interlock serving [bold]{names}[/]", highlight=False)
         for label, key in (("API", "api"), ("MCP", "mcp"), ("console", "ui"), ("OpenAPI", "openapi")):
             console.print(f"  {label:<8} {urls[key]}", highlight=False)
+        console.print(f"  database {database_label(settings.database)}", highlight=False, soft_wrap=True)
         if sign_in is not None:
             console.print(
                 f"  sign in  {sign_in}  (local admin; one use, within 10 minutes)",
