@@ -155,8 +155,8 @@ def _serve(
 
     from interlock._internal.operations.signin import local_admin_link
     from interlock._internal.server import MCP_PATH, UI_PATH, create_app
-    from interlock._internal.store.database import database_label
     from interlock._internal.service import Interlock
+    from interlock._internal.store.database import database_label
 
     interlock = Interlock(settings)
     try:
