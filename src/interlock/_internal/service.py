@@ -32,6 +32,7 @@ from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.http import HttpTransport
 from interlock._internal.identity.agents import AgentStore
+from interlock._internal.identity.oidc import OidcService
 from interlock._internal.identity.operators import OperatorStore
 from interlock._internal.identity.signin_links import SignInLinks
 from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
@@ -159,6 +160,18 @@ class Interlock:
             PackageKey.from_seed(self.settings.packages.signing_seed),
             runtimes=self.runtime,
             max_ttl_s=self.settings.packages.max_ttl_s,
+        )
+
+    @cached_property
+    def oidc(self) -> OidcService | None:
+        """OpenID Connect sign-in for operators, when ``oidc.issuer`` and ``oidc.client_id`` are set."""
+        if not self.settings.oidc.enabled:
+            return None
+        public = self.settings.server.public_url
+        return OidcService(
+            self.settings.oidc,
+            self.engine,
+            redirect_url=f"{public.rstrip('/')}/ui/sso/callback" if public else None,
         )
 
     @cached_property

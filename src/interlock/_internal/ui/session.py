@@ -109,6 +109,31 @@ class SessionSigner:
             return None
         return session
 
+    def seal(self, label: str, data: dict[str, str], *, ttl_s: int, now: float | None = None) -> str:
+        """A short-lived signed value (for example the single sign-on state a browser carries)."""
+        body = json.dumps(
+            {**data, "_e": int((time.time() if now is None else now) + ttl_s)},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        payload = _b64(body.encode("utf-8"))
+        return f"{payload}.{self._mac(label, payload)}"
+
+    def unseal(self, label: str, value: str | None, *, now: float | None = None) -> dict[str, str] | None:
+        if not value or len(value) > 4096 or "." not in value:
+            return None
+        payload, mac = value.rsplit(".", 1)
+        if not hmac.compare_digest(mac, self._mac(label, payload)):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+            expires = float(data.pop("_e"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if expires <= (time.time() if now is None else now):
+            return None
+        return {str(k): str(v) for k, v in data.items()}
+
     def csrf_token(self, session: Session) -> str:
         return self._mac("csrf", session.session_id)
 

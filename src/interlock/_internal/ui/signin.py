@@ -1,4 +1,5 @@
-"""Signing in to the console: the token form, one-time links, signing out, and the local admin.
+"""Signing in to the console: the token form, single sign-on, one-time links, signing out, and the
+local admin.
 
 ``interlock serve`` prints a link that signs in the ``local-admin`` operator, and ``interlock operators
 signin-link ID`` one for any operator: a random code good for one use within ten minutes, kept in the
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.routing import Mount
 
 from interlock._internal.identity.secrets import OPERATOR_TOKEN_PREFIX
@@ -26,7 +27,10 @@ from interlock._internal.ui.console import (
     see_other,
 )
 from interlock._internal.ui.session import LOGIN_CSRF_COOKIE, new_login_csrf, same_secret
-from interlock.exceptions import AuthenticationError
+from interlock.exceptions import AuthenticationError, InterlockError
+
+SSO_COOKIE = "interlock_console_sso"
+SSO_TTL_S = 600
 
 router = APIRouter()
 
@@ -43,6 +47,7 @@ def login_page(
         login_csrf=token,
         next=safe_next(request, target),
         error=error,
+        sso=None if console.interlock.oidc is None else console.interlock.oidc.settings.display_name,
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -134,6 +139,89 @@ def logout(request: Request, console: ConsoleDep, signed: SignedDep, csrf: Text 
     console.check_csrf(signed, csrf)
     response = see_other(base(request) + "/login")
     console.end_session(request, response)
+    return response
+
+
+# ---- single sign-on (OpenID Connect, authorization code with PKCE) -------------------------------
+
+
+@router.get("/sso/login")
+def sso_login(
+    request: Request, console: ConsoleDep, next: Annotated[str | None, Query(max_length=500)] = None
+) -> Response:
+    """Send the browser to the identity provider; what the callback needs rides in a signed cookie."""
+    sso = console.interlock.oidc
+    if sso is None:
+        return login_page(
+            request, console, target=next, error="Single sign-on is not configured.", status_code=404
+        )
+    try:
+        started = sso.begin()
+    except InterlockError as exc:
+        return login_page(
+            request, console, target=next, error=f"Single sign-on failed: {exc}", status_code=502
+        )
+    sealed = console.signer.seal(
+        "sso",
+        {
+            "state": started.state,
+            "nonce": started.nonce,
+            "verifier": started.code_verifier,
+            "next": safe_next(request, next),
+        },
+        ttl_s=SSO_TTL_S,
+    )
+    response = RedirectResponse(started.url, status_code=303)
+    # Lax, not Strict: the provider's redirect back is a cross-site navigation that must carry it.
+    response.set_cookie(
+        SSO_COOKIE,
+        sealed,
+        max_age=SSO_TTL_S,
+        path=base(request) + "/sso/",
+        secure=console.secure(request),
+        httponly=True,
+        samesite="lax",
+    )
+    return response
+
+
+@router.get("/sso/callback")
+def sso_callback(
+    request: Request,
+    console: ConsoleDep,
+    code: Annotated[str | None, Query(max_length=2000)] = None,
+    state: Annotated[str | None, Query(max_length=500)] = None,
+    error: Annotated[str | None, Query(max_length=200)] = None,
+    error_description: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    sso = console.interlock.oidc
+    kept = console.signer.unseal("sso", request.cookies.get(SSO_COOKIE))
+    if sso is None or kept is None:
+        return login_page(
+            request, console, error="The single sign-on attempt expired; please start again.", status_code=400
+        )
+    if error or not code or not state:
+        why = error_description or error or "no code"
+        return login_page(
+            request, console, error=f"The identity provider did not sign you in: {why}", status_code=401
+        )
+    try:
+        operator = sso.finish(
+            code=code,
+            state=state,
+            expected_state=kept["state"],
+            nonce=kept["nonce"],
+            code_verifier=kept["verifier"],
+        )
+    except InterlockError as exc:
+        return login_page(request, console, error=exc.message, status_code=403)
+    target = safe_next(request, kept.get("next"))
+    # A page, not a redirect: the session cookie is SameSite=Strict, and a browser that arrived
+    # from the provider (another site) would not send it on a redirect chain that began there.
+    response = console.render(request, "sso_done.html", signed=None, target=target)
+    response.delete_cookie(SSO_COOKIE, path=base(request) + "/sso/", httponly=True, samesite="lax")
+    if not console.start_session(request, response, operator.id):
+        return login_page(request, console, error="Your operator account is disabled.", status_code=403)
     return response
 
 
