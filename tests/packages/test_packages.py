@@ -109,6 +109,9 @@ def test_approved_actions_count_against_the_package(harness, desk) -> None:
     assert outcome is not None
     assert outcome.decision.reason_codes == ["package_bound"]  # 40 + 120 > 150
     assert desk.refunds_total() == 40
+    events = list(iter_events(harness.il.engine, run_id=run))
+    assert {"approval.requested", "approval.approved"} <= {e.kind for e in events}
+    assert [e.kind for e in events if e.data.get("package") != package.id] == []
 
 
 def test_a_package_starts_one_run_only(harness) -> None:

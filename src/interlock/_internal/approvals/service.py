@@ -490,7 +490,7 @@ class ApprovalService:
                 actor=actor,
                 workflow=row["workflow"],
                 run_id=row["run_id"],
-                data={**data, "vote": "approve"},
+                data={**data, "vote": "approve", **_package_tag(conn, row["run_id"])},
             )
             return False
         changed = conn.execute(
@@ -511,7 +511,7 @@ class ApprovalService:
             actor=actor,
             workflow=row["workflow"],
             run_id=row["run_id"],
-            data={**data, "decided_by": approvers},
+            data={**data, "decided_by": approvers, **_package_tag(conn, row["run_id"])},
         )
         return True
 
@@ -582,6 +582,7 @@ class ApprovalService:
                 "comment": comment,
                 "reason": reason.code,
                 "via": via,
+                **_package_tag(conn, row["run_id"]),
             },
         )
 
@@ -781,6 +782,13 @@ def _expired_error(approval_id: str) -> ConflictError:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _package_tag(conn: Connection, run_id: str) -> dict[str, str]:
+    """``{"package": id}`` when the run was started with a work package (its id is on every event
+    of the run), else nothing."""
+    package_id = conn.execute(select(t.runs.c.package_id).where(t.runs.c.id == run_id)).scalar()
+    return {} if package_id is None else {"package": str(package_id)}
 
 
 __all__ = ["MAX_COMMENT_CHARS", "ApprovalService", "clean_comment"]
