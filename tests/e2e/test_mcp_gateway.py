@@ -252,32 +252,37 @@ def test_a_commit_waits_for_approval_and_nothing_is_committed(gateway: Gateway) 
     assert row["tool"] == "git_commit"
 
 
-def test_a_reset_is_denied_with_the_reason(gateway: Gateway) -> None:
+def test_a_hidden_tool_is_exactly_an_unknown_tool(gateway: Gateway) -> None:
+    from mcp import MCPError
+
     repo = gateway.repo
     (repo / "keep.txt").write_text("staged by a person\n")
     git(repo, "add", "keep.txt")
 
-    async def session(client: Any) -> Any:
-        return await client.call_tool("git_reset", {"repo_path": str(repo)})
+    async def attempt(client: Any, name: str, args: dict[str, Any]) -> Any:
+        try:
+            await client.call_tool(name, args)
+        except MCPError as exc:
+            return exc.error.model_dump(exclude_none=True)
+        raise AssertionError(f"{name} answered with a tool result")
 
-    result = gateway.run("git-bot", session)
-    assert result.is_error is True
-    text = text_of(result)
-    assert text.startswith("Denied:")
-    assert "forbidden by policy" in text
-    assert "forbid:no-reset" in text
-    assert result.structured_content["reasons"][0]["policy_id"] == "forbid:no-reset"
+    async def session(client: Any) -> list[Any]:
+        return [
+            await attempt(client, "git_reset", {"repo_path": str(repo)}),  # forbidden outright
+            await attempt(client, "git_nonexistent", {"repo_path": str(repo)}),
+        ]
+
+    reset, missing = gateway.run("git-bot", session)
+    assert reset == {"code": -32602, "message": "Unknown tool: git_reset"}
+    assert missing == {"code": -32602, "message": "Unknown tool: git_nonexistent"}
     assert "keep.txt" in git(repo, "diff", "--cached", "--name-only")
 
+    async def commit(client: Any) -> Any:
+        return await attempt(client, "git_commit", {"repo_path": str(repo), "message": "sneaky"})
 
-def test_a_reader_cannot_commit(gateway: Gateway) -> None:
-    async def session(client: Any) -> Any:
-        return await client.call_tool("git_commit", {"repo_path": str(gateway.repo), "message": "sneaky"})
-
-    result = gateway.run("git-reader", session)
-    assert result.is_error is True
-    assert "not_granted" in text_of(result)
-    assert git(gateway.repo, "rev-list", "--count", "HEAD").strip() == "1"
+    # A tool the reader's role does not grant is as unknown to it as one that does not exist.
+    assert gateway.run("git-reader", commit) == {"code": -32602, "message": "Unknown tool: git_commit"}
+    assert git(repo, "rev-list", "--count", "HEAD").strip() == "1"
 
 
 def test_invalid_arguments_name_the_field(gateway: Gateway) -> None:

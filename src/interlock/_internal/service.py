@@ -476,9 +476,12 @@ class Interlock:
 
     # ---- agents' side ------------------------------------------------------------------------
 
-    def issue_token(self, client_id: str, client_secret: str) -> AccessToken:
-        """OAuth2 client credentials: a short-lived token scoped to the agent's workflow and environment."""
-        return self.tokens.exchange(client_id, client_secret, store=self.agents)
+    def issue_token(
+        self, client_id: str, client_secret: str, *, resources: Sequence[str] = ()
+    ) -> AccessToken:
+        """OAuth2 client credentials: a short-lived token scoped to the agent's workflow and environment
+        (and, with RFC 8707 ``resources``, good only at those)."""
+        return self.tokens.exchange(client_id, client_secret, store=self.agents, resources=resources)
 
     def start_run(
         self,

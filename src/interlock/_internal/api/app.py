@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from interlock import __version__
 from interlock._internal.api import (
+    oauth,
     routes_admin,
     routes_agents,
     routes_approvals,
@@ -101,6 +102,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
     app.include_router(routes_agents.router)
+    app.include_router(oauth.router)
     app.include_router(routes_runs.router)
     app.include_router(routes_approvals.router)
     app.include_router(routes_admin.router)

@@ -17,9 +17,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter
 
 from interlock._internal.api.errors import MISSING_TOKEN
+from interlock._internal.api.oauth import api_audience, request_base_url
 from interlock._internal.identity.operators import Operator
 from interlock._internal.identity.secrets import OPERATOR_TOKEN_PREFIX
-from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent
+from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent, check_audience
 from interlock._internal.permissions import ALL_ROLES, actor, require_any_role
 from interlock._internal.service import Interlock
 from interlock.exceptions import AuthenticationError
@@ -88,16 +89,25 @@ def _bearer(credentials: HTTPAuthorizationCredentials | None, *, wants: str) -> 
     return credentials.credentials
 
 
+def _for_this_api(token: str, request: Request) -> None:
+    """A token bound to another resource (RFC 8707, say the MCP gateway) is refused here."""
+    interlock: Interlock = request.app.state.interlock
+    claims = interlock.tokens.verify(token)  # cached after the first verification of a token
+    check_audience(claims, api_audience(request_base_url(request, interlock.settings)))
+
+
 async def agent_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_scheme)],
+    request: Request,
 ) -> str:
-    """The raw agent access token, checked only for its kind: the pipeline authenticates it."""
+    """The raw agent access token, checked for its kind and audience: the pipeline authenticates it."""
     token = _bearer(credentials, wants="agent access token")
     if token.startswith(OPERATOR_TOKEN_PREFIX):
         raise AuthenticationError(
             "this is an operator token; agent endpoints take an access token from POST /oauth/token",
             code=WRONG_TOKEN_TYPE,
         )
+    _for_this_api(token, request)
     return token
 
 
@@ -143,11 +153,13 @@ def agent_or_operator(
     agent_credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_scheme)],
     operator_credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(operator_scheme)],
     interlock: Annotated[Interlock, Depends(get_interlock)],
+    request: Request,
 ) -> AgentPrincipal | Operator:
     """Either kind of caller, told apart by the token's prefix (both schemes read one header)."""
     token = _bearer(agent_credentials or operator_credentials, wants="token")
     if token.startswith(OPERATOR_TOKEN_PREFIX):
         return _operator_from(token, interlock)
+    _for_this_api(token, request)
     return authenticate_agent(token, tokens=interlock.tokens, store=interlock.agents)
 
 

@@ -1,15 +1,32 @@
 """The MCP gateway: agents speak MCP (streamable HTTP) to Interlock instead of to the tools.
 
-One ASGI app, meant for ``/mcp``. Every HTTP request must carry the agent's access token
-(``Authorization: Bearer …``); without a valid one the answer is ``401`` before any MCP is
-spoken. Then:
+One ASGI app, meant for ``/mcp``. Before any MCP is spoken:
+
+- a request whose ``Origin`` or ``Host`` is not allowed (``mcp.allowed_origins`` and
+  ``mcp.allowed_hosts``; loopback and ``server.public_url`` always are) gets ``403``, against DNS
+  rebinding (MCP transports, "Security Warning");
+- every request must carry the agent's access token (``Authorization: Bearer …``), for this
+  resource if it names one (RFC 8707); without a valid one the answer is ``401`` with a Bearer
+  challenge whose ``resource_metadata`` points at RFC 9728 metadata, from which OAuth clients
+  find ``POST /oauth/token`` (see :mod:`interlock._internal.api.oauth`).
+
+Then:
 
 - ``tools/list`` shows the tools of the agent's workflow that policy lets it see
-  (:func:`visible_tools`);
-- ``tools/call`` submits an :class:`Intent` to the one pipeline. A denial, an invalid argument or
-  a failed upstream is a tool error result (``isError: true``) whose text gives the reasons;
-  ``require_approval`` is a normal result saying the action awaits approval, with its id;
-  an executed action returns the tool's result as text plus ``structuredContent``.
+  (:func:`visible_tools`), ``mcp.page_size`` at a time with an opaque cursor; a cursor this
+  gateway did not hand out for the current manifest version is a ``-32602`` error;
+- ``tools/call`` of a tool the agent cannot see, because it does not exist or because policy
+  hides it, is the same ``-32602`` protocol error ("Unknown tool"): the two are
+  indistinguishable. A visible tool's call submits an :class:`Intent` to the one pipeline. A
+  denial, an invalid argument or a failed upstream is a tool error result (``isError: true``)
+  whose text gives the reasons; ``require_approval`` is a normal result saying the action awaits
+  approval, with its id; an executed action returns the tool's result as text plus
+  ``structuredContent``.
+
+Streams are resumable: each SSE response to a POST starts with a priming event (an event id and
+``retry: mcp.sse_retry_ms``), and a client whose stream drops reconnects with ``Last-Event-ID`` to
+receive what it missed (:mod:`interlock._internal.api.mcp_events`: per session, in this replica's
+memory).
 
 Which run a call belongs to, first match wins:
 
@@ -38,12 +55,14 @@ Mounting (the session manager's task group must run for the app's lifetime)::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import cache, partial
@@ -55,7 +74,6 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter, ValidationError
@@ -63,12 +81,21 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from interlock import __version__
+from interlock._internal.api.mcp_events import ResumableSessionManager
+from interlock._internal.api.oauth import (
+    MCP_PATH,
+    canonical_url,
+    mcp_audience,
+    resource_metadata_url,
+    scope_base_url,
+)
 from interlock._internal.gateway.decide import Intent
 from interlock._internal.gateway.models import ActionResult, Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.tokens import AgentPrincipal, authenticate_agent
 from interlock._internal.manifest.models import ToolSpec
 from interlock._internal.policy.visibility import visible_tools
+from interlock._internal.settings import Settings
 from interlock.exceptions import (
     ArgumentsInvalid,
     AuthenticationError,
@@ -93,6 +120,7 @@ _SESSION_HEADER = "mcp-session-id"
 _PRINCIPAL = "interlock.principal"
 _TOKEN = "interlock.token"
 _MAX_IMPLICIT_RUNS = 10_000
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
@@ -103,6 +131,116 @@ def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
         idempotent_hint=spec.idempotent,
         open_world_hint="external" in traits,
     )
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """What one agent sees, rendered once per manifest version."""
+
+    version: str
+    tools: tuple[types.Tool, ...]
+    names: frozenset[str]
+
+
+_NO_TOOLS = _Catalogue(version="", tools=(), names=frozenset())
+
+
+def _catalogue(runtime: WorkflowRuntime | None, principal: AgentPrincipal) -> _Catalogue:
+    if runtime is None:
+        return _NO_TOOLS
+    key = ("mcp_catalogue", principal.agent_id, principal.environment)
+    found: _Catalogue | None = runtime.memo.get(key)
+    if found is None:
+        specs = visible_tools(runtime, principal.agent_id, environment=principal.environment)
+        tools = tuple(
+            types.Tool(
+                name=spec.name,
+                description=spec.description or None,
+                input_schema=spec.input_schema,
+                annotations=_annotations(spec),
+            )
+            for spec in specs
+        )
+        found = runtime.memo[key] = _Catalogue(
+            version=runtime.version_id, tools=tools, names=frozenset(spec.name for spec in specs)
+        )
+    return found
+
+
+def _cursor(version: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{version}:{offset}".encode()).decode().rstrip("=")
+
+
+def _offset(cursor: str, catalogue: _Catalogue) -> int:
+    """Where ``cursor`` says the next page starts; -32602 for a cursor this gateway did not hand
+    out for this catalogue (the manifest changed since, or it was never one)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, offset = raw.rpartition(":")
+        start = int(offset)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        start, version = -1, ""
+    if not version or version != catalogue.version or not 0 < start < len(catalogue.tools):
+        raise MCPError(code=types.INVALID_PARAMS, message="Invalid cursor: list the tools again without one")
+    return start
+
+
+def _unknown_tool(name: str) -> MCPError:
+    # The same answer whether the tool does not exist or policy hides it from this agent.
+    return MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name[:200]}")
+
+
+# ---- who may speak to the gateway ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Allowlist:
+    """Header values allowed exactly, or with any port (``…:*``), or all of them (``*``)."""
+
+    exact: frozenset[str]
+    any_port: frozenset[str]
+    everything: bool = False
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> _Allowlist:
+        exact, any_port, everything = set(), set(), False
+        for value in (v.strip().lower().rstrip("/") for v in values):
+            if value == "*":
+                everything = True
+            elif value.endswith(":*"):
+                any_port.add(value[:-2])
+                exact.add(value[:-2])
+            elif value:
+                exact.add(value)
+        return cls(frozenset(exact), frozenset(any_port), everything)
+
+    def allows(self, value: str) -> bool:
+        value = value.strip().lower()
+        if self.everything or value in self.exact:
+            return True
+        base, _, port = value.rpartition(":")
+        return port.isdigit() and base in self.any_port
+
+
+def _allowlists(settings: Settings) -> tuple[_Allowlist, _Allowlist]:
+    """(hosts, origins) the gateway answers to."""
+    hosts = [f"{h}:*" for h in _LOOPBACK_HOSTS]
+    origins = [f"{scheme}://{h}:*" for h in _LOOPBACK_HOSTS for scheme in ("http", "https")]
+    if settings.server.public_url:
+        public = canonical_url(settings.server.public_url)
+        scheme, _, rest = public.partition("://")
+        netloc = rest.split("/", 1)[0]
+        hosts.append(netloc)
+        origins.append(f"{scheme}://{netloc}")
+        if ":" not in netloc.rsplit("]", 1)[-1]:  # the default port, which browsers leave out
+            hosts.append(f"{netloc}:{443 if scheme == 'https' else 80}")
+    hosts.extend(settings.mcp.allowed_hosts)
+    origins.extend(settings.mcp.allowed_origins)
+    return _Allowlist.of(hosts), _Allowlist.of(origins)
+
+
+def _forbidden(code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=403)
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -224,8 +362,8 @@ def _caller(ctx: ServerRequestContext[Any, Any]) -> _Caller:
 class McpGateway:
     """The ``/mcp`` ASGI app. Call it like any ASGI app; run :meth:`lifespan` around the server.
 
-    ``transport_security`` turns on the SDK's Host/Origin checks (DNS-rebinding protection);
-    leave it ``None`` when the host app or a proxy already checks them.
+    Origin and Host are always checked against the settings (``mcp.allowed_origins``,
+    ``mcp.allowed_hosts``). ``transport_security`` adds the SDK's own checks on top.
     """
 
     def __init__(
@@ -246,8 +384,16 @@ class McpGateway:
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
         )
-        self.session_manager = StreamableHTTPSessionManager(
-            app=self.server, json_response=json_response, security_settings=transport_security
+        settings = interlock.settings
+        self._settings = settings
+        self._hosts, self._origins = _allowlists(settings)
+        self._page_size = settings.mcp.page_size
+        self.session_manager = ResumableSessionManager(
+            app=self.server,
+            json_response=json_response,
+            security_settings=transport_security,
+            retry_interval=settings.mcp.sse_retry_ms,
+            resume_events=settings.mcp.resume_events,
         )
         self._runs: OrderedDict[tuple[str, ...], str] = OrderedDict()
         self._runs_lock = threading.Lock()
@@ -266,6 +412,10 @@ class McpGateway:
             return
         if scope["type"] != "http":
             return
+        refusal = self._refuse_foreign(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         principal, token, problem = await self._authenticate(scope)
         if problem is not None:
             await problem(scope, receive, send)
@@ -278,21 +428,48 @@ class McpGateway:
         scope = {**scope, "user": user, _PRINCIPAL: principal, _TOKEN: token}
         await self.session_manager.handle_request(scope, receive, send)
 
+    def _refuse_foreign(self, scope: Scope) -> JSONResponse | None:
+        """403 for an Origin or Host this gateway does not answer to (DNS rebinding: a page on
+        another site, or a name that resolves to this machine, must not reach local agents' tools)."""
+        host: str | None = None
+        origin: str | None = None
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value.decode("latin-1")
+            elif key == b"origin":
+                origin = value.decode("latin-1")
+        if host is None or not self._hosts.allows(host):
+            return _forbidden("host_not_allowed", "this Host is not served here (mcp.allowed_hosts)")
+        if origin is not None and not self._origins.allows(origin):
+            return _forbidden(
+                "origin_not_allowed", "requests from this Origin are refused (mcp.allowed_origins)"
+            )
+        return None
+
     async def _authenticate(
         self, scope: Scope
     ) -> tuple[AgentPrincipal | None, str | None, JSONResponse | None]:
+        base = scope_base_url(scope, self._settings)
+        metadata = resource_metadata_url(base, MCP_PATH)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"), "")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return None, None, _unauthorized("unauthenticated", "an agent access token is required (Bearer)")
+            message = "an agent access token is required (Bearer)"
+            return None, None, _unauthorized("unauthenticated", message, metadata=metadata, presented=False)
         il = self.interlock
         try:
             principal = await anyio.to_thread.run_sync(
-                partial(authenticate_agent, token, tokens=il.tokens, store=il.agents)
+                partial(
+                    authenticate_agent,
+                    token,
+                    tokens=il.tokens,
+                    store=il.agents,
+                    resources=mcp_audience(base),
+                )
             )
         except AuthenticationError as exc:
-            return None, None, _unauthorized(exc.code, exc.message)
+            return None, None, _unauthorized(exc.code, exc.message, metadata=metadata)
         except InterlockError as exc:
             log.warning("MCP gateway could not authenticate: %s", exc)
             body = {"error": {"code": exc.code, "message": "authentication is unavailable; retry"}}
@@ -319,27 +496,23 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         caller = _caller(ctx)
-        runtime = self._runtime(caller.principal)
-        specs = (
-            []
-            if runtime is None
-            else visible_tools(runtime, caller.principal.agent_id, environment=caller.principal.environment)
+        catalogue = _catalogue(self._runtime(caller.principal), caller.principal)
+        cursor = params.cursor if params is not None else None
+        start = 0 if cursor is None else _offset(cursor, catalogue)
+        end = start + self._page_size
+        more = end < len(catalogue.tools)
+        return types.ListToolsResult(
+            tools=list(catalogue.tools[start:end]),
+            next_cursor=_cursor(catalogue.version, end) if more else None,
         )
-        tools = [
-            types.Tool(
-                name=spec.name,
-                description=spec.description or None,
-                input_schema=spec.input_schema,
-                annotations=_annotations(spec),
-            )
-            for spec in specs
-        ]
-        return types.ListToolsResult(tools=tools)
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         caller = _caller(ctx)
+        runtime = self._runtime(caller.principal)
+        if params.name not in _catalogue(runtime, caller.principal).names:
+            raise _unknown_tool(params.name)
         meta: Mapping[str, Any] = params.meta or {}
         try:
             intent = _intent(params.name, params.arguments or {}, meta)
@@ -353,7 +526,6 @@ class McpGateway:
             return _error_result(exc.code, "the server could not take this action now; retry shortly")
         except InterlockError as exc:
             return _error_result(exc.code, exc.message)
-        runtime = self._runtime(caller.principal)
         tool = runtime.tools.get(params.name) if runtime is not None else None
         return to_call_result(action, tool.spec if tool is not None else None)
 
@@ -422,9 +594,13 @@ def _intent(tool: str, arguments: Any, meta: Mapping[str, Any]) -> Intent:
     )
 
 
-def _unauthorized(code: str, message: str) -> JSONResponse:
-    safe = message.replace('"', "'").encode("latin-1", "replace").decode("latin-1")
-    challenge = f'Bearer realm="interlock", error="invalid_token", error_description="{safe}"'
+def _unauthorized(code: str, message: str, *, metadata: str, presented: bool = True) -> JSONResponse:
+    # RFC 9728 §5.1: the challenge names the resource's metadata, from which a client finds the
+    # authorization server; RFC 6750 §3.1: no error attribute when no token was presented.
+    challenge = f'Bearer realm="interlock", resource_metadata="{metadata}"'
+    if presented:
+        safe = message.replace('"', "'").encode("latin-1", "replace").decode("latin-1")
+        challenge += f', error="invalid_token", error_description="{safe}"'
     return JSONResponse(
         {"error": {"code": code, "message": message}},
         status_code=401,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
+from functools import partial
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Request
@@ -18,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interlock._internal.api.deps import AgentDep, InterlockDep, MetricsDep
+from interlock._internal.api.oauth import canonical_url, request_base_url, resources
 from interlock._internal.api.schemas import OAuthError, TokenResponse, ToolInfo, error_responses
 from interlock.exceptions import AuthenticationError
 
@@ -68,8 +71,30 @@ _TOKEN_FORM = {
         "client_id": {"type": "string", "maxLength": _MAX_CREDENTIAL_CHARS, "pattern": r"^[^\x00]*$"},
         "client_secret": {"type": "string", "maxLength": _MAX_CREDENTIAL_CHARS, "pattern": r"^[^\x00]*$"},
         "scope": {"type": "string", "description": "Ignored: a token's scope is its agent's."},
+        "resource": {
+            "type": "string",
+            "description": (
+                "RFC 8707: the URL of the resource the token is for (this server's /mcp, /v1 or "
+                "its base URL); the token is then good only there. May be repeated."
+            ),
+        },
     },
 }
+
+
+def _resources(request: Request, values: Sequence[object]) -> list[str] | str:
+    """The RFC 8707 resources asked for, in canonical spelling, or a message naming a bad one."""
+    known = set(resources(request_base_url(request, request.app.state.interlock.settings)).values())
+    found: list[str] = []
+    for value in values:
+        try:
+            resource = canonical_url(value) if isinstance(value, str) else ""
+        except ValueError:
+            resource = ""
+        if resource not in known:
+            return f"unknown resource {str(value)[:200]!r}; this server protects {', '.join(sorted(known))}"
+        found.append(resource)
+    return found
 
 
 @router.post(
@@ -126,8 +151,14 @@ async def issue_token(request: Request, interlock: InterlockDep, metrics: Metric
     if too_long or "\x00" in client_id or "\x00" in client_secret:
         metrics.token_requests.labels(outcome="invalid_client").inc()
         return _oauth_error(401, "invalid_client", "invalid client credentials")
+    bound = _resources(request, form.getlist("resource"))
+    if isinstance(bound, str):
+        metrics.token_requests.labels(outcome="invalid_target").inc()
+        return _oauth_error(400, "invalid_target", bound)
     try:
-        token = await run_in_threadpool(interlock.issue_token, client_id, client_secret)
+        token = await run_in_threadpool(
+            partial(interlock.issue_token, client_id, client_secret, resources=bound)
+        )
     except AuthenticationError as exc:
         metrics.token_requests.labels(outcome="invalid_client").inc()
         return _oauth_error(401, "invalid_client", exc.message)

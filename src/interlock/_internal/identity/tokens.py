@@ -13,7 +13,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -75,6 +75,8 @@ class TokenClaims:
     token_id: str
     # Fingerprint of the client secret the token was minted with; see authenticate_agent.
     credential: str
+    # RFC 8707 resources the token is bound to (its audience besides AUDIENCE); empty: all of them.
+    resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +140,14 @@ class TokenService:
         store: AgentStore,
         ttl_s: int | None = None,
         now: float | None = None,
+        resources: Sequence[str] = (),
     ) -> AccessToken:
         """OAuth2 client credentials: a client id and secret in, a short-lived access token out.
 
         An unknown client and a wrong secret raise the same :class:`AuthenticationError`
         (code ``invalid_client``); a revoked agent gets code ``agent_revoked``. ``ttl_s`` may only
-        shorten the configured lifetime.
+        shorten the configured lifetime. ``resources`` (RFC 8707, already checked by the caller)
+        join the token's audience, and the token is then only good at those resources.
         """
         row = store.check_secret(client_id, client_secret)
         agent = row.record
@@ -156,7 +160,7 @@ class TokenService:
         expires = issued + lifetime
         claims = {
             "iss": self._settings.issuer,
-            "aud": AUDIENCE,
+            "aud": [AUDIENCE, *dict.fromkeys(resources)] if resources else AUDIENCE,
             "sub": agent.id,
             "wf": agent.workflow,
             "env": agent.environment,
@@ -250,6 +254,8 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
         if not isinstance(value, int) or isinstance(value, bool):
             raise AuthenticationError(f"{_INVALID}: claim {name!r} is not an integer", code="token_invalid")
         numbers[name] = value
+    audience = payload.get("aud")
+    bound = audience if isinstance(audience, list) else []
     return TokenClaims(
         agent_id=strings["sub"],
         workflow=strings["wf"],
@@ -259,6 +265,7 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
         expires_at=numbers["exp"],
         token_id=strings["jti"],
         credential=strings["cfp"],
+        resources=tuple(a for a in bound if isinstance(a, str) and a != AUDIENCE),
     )
 
 
@@ -275,6 +282,7 @@ def authenticate_agent(
     workflow: str | None = None,
     environment: str | None = None,
     now: float | None = None,
+    resources: Collection[str] | None = None,
 ) -> AgentPrincipal:
     """The agent a bearer token stands for, if it may act now.
 
@@ -282,8 +290,11 @@ def authenticate_agent(
     exist, be active, and still hold the secret the token was minted with (rotating the secret
     or re-creating a revoked agent voids earlier tokens). ``workflow`` and ``environment`` are
     where the caller is about to act; a token for somewhere else raises :class:`TokenScopeError`.
+    ``resources`` are the names (RFC 8707) of what the caller is serving; see :func:`check_audience`.
     """
     claims = tokens.verify(token, now=now)
+    if resources is not None:
+        check_audience(claims, resources)
     if workflow is not None and workflow != claims.workflow:
         raise TokenScopeError(
             f"token for workflow {claims.workflow!r} used in {workflow!r}",
@@ -295,6 +306,19 @@ def authenticate_agent(
             details={"token_environment": claims.environment, "environment": environment},
         )
     return admit_agent(claims, store.lookup(claims.agent_id), tokens=tokens, store=store, now=now)
+
+
+def check_audience(claims: TokenClaims, resources: Collection[str]) -> None:
+    """Refuse a token bound (RFC 8707) to resources none of which is served here.
+
+    A token minted without a ``resource`` parameter is good for every resource of this Interlock,
+    as before resource indicators existed.
+    """
+    if claims.resources and not any(r in resources for r in claims.resources):
+        raise AuthenticationError(
+            f"{_INVALID}: issued for another resource ({', '.join(claims.resources)})",
+            code="token_invalid",
+        )
 
 
 def admit_agent(
@@ -341,4 +365,5 @@ __all__ = [
     "TokenService",
     "admit_agent",
     "authenticate_agent",
+    "check_audience",
 ]

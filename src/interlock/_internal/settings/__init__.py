@@ -162,6 +162,25 @@ class ServerSettings(BaseModel):
     public_url: str | None = None
 
 
+class McpSettings(BaseModel):
+    """The MCP gateway at ``/mcp``."""
+
+    # Browsers send Origin; /mcp answers 403 to any origin not listed here (scheme://host[:port],
+    # or scheme://host:* for any port). Loopback origins and server.public_url's are always allowed;
+    # "*" turns the check off (only behind a proxy that checks Origin itself).
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Host header values /mcp answers to (host[:port] or host:*), against DNS rebinding. Loopback
+    # names and server.public_url's host are always allowed; "*" turns the check off.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # tools/list page size; a catalogue longer than this is paginated with an opaque cursor.
+    page_size: int = Field(default=100, ge=1, le=10_000)
+    # SSE `retry` (milliseconds) sent in each stream's priming event: how long a client whose stream
+    # dropped waits before it reconnects with Last-Event-ID.
+    sse_retry_ms: int = Field(default=1000, ge=0, le=600_000)
+    # Events kept per MCP session for resumption (in this replica's memory); 0 turns it off.
+    resume_events: int = Field(default=256, ge=0, le=100_000)
+
+
 class Settings(BaseSettings):
     """Everything Interlock can be configured with. Build it when needed: ``Settings()``."""
 
@@ -176,6 +195,7 @@ class Settings(BaseSettings):
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     server: ServerSettings = ServerSettings()
+    mcp: McpSettings = McpSettings()
     egress: EgressSettings = EgressSettings()
     breaker: BreakerSettings = BreakerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
@@ -221,6 +241,7 @@ __all__ = [
     "DatabaseSettings",
     "EgressSettings",
     "IdentitySettings",
+    "McpSettings",
     "NotificationSettings",
     "NotificationTargetSettings",
     "OidcGrant",
