@@ -169,7 +169,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     import uvicorn
 
     from interlock import Interlock, Settings
-    from interlock._internal.api.app import create_app
+    from interlock._internal.server import create_app
 
     workdir = tmp_path_factory.mktemp("mcp-spec")
     manifest = workdir / "workflow.yaml"
