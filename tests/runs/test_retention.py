@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import typer
-from sqlalchemy import select, update
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from conftest import SUPPORT_TRIAGE, Harness
@@ -42,12 +42,10 @@ def _activity(h: Harness) -> dict[str, Any]:
     h.act(run, "customers.delete", {"customer_id": "C-1001"})
     pending = h.act(run, "payments.refund", REFUND)
     rejected = h.act(run, "payments.refund", {**REFUND, "ticket_id": "T-1005", "amount": 80})
-    with h.il.engine.begin() as conn:
-        conn.execute(
-            update(t.approvals)
-            .where(t.approvals.c.id == rejected.approval_id)
-            .values(state="rejected", decided_at=time.time())
-        )
+    # Rejected through the service, so the audit log records it (a direct UPDATE would be a forgery
+    # `audit verify` reports).
+    bob, _ = h.il.operators.create("bob", roles=["approver"], workflows=None, actor="test")
+    h.il.approvals.decide(rejected.approval_id, operator=bob.principal(), approve=False)
     return {"run": run, "read": read.step_id, "pending": pending, "rejected": rejected}
 
 

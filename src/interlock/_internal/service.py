@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.approvals.service import ApprovalService
 from interlock._internal.approvals.webhooks import targets_from_settings
+from interlock._internal.audit.anchored import verify_with_settings
 from interlock._internal.audit.chain import append_event
-from interlock._internal.audit.verify import VerifyReport, verify_chain
+from interlock._internal.audit.verify import VerifyReport
 from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.models import (
@@ -630,7 +631,8 @@ class Interlock:
         return handoff, self.pipeline.submit_as(principal, run.id, intent)
 
     def verify_audit(self) -> VerifyReport:
-        return verify_chain(self.engine)
+        """The chain, every signed checkpoint (stored and in the witness directory), and approvals."""
+        return verify_with_settings(self.engine, self.settings.audit)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from interlock._internal.audit.checkpoints import maybe_checkpoint
 from interlock._internal.audit.keys import AuditKey
+from interlock._internal.audit.witness import witnesses_from_settings
 from interlock._internal.service import Interlock
 from interlock.exceptions import InterlockError
 
@@ -26,20 +27,21 @@ def housekeeping(
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
     """A lifespan hook: start the webhook and notification workers, then every ``every_s`` expire
     due approvals, run approved actions a lifted pause was holding, and write a signed audit
-    checkpoint when enough has happened since the last one."""
+    checkpoint when enough has happened since the last one (published to the configured witnesses)."""
 
     @asynccontextmanager
     async def hook() -> AsyncIterator[None]:
         await run_in_threadpool(interlock.approvals.start)
         await run_in_threadpool(interlock.notifications.start)
         key = AuditKey.from_settings(interlock.settings.audit)
+        witnesses = witnesses_from_settings(interlock.settings.audit)
 
         def tick() -> None:
             jobs = (
                 interlock.approvals.expire_due,
                 # Approved actions held by a pause lifted elsewhere (another replica, a script).
                 interlock.approvals.resume_held,
-                lambda: maybe_checkpoint(interlock.engine, key),
+                lambda: maybe_checkpoint(interlock.engine, key, witnesses=witnesses),
             )
             for job in jobs:
                 try:

@@ -239,6 +239,9 @@ class AuditReport(BaseModel):
     detail: str | None = None
     tip_seq: int
     tip_hash: str
+    checkpoints: int = Field(default=0, description="Signed checkpoints the log was held to.")
+    checkpoint: int | None = Field(default=None, description="The checkpoint that disagrees, if any.")
+    approvals: int = Field(default=0, description="Approvals whose deciders and votes match their events.")
 
 
 class Health(BaseModel):

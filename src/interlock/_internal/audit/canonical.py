@@ -1,4 +1,22 @@
-"""Canonical JSON: the one byte form that is hashed, signed and compared everywhere."""
+"""Canonical JSON: the one byte form that is hashed, signed and compared everywhere.
+
+Hash format 2 (the current one) is RFC 8785, the JSON Canonicalization Scheme, as implemented by
+the ``rfc8785`` package: keys sorted by UTF-16 code units, no whitespace, numbers in ECMAScript's
+shortest form, UTF-8. Any JCS implementation (``JSON.stringify`` over sorted keys in a browser or
+Node.js) reproduces these bytes, which is what lets a third party verify hashes and signatures.
+
+For speed, values whose standard-library JSON is already byte-identical to JCS (no float below
+1e-4, no integral float, no key outside the Basic Multilingual Plane,
+integers within I-JSON's +-2**53) are written by the C encoder; everything else goes through
+``rfc8785``. A test holds the two to the same bytes.
+
+Integers beyond +-(2**53 - 1) have no exact JCS form; they are written as their exact decimal
+digits (the legacy form below), so distinct values never share a hash. The format document says so.
+
+Hash format 1 (:func:`legacy_canonical_json`) is what logs written before it used: Python's
+``json.dumps`` with sorted keys and compact separators. For almost every real event the two forms
+are the same bytes; the migration to format 2 relabels those events and keeps the rest as format 1.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +25,83 @@ import json
 import math
 from typing import Any
 
+import rfc8785
+
+HASH_FORMAT = 2
+_INT_LIMIT = 2**53 - 1
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
 
 def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no whitespace, UTF-8, no NaN or infinities (they have no JSON form)."""
+    """RFC 8785 canonical JSON of ``value`` (sets become sorted lists, tuples lists).
+
+    Raises ``ValueError`` for NaN and infinities (no JSON form) and ``TypeError`` for values that
+    are not JSON at all.
+    """
+    value = _normalise(value)
+    if _plain(value):
+        return _dumps(value).encode("utf-8")
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.IntegerDomainError:
+        return legacy_canonical_json(value)
+    except rfc8785.FloatDomainError as exc:
+        raise ValueError(f"non-finite number: {exc}") from exc
+    except rfc8785.CanonicalizationError as exc:
+        raise TypeError(str(exc)) from exc
+
+
+def legacy_canonical_json(value: Any) -> bytes:
+    """Hash format 1: sorted keys, no whitespace, UTF-8, no NaN or infinities."""
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
     ).encode("utf-8")
+
+
+def is_canonical(body: str, parsed: Any, *, hash_format: int) -> bool:
+    """Whether ``body`` is exactly the canonical form (of ``hash_format``) of what it parses to."""
+    try:
+        encoded = canonical_json(parsed) if hash_format >= 2 else legacy_canonical_json(parsed)
+    except (TypeError, ValueError):
+        return False
+    return encoded == body.encode("utf-8", "surrogatepass")
+
+
+def _normalise(value: Any) -> Any:
+    """Sets to sorted lists and tuples to lists, recursively; other values unchanged."""
+    if isinstance(value, dict):
+        if any(isinstance(v, (dict, list, tuple, set, frozenset)) for v in value.values()):
+            return {k: _normalise(v) for k, v in value.items()}
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_normalise(v) for v in value)
+    return value
+
+
+def _plain(value: Any) -> bool:
+    """Whether the standard encoder writes ``value`` exactly as RFC 8785 does."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_INT_LIMIT <= value <= _INT_LIMIT)
+    if kind is float:
+        # Here both print the same shortest round-trip digits without an exponent (repr switches to
+        # one below 1e-4; ECMAScript below 1e-6). Integral floats print "2" there and "2.0" here;
+        # non-integral floats are all below 2**52, where repr has no exponent either.
+        return abs(value) >= 1e-4 and not value.is_integer()
+    if kind is dict:
+        return all(type(k) is str and _bmp(k) and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
+def _bmp(key: str) -> bool:
+    # UTF-16 and code-point order agree unless a key holds a character above U+FFFF.
+    return key.isascii() or all(ord(c) < 0x10000 for c in key)
 
 
 def _default(value: Any) -> Any:
@@ -32,4 +121,11 @@ def hash_value(value: Any) -> str:
     return sha256_hex(canonical_json(value))
 
 
-__all__ = ["canonical_json", "hash_value", "sha256_hex"]
+__all__ = [
+    "HASH_FORMAT",
+    "canonical_json",
+    "hash_value",
+    "is_canonical",
+    "legacy_canonical_json",
+    "sha256_hex",
+]

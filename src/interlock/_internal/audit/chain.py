@@ -5,9 +5,12 @@ Each event is stored as canonical JSON (``body``) of every field that matters::
     {"actor", "data", "kind", "run_id", "seq", "ts", "workflow"}
 
 and chained with ``hash = sha256(prev_hash_hex + body)``; the first event chains to
-:data:`GENESIS_HASH`. The ``audit_head`` row (id 1) holds the tip, ``(seq, hash)`` of the last event.
-Appending locks that row, so appends from every thread, process and replica serialize on it: no gaps,
-no duplicate seq, no forks. The columns next to ``body`` are copies for indexing; the body is the record.
+:data:`GENESIS_HASH`. ``hash_format`` says how the body was canonicalised: 2 is RFC 8785 (every
+event written now), 1 the legacy form of logs written before (see ``canonical.py``); the hash rule
+is the same for both. docs/audit-format.md specifies all of it for third-party verifiers. The
+``audit_head`` row (id 1) holds the tip, ``(seq, hash)`` of the last event. Appending locks that
+row, so appends from every thread, process and replica serialize on it: no gaps, no duplicate seq,
+no forks. The columns next to ``body`` are copies for indexing; the body is the record.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from interlock._internal.audit.canonical import canonical_json, sha256_hex
+from interlock._internal.audit.canonical import HASH_FORMAT, canonical_json, sha256_hex
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.store.tables import audit_events, audit_head
 from interlock.exceptions import AuditIntegrityError, ConflictError, StorageError
@@ -51,6 +54,7 @@ EVENT_COLUMNS = (
     audit_events.c.body,
     audit_events.c.prev_hash,
     audit_events.c.hash,
+    audit_events.c.hash_format,
 )
 
 # PostgreSQL rejects values longer than the column while SQLite stores them; checking here makes both
@@ -74,6 +78,7 @@ class AuditEvent:
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    hash_format: int = HASH_FORMAT
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +145,7 @@ def append_event(
                 "body": body,
                 "prev_hash": prev_hash,
                 "hash": digest,
+                "hash_format": HASH_FORMAT,
             },
         )
         moved = conn.execute(_ADVANCE_TIP, {"expected_seq": prev_seq, "new_seq": seq, "new_hash": digest})
@@ -223,7 +229,7 @@ def iter_events(
         with reading(engine) as conn:
             rows = conn.execute(page).all()
         for row in rows:
-            yield event_from_row(StoredRow(*row))
+            yield event_from_row(StoredRow._make(row))
         if len(rows) < batch:
             return
         after = int(rows[-1].seq)
@@ -241,6 +247,7 @@ class StoredRow(NamedTuple):
     body: str
     prev_hash: str
     hash: str
+    hash_format: int = HASH_FORMAT
 
 
 def event_from_row(row: StoredRow) -> AuditEvent:
@@ -265,6 +272,7 @@ def event_from_row(row: StoredRow) -> AuditEvent:
         data=data,
         prev_hash=row.prev_hash,
         hash=row.hash,
+        hash_format=int(row.hash_format),
     )
 
 

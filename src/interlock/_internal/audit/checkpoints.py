@@ -11,6 +11,12 @@ SHA-256(0x01 ‖ left ‖ right), the left subtree of n leaves holding the large
 The domain-separation bytes keep a leaf from passing as a node. Inclusion proofs are the sibling
 hashes on the way up, so a proof for one event of a million-event log holds about 20 hashes and is
 checked without the rest of the log (:func:`verify_inclusion`, RFC 9162 section 2.1.3.2).
+Between two checkpoints, a consistency proof (:func:`consistency_proof`, RFC 9162 section 2.1.4)
+shows that the later tree extends the earlier one: the history the earlier one signed is still the
+prefix of the log, unchanged.
+
+``audit verify`` checks every stored checkpoint (``verify.py``); each new checkpoint is also handed
+to the witnesses configured in settings (``witness.py``), outside the database.
 """
 
 from __future__ import annotations
@@ -19,20 +25,26 @@ import hashlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from interlock._internal.audit.canonical import legacy_canonical_json
 from interlock._internal.audit.chain import GENESIS_HASH, HEAD_ID, event_hash
-from interlock._internal.audit.keys import AuditKey, verify_signature
+from interlock._internal.audit.keys import AuditKey, verify_signature, verify_signature_bytes
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.store.tables import audit_checkpoints, audit_events, audit_head
-from interlock.exceptions import AuditIntegrityError, NotFound
+from interlock.exceptions import AuditIntegrityError, InterlockError, NotFound, StorageError
 
-CHECKPOINT_TYPE = "interlock.audit.checkpoint/v1"
+if TYPE_CHECKING:
+    from interlock._internal.audit.witness import Witness
+
+CHECKPOINT_TYPE = "interlock.audit.checkpoint/v2"
+# Signed over the legacy canonical form (hash format 1); still accepted, never written.
+CHECKPOINT_TYPE_V1 = "interlock.audit.checkpoint/v1"
 EMPTY_ROOT = hashlib.sha256(b"").hexdigest()
 _PAGE = 5000
 
@@ -144,6 +156,69 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
     return sn == 0 and r == root
 
 
+def subtree_root(tree: MerkleTree, start: int, end: int) -> bytes:
+    """MTH(D[start:end]) for the ranges RFC 6962's recursion visits (left parts perfect and aligned)."""
+    n = end - start
+    if n == 1:
+        return tree.levels[0][32 * start : 32 * start + 32]
+    if n & (n - 1) == 0 and start % n == 0:
+        depth, index = n.bit_length() - 1, start // n
+        return tree.levels[depth][32 * index : 32 * index + 32]
+    k = 1 << ((n - 1).bit_length() - 1)
+    return node_hash(subtree_root(tree, start, start + k), subtree_root(tree, start + k, end))
+
+
+def consistency_proof(tree: MerkleTree, first: int) -> list[bytes]:
+    """RFC 9162 section 2.1.4.1: the proof that the tree of ``first`` leaves is a prefix of ``tree``."""
+    if not 0 < first <= tree.size:
+        raise ValueError(f"no consistency proof from {first} leaves to a tree of {tree.size}")
+
+    def subproof(m: int, start: int, end: int, complete: bool) -> list[bytes]:
+        n = end - start
+        if m == n:
+            return [] if complete else [subtree_root(tree, start, end)]
+        k = 1 << ((n - 1).bit_length() - 1)
+        if m <= k:
+            return [*subproof(m, start, start + k, complete), subtree_root(tree, start + k, end)]
+        return [*subproof(m - k, start + k, end, False), subtree_root(tree, start, start + k)]
+
+    return subproof(first, 0, tree.size, True)
+
+
+def verify_consistency(
+    first: int, second: int, first_root: bytes, second_root: bytes, proof: Sequence[bytes]
+) -> bool:
+    """RFC 9162 section 2.1.4.2: does ``proof`` show the tree of ``second`` leaves extends ``first``?"""
+    if not 0 < first <= second:
+        return False
+    if first == second:
+        return not proof and first_root == second_root
+    path = list(proof)
+    if first & (first - 1) == 0:
+        path.insert(0, first_root)
+    if not path:
+        return False
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == first_root and sr == second_root and sn == 0
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------
 
 
@@ -157,11 +232,12 @@ class Checkpoint:
     ts: float
     key_id: str
     signature: str
+    type: str = CHECKPOINT_TYPE
 
     def signed_body(self) -> dict[str, Any]:
         """The exact object the signature covers (as canonical JSON)."""
         return {
-            "type": CHECKPOINT_TYPE,
+            "type": self.type,
             "seq": self.seq,
             "tip_hash": self.tip_hash,
             "merkle_root": self.merkle_root,
@@ -173,7 +249,11 @@ class Checkpoint:
         return asdict(self)
 
     def verify(self, public: Ed25519PublicKey) -> bool:
-        return verify_signature(public, self.signed_body(), self.signature)
+        if self.type == CHECKPOINT_TYPE:
+            return verify_signature(public, self.signed_body(), self.signature)
+        if self.type == CHECKPOINT_TYPE_V1:
+            return verify_signature_bytes(public, legacy_canonical_json(self.signed_body()), self.signature)
+        return False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
@@ -186,14 +266,15 @@ class Checkpoint:
                 ts=data["ts"],
                 key_id=data["key_id"],
                 signature=data["signature"],
+                type=data.get("type", CHECKPOINT_TYPE_V1),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"checkpoint field missing: {exc}") from exc
         if not isinstance(cp.seq, int) or isinstance(cp.seq, bool) or cp.seq < 0:
             raise ValueError("checkpoint seq is not a non-negative integer")
         if not isinstance(cp.ts, (int, float)) or isinstance(cp.ts, bool):
             raise ValueError("checkpoint ts is not a number")
-        for name in ("tip_hash", "merkle_root", "key_id", "signature"):
+        for name in ("tip_hash", "merkle_root", "key_id", "signature", "type"):
             if not isinstance(getattr(cp, name), str):
                 raise ValueError(f"checkpoint {name} is not a string")
         return cp
@@ -211,17 +292,26 @@ def latest_checkpoint(engine: Engine, *, key_id: str | None = None) -> Checkpoin
     return None if row is None else _from_row(row)
 
 
-def write_checkpoint(engine: Engine, key: AuditKey, *, now: float | None = None) -> Checkpoint:
-    """Sign and store a checkpoint at the chain's current tip, and return it.
+def write_checkpoint(
+    engine: Engine,
+    key: AuditKey,
+    *,
+    now: float | None = None,
+    witnesses: Sequence[Witness] = (),
+) -> Checkpoint:
+    """Sign and store a checkpoint at the chain's current tip, publish it to ``witnesses``, return it.
 
-    Extends this key's latest checkpoint: the events after it are re-hashed from their bodies and
-    must link to its tip, and its stored frontier must fold to its signed root. Without one (first
-    checkpoint, or a new key), the whole chain is read from genesis. If the tip has not moved, the
-    latest checkpoint is returned as it is.
+    Extends this key's latest checkpoint, from the database or from a witness directory, whichever
+    is newer: the events after it are re-hashed from their bodies and must link to its tip, and its
+    frontier must fold to its signed root. Without one (first checkpoint, or a new key), the whole
+    chain is read from genesis. If the tip has not moved, the latest checkpoint is returned (and
+    published again: witnesses take a checkpoint they already hold).
 
     Raises :class:`NotFound` (code ``audit_empty``) for an empty chain, and
-    :class:`AuditIntegrityError` when the chain or the previous checkpoint does not hold up: the
-    key never signs a history it cannot connect to what it signed before.
+    :class:`AuditIntegrityError` when the chain or the previous checkpoint does not hold up (the
+    key never signs a history it cannot connect to what it signed before), and
+    :class:`StorageError` (code ``witness_unavailable``) when a witness did not take it; the
+    checkpoint is stored in the database all the same.
     """
     with reading(engine) as conn:
         tip = conn.execute(
@@ -231,19 +321,23 @@ def write_checkpoint(engine: Engine, key: AuditKey, *, now: float | None = None)
     tip_seq, tip_hash = (int(tip[0]), str(tip[1])) if tip is not None else (0, GENESIS_HASH)
     if tip_seq == 0:
         raise NotFound("the audit log is empty: nothing to checkpoint", code="audit_empty")
-    if previous is not None:
-        prev_cp = _from_row(previous)
-        frontier = Frontier.from_hex(prev_cp.seq, previous.frontier)
-        if not prev_cp.verify(key.public) or frontier.root().hex() != prev_cp.merkle_root:
+    anchor = _anchor(key, previous, witnesses)
+    if anchor is not None:
+        prev_cp, frontier = anchor
+        if prev_cp.seq > tip_seq:
             raise AuditIntegrityError(
-                f"checkpoint {prev_cp.seq} does not verify with the audit key; it was altered",
-                details={"checkpoint": prev_cp.seq, "problem": "altered"},
+                f"the audit log ends at event {tip_seq} but checkpoint {prev_cp.seq} covers "
+                f"{prev_cp.seq} events: events were removed; run `interlock audit verify`",
+                details={"checkpoint": prev_cp.seq, "seq": tip_seq + 1, "problem": "deleted"},
             )
-        if prev_cp.seq >= tip_seq:
+        if prev_cp.seq == tip_seq:
+            if prev_cp.tip_hash != tip_hash:
+                raise _broken(tip_seq, "does not match the hash its checkpoint signed", "altered")
+            _publish(engine, witnesses, prev_cp, frontier.to_hex(), None)
             return prev_cp
         after, last_hash = prev_cp.seq, prev_cp.tip_hash
     else:
-        frontier, after, last_hash = Frontier(), 0, GENESIS_HASH
+        prev_cp, frontier, after, last_hash = None, Frontier(), 0, GENESIS_HASH
     expected = after + 1
     for seq, prev_hash, stored_hash, body in _event_pages(engine, after=after, upto=tip_seq, with_body=True):
         if seq != expected:
@@ -276,8 +370,70 @@ def write_checkpoint(engine: Engine, key: AuditKey, *, now: float | None = None)
                 )
             ).first()
             if stored is not None:
-                return _from_row(stored)
+                checkpoint = _from_row(stored)
+    _publish(engine, witnesses, checkpoint, frontier.to_hex(), prev_cp)
     return checkpoint
+
+
+def _anchor(key: AuditKey, previous: Any, witnesses: Sequence[Witness]) -> tuple[Checkpoint, Frontier] | None:
+    """The newest checkpoint by ``key`` the next one must extend, with its verified frontier."""
+    from interlock._internal.audit.witness import witness_records
+
+    candidates: list[tuple[Checkpoint, list[str] | None, str]] = []
+    if previous is not None:
+        candidates.append((_from_row(previous), list(previous.frontier), "the database"))
+    for record in witness_records(witnesses):
+        if record.checkpoint.key_id == key.key_id:
+            candidates.append((record.checkpoint, record.frontier, record.source))
+    if not candidates:
+        return None
+    cp, hexes, source = max(candidates, key=lambda c: c[0].seq)
+    try:
+        frontier = Frontier.from_hex(cp.seq, hexes or [])
+    except ValueError:
+        frontier = None
+    if not cp.verify(key.public) or frontier is None or frontier.root().hex() != cp.merkle_root:
+        raise AuditIntegrityError(
+            f"checkpoint {cp.seq} does not verify with the audit key ({source}); it was altered",
+            details={"checkpoint": cp.seq, "problem": "altered"},
+        )
+    return cp, frontier
+
+
+def _publish(
+    engine: Engine,
+    witnesses: Sequence[Witness],
+    checkpoint: Checkpoint,
+    frontier: list[str],
+    previous: Checkpoint | None,
+) -> None:
+    from interlock._internal.audit.witness import HttpWitness, WitnessRecord
+
+    if not witnesses:
+        return
+    link = None
+    if previous is not None and any(isinstance(w, HttpWitness) for w in witnesses):
+        tree = MerkleTree(leaf_hash(h) for h in event_hashes(engine, upto=checkpoint.seq))
+        link = {
+            "seq": previous.seq,
+            "merkle_root": previous.merkle_root,
+            "consistency": [p.hex() for p in consistency_proof(tree, previous.seq)],
+        }
+    record = WitnessRecord(checkpoint, frontier, "this server", link)
+    failures: list[InterlockError] = []
+    for witness in witnesses:
+        try:
+            witness.publish(record)
+        except AuditIntegrityError:
+            raise
+        except InterlockError as exc:
+            failures.append(exc)
+    if failures:
+        raise StorageError(
+            f"checkpoint {checkpoint.seq} is stored, but " + "; ".join(f.message for f in failures),
+            code="witness_unavailable",
+            details={"checkpoint": checkpoint.seq},
+        )
 
 
 def maybe_checkpoint(
@@ -287,6 +443,7 @@ def maybe_checkpoint(
     every_events: int = 1000,
     every_s: float = 3600,
     now: float | None = None,
+    witnesses: Sequence[Witness] = (),
 ) -> Checkpoint | None:
     """Write a checkpoint when ``every_events`` events or ``every_s`` seconds have passed since the last.
 
@@ -309,15 +466,26 @@ def maybe_checkpoint(
         behind = tip_seq - int(last[0])
         if behind <= 0 or (behind < every_events and at - float(last[1]) < every_s):
             return None
-    return write_checkpoint(engine, key, now=at)
+    return write_checkpoint(engine, key, now=at, witnesses=witnesses)
 
 
-def covering_checkpoint(engine: Engine, key: AuditKey, seq: int) -> Checkpoint:
+def covering_checkpoint(
+    engine: Engine, key: AuditKey, seq: int, *, witnesses: Sequence[Witness] = ()
+) -> Checkpoint:
     """A checkpoint by ``key`` that covers event ``seq``: the latest one, or a fresh one if it falls short."""
     latest = latest_checkpoint(engine, key_id=key.key_id)
     if latest is not None and latest.seq >= seq and latest.verify(key.public):
         return latest
-    return write_checkpoint(engine, key)
+    return write_checkpoint(engine, key, witnesses=witnesses)
+
+
+def stored_checkpoints(engine: Engine) -> list[tuple[Checkpoint, list[str]]]:
+    """Every checkpoint in the database with its stored frontier, by seq then key id. Not verified."""
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(audit_checkpoints).order_by(audit_checkpoints.c.seq, audit_checkpoints.c.key_id)
+        ).all()
+    return [(_from_row(r), list(r.frontier or [])) for r in rows]
 
 
 def event_hashes(engine: Engine, *, upto: int) -> Iterator[str]:
@@ -370,6 +538,7 @@ def _from_row(row: Any) -> Checkpoint:
         ts=float(row.ts),
         key_id=str(row.key_id),
         signature=str(row.signature),
+        type=str(row.type) if getattr(row, "type", None) else CHECKPOINT_TYPE,
     )
 
 
@@ -382,10 +551,12 @@ def _broken(seq: int, what: str, problem: str) -> AuditIntegrityError:
 
 __all__ = [
     "CHECKPOINT_TYPE",
+    "CHECKPOINT_TYPE_V1",
     "EMPTY_ROOT",
     "Checkpoint",
     "Frontier",
     "MerkleTree",
+    "consistency_proof",
     "covering_checkpoint",
     "event_hashes",
     "latest_checkpoint",
@@ -393,6 +564,9 @@ __all__ = [
     "maybe_checkpoint",
     "node_hash",
     "sign_checkpoint",
+    "stored_checkpoints",
+    "subtree_root",
+    "verify_consistency",
     "verify_inclusion",
     "write_checkpoint",
 ]

@@ -27,16 +27,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from interlock._internal.audit.canonical import hash_value, sha256_hex
+from interlock._internal.audit.approval_evidence import collect, compare
+from interlock._internal.audit.canonical import hash_value, legacy_canonical_json, sha256_hex
 from interlock._internal.audit.chain import EVENT_COLUMNS, event_hash
 from interlock._internal.audit.checkpoints import (
     Checkpoint,
@@ -46,10 +47,16 @@ from interlock._internal.audit.checkpoints import (
     leaf_hash,
     verify_inclusion,
 )
-from interlock._internal.audit.keys import AuditKey, raw_public_bytes, verify_signature
+from interlock._internal.audit.keys import (
+    AuditKey,
+    raw_public_bytes,
+    verify_signature,
+    verify_signature_bytes,
+)
 from interlock._internal.runs.retention import is_marker
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import (
+    approval_votes,
     approvals,
     audit_events,
     decisions,
@@ -60,7 +67,12 @@ from interlock._internal.store.tables import (
 )
 from interlock.exceptions import AuditIntegrityError, ConfigError, InterlockError, NotFound
 
-BUNDLE_FORMAT = "interlock.evidence/v1"
+if TYPE_CHECKING:
+    from interlock._internal.audit.witness import Witness
+
+BUNDLE_FORMAT = "interlock.evidence/v2"
+# Signed over the legacy canonical form and without votes; still verified, never written.
+BUNDLE_FORMAT_V1 = "interlock.evidence/v1"
 
 
 def is_purged(value: Any) -> bool:
@@ -93,6 +105,7 @@ def export_bundle(
     *,
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
+    witnesses: Sequence[Witness] = (),
 ) -> dict[str, Any]:
     """Build and sign the evidence bundle of one run.
 
@@ -104,7 +117,7 @@ def export_bundle(
     say("reading the run")
     records = _read_run(engine, run_id)
     versions = [_version(v) for v in records.pop("workflow_versions")]
-    checkpoint, events = _prove(engine, key, records.pop("events"), say)
+    checkpoint, events = _prove(engine, key, records.pop("events"), say, witnesses)
     result_hashes = _result_hashes(events)
     bundle: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
@@ -148,6 +161,7 @@ def _read_run(engine: Engine, run_id: str) -> dict[str, Any]:
         if run is None:
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
         by_run = decisions.c.run_id == run_id
+        of_run = select(approvals.c.id).where(approvals.c.run_id == run_id)
         decision_rows = rows(select(decisions).where(by_run).order_by(decisions.c.created_at, decisions.c.id))
         version_ids = {run["workflow_version_id"]} | {
             d["manifest_version"] for d in decision_rows if d["manifest_version"] is not None
@@ -179,6 +193,13 @@ def _read_run(engine: Engine, run_id: str) -> dict[str, Any]:
                 .where(approvals.c.run_id == run_id)
                 .order_by(approvals.c.created_at, approvals.c.id)
             ),
+            "approval_votes": rows(
+                select(approval_votes)
+                .where(approval_votes.c.approval_id.in_(of_run))
+                .order_by(
+                    approval_votes.c.approval_id, approval_votes.c.created_at, approval_votes.c.operator_id
+                )
+            ),
             "workflow_versions": rows(
                 select(workflow_versions)
                 .where(workflow_versions.c.id.in_(sorted(version_ids)))
@@ -191,7 +212,7 @@ def _read_run(engine: Engine, run_id: str) -> dict[str, Any]:
 
 
 def _prove(
-    engine: Engine, key: AuditKey, event_rows: Any, say: Callable[[str], None]
+    engine: Engine, key: AuditKey, event_rows: Any, say: Callable[[str], None], witnesses: Sequence[Witness]
 ) -> tuple[Checkpoint, list[dict[str, Any]]]:
     """A checkpoint covering the events, and each event with its inclusion proof against it."""
     if not event_rows:
@@ -203,7 +224,7 @@ def _prove(
                 details={"seq": int(row.seq), "problem": "altered"},
             )
     say("checkpointing the audit log")
-    checkpoint = covering_checkpoint(engine, key, int(event_rows[-1].seq))
+    checkpoint = covering_checkpoint(engine, key, int(event_rows[-1].seq), witnesses=witnesses)
     say(f"building the Merkle tree over {checkpoint.seq} events")
     tree = MerkleTree(leaf_hash(h) for h in event_hashes(engine, upto=checkpoint.seq))
     if tree.root().hex() != checkpoint.merkle_root:
@@ -225,6 +246,7 @@ def _prove(
                 "body": row.body,
                 "prev_hash": row.prev_hash,
                 "hash": row.hash,
+                "hash_format": int(row.hash_format),
                 "proof": [p.hex() for p in tree.proof(seq - 1)],
             }
         )
@@ -343,7 +365,7 @@ class _Verifier:
 
     def run(self) -> None:
         b = self.b
-        if b.get("format") != BUNDLE_FORMAT:
+        if b.get("format") not in (BUNDLE_FORMAT, BUNDLE_FORMAT_V1):
             self.fail(f"unknown bundle format {b.get('format')!r}")
             return
         self.r.run_id = b["run"]["id"]
@@ -351,7 +373,12 @@ class _Verifier:
         if b["public_key"].get("ed25519") != trusted:
             self.fail("the public key in the bundle is not the trusted key")
         unsigned = {k: v for k, v in b.items() if k != "signature"}
-        if not verify_signature(self.public, unsigned, b.get("signature")):
+        if b["format"] == BUNDLE_FORMAT_V1:
+            self.r.warnings.append("format v1 bundle: it carries no votes, so votes are unchecked")
+            signed = verify_signature_bytes(self.public, legacy_canonical_json(unsigned), b.get("signature"))
+        else:
+            signed = verify_signature(self.public, unsigned, b.get("signature"))
+        if not signed:
             self.fail("bundle signature does not verify with the trusted key")
         checkpoint = Checkpoint.from_dict(b["checkpoint"])
         self.r.checkpoint_seq = checkpoint.seq
@@ -480,6 +507,24 @@ class _Verifier:
                 approval["args_hash"],
                 payloads["approvals"].get(aid),
             )
+        self._approval_record()
+
+    def _approval_record(self) -> None:
+        """State, deciders, comment and every vote of each approval, against its events."""
+        if self.b["format"] == BUNDLE_FORMAT_V1:
+            return
+        expected = collect(
+            (body["seq"], str(body.get("kind", "")), body.get("data") or {}) for body in self.bodies
+        )
+        votes: dict[str, list[dict[str, Any]]] = {}
+        for vote in self.b["approval_votes"]:
+            votes.setdefault(vote["approval_id"], []).append(vote)
+        for approval in self.b["approvals"]:
+            for problem in compare(approval, votes.pop(approval["id"], []), expected.get(approval["id"])):
+                if "no approval.requested event" not in problem:  # reported above
+                    self.fail(problem)
+        for aid in sorted(votes):
+            self.fail(f"votes for approval {aid}, which is not in the bundle")
 
     def _arguments(self, what: str, value: Any, args_hash: str | None, claimed: str | None) -> None:
         actual = _classify_arguments(value, args_hash)

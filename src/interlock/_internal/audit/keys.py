@@ -84,13 +84,33 @@ class AuditKey:
 
 def verify_signature(public: Ed25519PublicKey, payload: Any, signature_hex: object) -> bool:
     """Whether ``signature_hex`` is the key's signature over the payload's canonical JSON."""
+    try:
+        message = canonical_json(payload)
+    except (ValueError, TypeError):
+        return False
+    return verify_signature_bytes(public, message, signature_hex)
+
+
+def verify_signature_bytes(public: Ed25519PublicKey, message: bytes, signature_hex: object) -> bool:
+    """Whether ``signature_hex`` is the key's signature over exactly ``message``."""
     if not isinstance(signature_hex, str) or len(signature_hex) != 128:
         return False
     try:
-        public.verify(bytes.fromhex(signature_hex), canonical_json(payload))
+        public.verify(bytes.fromhex(signature_hex), message)
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+def trusted_keys(settings: AuditSettings) -> dict[str, Ed25519PublicKey]:
+    """Every public key checkpoints may be signed with, by key id: the current key and the retired
+    ones listed in ``audit.retired_public_keys`` (kept after a rotation so old checkpoints verify)."""
+    current = AuditKey.from_settings(settings).public
+    keys = {key_id_of(current): current}
+    for text in settings.retired_public_keys:
+        public = load_public_key(text)
+        keys[key_id_of(public)] = public
+    return keys
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:
@@ -109,4 +129,12 @@ def load_public_key(text: str) -> Ed25519PublicKey:
     raise ConfigError("public key: expected 64 hex digits or a PEM 'PUBLIC KEY' block")
 
 
-__all__ = ["AuditKey", "key_id_of", "load_public_key", "raw_public_bytes", "verify_signature"]
+__all__ = [
+    "AuditKey",
+    "key_id_of",
+    "load_public_key",
+    "raw_public_bytes",
+    "trusted_keys",
+    "verify_signature",
+    "verify_signature_bytes",
+]

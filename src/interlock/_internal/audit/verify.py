@@ -54,6 +54,7 @@ from typing import Any, Literal, NamedTuple
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection, Engine
 
+from interlock._internal.audit.canonical import HASH_FORMAT, is_canonical
 from interlock._internal.audit.chain import EVENT_COLUMNS, GENESIS_HASH, HEAD_ID, StoredRow, event_hash
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import audit_events, audit_head
@@ -96,11 +97,19 @@ class VerifyReport:
     detail: str | None = None
     tip_seq: int = 0
     tip_hash: str = GENESIS_HASH
+    checkpoints: int = 0
+    checkpoint: int | None = None
+    approvals: int = 0
 
     @property
     def message(self) -> str:
         if self.ok:
-            return f"audit chain OK: {self.events} events, tip {self.tip_hash[:12]}"
+            extra = ""
+            if self.checkpoints or self.approvals:
+                extra = f", {self.checkpoints} signed checkpoints and {self.approvals} approvals agree"
+            return f"audit chain OK: {self.events} events, tip {self.tip_hash[:12]}{extra}"
+        if self.first_bad_seq is None and self.checkpoint is not None:
+            return f"checkpoint {self.checkpoint} disagrees ({self.problem}): {self.detail}"
         if self.first_bad_seq is None:
             return f"audit chain broken ({self.problem}): {self.detail}"
         return f"event {self.first_bad_seq} was {self.problem}: {self.detail}"
@@ -144,9 +153,16 @@ class _Finding(NamedTuple):
 
 
 def verify_chain(
-    engine: Engine, *, batch: int = 5000, progress: Callable[[int], None] | None = None
+    engine: Engine,
+    *,
+    batch: int = 5000,
+    progress: Callable[[int], None] | None = None,
+    on_event: Callable[[StoredRow], None] | None = None,
 ) -> VerifyReport:
     """Verify the whole chain, reading ``batch`` events at a time; ``progress`` gets the running count.
+
+    ``on_event`` sees each event that verified, in order (``verify_log`` builds the Merkle tree
+    and the approvals' record from them).
 
     Safe while other processes append: each page is its own short read (no lock is held between
     pages), and the chain is judged against the tip as it stood when the scan first reached the end.
@@ -165,6 +181,8 @@ def verify_chain(
                 return _broken(finding, good, last)
             last = row
             good += 1
+            if on_event is not None:
+                on_event(row)
         if rows and progress is not None:
             progress(good)
         if len(rows) == batch:
@@ -187,21 +205,23 @@ def _page(engine: Engine, last: StoredRow | None, batch: int, *, upto: int | Non
     if upto is not None:
         query = query.where(audit_events.c.seq <= upto)
     with reading(engine) as conn:
-        return [StoredRow(*row) for row in conn.execute(query)]
+        return [StoredRow._make(row) for row in conn.execute(query)]
 
 
 def _is_good(row: StoredRow, last: StoredRow | None) -> bool:
     expected, want_prev = (last.seq + 1, last.hash) if last is not None else (1, GENESIS_HASH)
     if row.seq != expected or row.prev_hash != want_prev or event_hash(row.prev_hash, row.body) != row.hash:
         return False
-    claim = _parse(row.body)
+    claim = _parse(row.body, row.hash_format)
     return claim is not None and claim.seq == row.seq and _column_mismatch(row, claim) is None
 
 
-def _parse(body: str) -> _Claim | None:
+def _parse(body: str, hash_format: int = HASH_FORMAT) -> _Claim | None:
     try:
         value = json.loads(body)
     except ValueError:
+        return None
+    if not is_canonical(body, value, hash_format=hash_format):
         return None
     if not isinstance(value, dict) or value.keys() != _BODY_KEYS or not isinstance(value["data"], dict):
         return None
@@ -235,9 +255,11 @@ def _diagnose(conn: Connection, row: StoredRow, last: StoredRow | None) -> _Find
         return _Finding("deleted", expected, f"{missing} missing; the next stored event is {r}")
     if r < expected:
         return _Finding("inserted", r, "it is stored before the first event (seq starts at 1)")
-    claim = _parse(row.body)
+    claim = _parse(row.body, row.hash_format)
     if claim is None:
-        return _Finding("altered", r, "its body is not a well-formed event record")
+        return _Finding(
+            "altered", r, f"its body is not a well-formed event record in hash format {row.hash_format}"
+        )
     intact = _intact(row)
     if (
         intact
@@ -270,7 +292,7 @@ def _diagnose(conn: Connection, row: StoredRow, last: StoredRow | None) -> _Find
             )
     successor = _row_at(conn, r + 1)
     if successor is not None and successor.prev_hash == want_prev and _intact(successor):
-        successor_claim = _parse(successor.body)
+        successor_claim = _parse(successor.body, successor.hash_format)
         if successor_claim is not None and successor_claim.seq == r:
             return _Finding(
                 "inserted",
@@ -298,7 +320,7 @@ def _diagnose(conn: Connection, row: StoredRow, last: StoredRow | None) -> _Find
 
 def _row_at(conn: Connection, seq: int) -> StoredRow | None:
     row = conn.execute(_ROW_AT, {"seq": seq}).first()
-    return None if row is None else StoredRow(*row)
+    return None if row is None else StoredRow._make(row)
 
 
 def _cycles_back(conn: Connection, start: int, claimed: int) -> bool:
@@ -312,7 +334,7 @@ def _cycles_back(conn: Connection, start: int, claimed: int) -> bool:
             return False
         seen.add(position)
         row = _row_at(conn, position)
-        claim = None if row is None else _parse(row.body)
+        claim = None if row is None else _parse(row.body, row.hash_format)
         if claim is None:
             return False
         position = claim.seq

@@ -35,37 +35,56 @@ def _group() -> None:
     """The tamper-evident audit log: verify it, checkpoint it, export and verify evidence bundles."""
 
 
-@app.command()
-def verify(
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: from settings).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
-    """Recompute every hash of the audit chain; exit 1 naming the first event that does not verify."""
-    # Imported here so `interlock --help` does not load SQLAlchemy and Alembic.
-    from interlock._internal.audit.verify import VerifyReport, verify_chain
+DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: from settings).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+TrustedOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-checkpoint",
+        help="A signed checkpoint kept outside the database (a witness file, or `audit checkpoint "
+        "--json` output); the log must still extend it. Repeatable.",
+        show_default=False,
+    ),
+]
 
+
+@app.command()
+def verify(db: DbOpt = None, trusted_checkpoint: TrustedOpt = None, as_json: JsonOpt = False) -> None:
+    """Verify the audit log: every hash, every signed checkpoint (stored, in the witness directory,
+    and given with --trusted-checkpoint), and every approval's deciders and votes. Exits 1 naming
+    the first event or checkpoint that disagrees."""
+    # Imported here so `interlock --help` does not load SQLAlchemy and Alembic.
+    from interlock._internal.audit.anchored import verify_with_settings
+    from interlock._internal.audit.verify import VerifyReport
+
+    settings = load_settings(db)
+    files = list(trusted_checkpoint or [])
     report: VerifyReport
     with opened_database(db, as_json=as_json) as engine:
         try:
             if as_json or not err_console.is_terminal:
-                report = verify_chain(engine)
+                report = verify_with_settings(engine, settings.audit, trusted_files=files)
             else:
-                with err_console.status("verifying the audit chain…") as status:
-                    report = verify_chain(
-                        engine, progress=lambda n: status.update(f"verifying the audit chain… {n} events")
+                with err_console.status("verifying the audit log…") as status:
+                    report = verify_with_settings(
+                        engine,
+                        settings.audit,
+                        trusted_files=files,
+                        progress=lambda n: status.update(f"verifying the audit log… {n} events"),
                     )
         except InterlockError as exc:
             fail_from(exc, as_json=as_json)
     if not report.ok:
-        fail(report.message, as_json=as_json, error_code=AuditIntegrityError.code)
+        if as_json:
+            print_json(
+                {"error": {"code": AuditIntegrityError.code, "message": report.message}, **report.as_dict()}
+            )
+            raise SystemExit(1)
+        fail(report.message, error_code=AuditIntegrityError.code)
     if as_json:
         print_json(report.as_dict())
     else:
         console.print(report.message, highlight=False)
-
-
-DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (default: from settings).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def _audit_key(settings: Settings) -> AuditKey:
@@ -83,17 +102,28 @@ def _audit_key(settings: Settings) -> AuditKey:
 
 @app.command()
 def checkpoint(db: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """Sign a checkpoint of the audit log at its current tip (Merkle root over every event hash)."""
+    """Verify the whole log, then sign a checkpoint at its tip and publish it to the witnesses.
+
+    Nothing is signed when verification fails: a signature over a rewritten log would bless it.
+    """
+    from interlock._internal.audit.anchored import verify_with_settings
     from interlock._internal.audit.checkpoints import write_checkpoint
+    from interlock._internal.audit.witness import witnesses_from_settings
 
     settings = load_settings(db)
     try:
         key = _audit_key(settings)
-        with (
-            opened_database(db, as_json=as_json) as engine,
-            err_console.status("checkpointing the audit log…"),
-        ):
-            cp = write_checkpoint(engine, key)
+        with opened_database(db, as_json=as_json) as engine:
+            with err_console.status("verifying the audit log…"):
+                report = verify_with_settings(engine, settings.audit)
+            if not report.ok:
+                fail(
+                    f"{report.message}; no checkpoint signed",
+                    as_json=as_json,
+                    error_code=AuditIntegrityError.code,
+                )
+            with err_console.status("checkpointing the audit log…"):
+                cp = write_checkpoint(engine, key, witnesses=witnesses_from_settings(settings.audit))
     except NotFound as exc:
         if exc.code != "audit_empty":
             fail_from(exc, as_json=as_json)
@@ -105,13 +135,69 @@ def checkpoint(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     if as_json:
-        print_json({"checkpoint": cp.as_dict()})
+        print_json({"checkpoint": cp.as_dict(), "verified_events": report.events})
     else:
         console.print(
-            f"checkpoint {cp.seq}: tip {cp.tip_hash[:12]}, "
+            f"log verified ({report.events} events); checkpoint {cp.seq}: tip {cp.tip_hash[:12]}, "
             f"merkle root {cp.merkle_root[:12]}, key {cp.key_id}",
             highlight=False,
         )
+
+
+@app.command()
+def consistency(
+    first: Annotated[int, typer.Option("--from", help="The earlier checkpoint's seq.", show_default=False)],
+    second: Annotated[
+        int | None, typer.Option("--to", help="The later checkpoint's seq (default: the newest).")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the RFC 9162 consistency proof that checkpoint --to extends checkpoint --from, checked."""
+    from interlock._internal.audit.checkpoints import (
+        MerkleTree,
+        consistency_proof,
+        event_hashes,
+        leaf_hash,
+        stored_checkpoints,
+        verify_consistency,
+    )
+
+    settings = load_settings(db)
+    try:
+        key = _audit_key(settings)
+        with opened_database(db, as_json=as_json) as engine:
+            mine = {cp.seq: cp for cp, _f in stored_checkpoints(engine) if cp.key_id == key.key_id}
+            upto = second if second is not None else max(mine, default=0)
+            if first not in mine or upto not in mine:
+                raise NotFound(
+                    f"no checkpoint by the audit key at seq {first if first not in mine else upto}",
+                    code="unknown_checkpoint",
+                )
+            a, b = mine[first], mine[upto]
+            tree = MerkleTree(leaf_hash(h) for h in event_hashes(engine, upto=b.seq))
+            proof = consistency_proof(tree, a.seq) if a.seq < b.seq else []
+    except ValueError as exc:
+        fail(str(exc), as_json=as_json, error_code="invalid_request")
+    except InterlockError as exc:
+        fail_from(exc, as_json=as_json)
+    ok = (
+        a.verify(key.public)
+        and b.verify(key.public)
+        and verify_consistency(
+            a.seq, b.seq, bytes.fromhex(a.merkle_root), bytes.fromhex(b.merkle_root), proof
+        )
+    )
+    result = {"ok": ok, "first": a.as_dict(), "second": b.as_dict(), "consistency": [p.hex() for p in proof]}
+    if as_json:
+        print_json(result)
+    else:
+        verdict = "extends" if ok else "does NOT extend"
+        console.print(f"checkpoint {b.seq} {verdict} checkpoint {a.seq} ({len(proof)} proof hashes)")
+        for p in proof:
+            console.print(p.hex(), highlight=False)
+    if not ok:
+        raise SystemExit(1)
 
 
 @app.command("public-key")
@@ -138,12 +224,19 @@ def export(
 ) -> None:
     """Write a signed evidence bundle of one run, verifiable offline with `interlock audit verify-bundle`."""
     from interlock._internal.audit.evidence import bundle_bytes, export_bundle
+    from interlock._internal.audit.witness import witnesses_from_settings
 
     settings = load_settings(db)
     try:
         key = _audit_key(settings)
         with opened_database(db, as_json=as_json) as engine, err_console.status("exporting…") as status:
-            bundle = export_bundle(engine, run, key, progress=lambda msg: status.update(msg + "…"))
+            bundle = export_bundle(
+                engine,
+                run,
+                key,
+                progress=lambda msg: status.update(msg + "…"),
+                witnesses=witnesses_from_settings(settings.audit),
+            )
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(bundle_bytes(bundle))

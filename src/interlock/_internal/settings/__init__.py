@@ -42,6 +42,25 @@ class AuditSettings(BaseModel):
 
     # Seed for the Ed25519 key that signs audit checkpoints and evidence bundles.
     signing_seed: str = "interlock-dev-audit-seed-change-me"
+    # Public keys (64 hex digits or PEM) of audit keys used before a rotation: checkpoints they
+    # signed still verify. A checkpoint signed by a key that is neither current nor listed fails.
+    retired_public_keys: list[str] = Field(default_factory=list)
+    # Witnesses outside the database. Each new checkpoint is written as a signed file into this
+    # directory (never overwritten; a different checkpoint at a seq already held is refused) ...
+    witness_dir: Path | None = None
+    # ... and/or POSTed as JSON, with the consistency proof from the previous one, to this URL.
+    witness_url: str | None = None
+    witness_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class StorageSettings(BaseModel):
+    """Encryption at rest of stored payloads (arguments, results, triggers, approval payloads)."""
+
+    # key id -> 32-byte AES-256 key as 64 hex digits or URL-safe base64. Keep retired keys here
+    # until no payload written with them remains (see docs/security.md, "Rotating the data key").
+    encryption_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # The key id new payloads are encrypted with; unset means payloads are stored in clear.
+    encryption_key_id: str | None = None
 
 
 class EgressSettings(BaseModel):
@@ -160,6 +179,16 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None
+    # Largest request body /v1 and /oauth accept; larger ones get 413 before anything is parsed.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
+    # Console sessions end after this long without a request, and at most after session_ttl_s.
+    session_idle_s: int = Field(default=1800, ge=60, le=86_400)
+    session_ttl_s: int = Field(default=8 * 3600, ge=300, le=7 * 86_400)
+    # /oauth/token: after this many failed attempts for one client id, answer 429 for
+    # token_backoff_s, doubling with each further failure (up to token_backoff_max_s).
+    token_failures_allowed: int = Field(default=5, ge=1, le=1000)
+    token_backoff_s: float = Field(default=1.0, gt=0, le=3600)
+    token_backoff_max_s: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class McpSettings(BaseModel):
@@ -194,6 +223,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
+    storage: StorageSettings = StorageSettings()
     server: ServerSettings = ServerSettings()
     mcp: McpSettings = McpSettings()
     egress: EgressSettings = EgressSettings()
@@ -249,6 +279,7 @@ __all__ = [
     "PackageSettings",
     "ServerSettings",
     "Settings",
+    "StorageSettings",
     "TelemetrySettings",
     "WebhookSettings",
 ]

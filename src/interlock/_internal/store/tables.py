@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -116,6 +117,9 @@ operators = Table(
     Column("token_hash", String(128), nullable=False, unique=True),
     Column("status", String(20), nullable=False, default="active"),
     _ts("created_at"),
+    # Console sessions carry the generation they were issued under; signing out or revoking the
+    # operator bumps it, which ends every session on every replica at its next request.
+    Column("session_generation", Integer, nullable=False, default=0, server_default="0"),
 )
 
 runs = Table(
@@ -247,6 +251,8 @@ audit_events = Table(
     Column("body", Text, nullable=False),  # canonical JSON of every hashed field
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # How the body was canonicalised: 2 = RFC 8785, 1 = the legacy form (logs before migration 0008).
+    Column("hash_format", SmallInteger, nullable=False, default=2, server_default="1"),
 )
 
 # One row: the chain's tip. Writers lock it, so appends serialize across processes.
@@ -256,6 +262,17 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# Failed client-credential attempts per client id, shared by every replica: after a few failures
+# /oauth/token answers 429 with Retry-After until ``blocked_until``, doubling each time.
+token_failures = Table(
+    "token_failures",
+    metadata,
+    Column("client_id", String(200), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    _ts("first_at"),
+    _ts("blocked_until"),
 )
 
 __all__ = [
@@ -281,6 +298,7 @@ __all__ = [
     "runs",
     "signin_links",
     "steps",
+    "token_failures",
     "tools",
     "webhook_deliveries",
     "work_packages",
@@ -378,6 +396,8 @@ audit_checkpoints = Table(
     Column("merkle_root", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     Column("frontier", JSONText, nullable=False),
+    # The signed statement's type; checkpoints from before migration 0008 are ".../v1".
+    Column("type", String(60), nullable=False, default="interlock.audit.checkpoint/v2"),
 )
 
 # One row per operator vote on an approval: quorum counts distinct operators, and the primary key
