@@ -68,6 +68,7 @@ def test_purge_replaces_payloads_with_hashes_and_keeps_the_chain(db_url: str) ->
         dry = purge_payloads(engine, older_than_s=0, dry_run=True, now=now)
         assert _payloads(h) == before  # a dry run writes nothing
         counts = {
+            "runs.trigger": 1,
             "steps.arguments": 4,  # all but the step whose approval is still pending
             "steps.result": 1,
             "decisions.arguments": 4,
@@ -78,7 +79,7 @@ def test_purge_replaces_payloads_with_hashes_and_keeps_the_chain(db_url: str) ->
         assert dry.purged[0].event_seq is None
 
         report = purge_payloads(engine, older_than_s=0, actor="tester", now=now)
-        assert report.total == 11
+        assert report.total == 12
         assert report.purged[0].counts == counts
         after = _payloads(h)
 
@@ -117,7 +118,7 @@ def test_purge_replaces_payloads_with_hashes_and_keeps_the_chain(db_url: str) ->
             "cutoff": now,
             "basis": "older than 0s",
             "counts": counts,
-            "rows": 11,
+            "rows": 12,
         }
         assert verify_chain(engine).ok
 
@@ -152,7 +153,7 @@ def test_retention_days_from_the_manifest(db_url: str) -> None:
         assert early.purged[0].basis == "retention_days 30"
         assert early.purged[0].cutoff == pytest.approx(now - DAY)
         late = purge_payloads(engine, now=now + 31 * DAY, workflow="support-triage")
-        assert late.total == 11
+        assert late.total == 12
         assert is_marker(_payloads(h)["steps"][act["read"]][1])
         assert verify_chain(engine).ok
     finally:
@@ -199,13 +200,72 @@ def test_purge_command(sqlite_url: str) -> None:
     result = runner.invoke(_cli(), ["--db", sqlite_url, "--older-than", "0s", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert (data["dry_run"], data["total"]) == (True, 11)
+    assert (data["dry_run"], data["total"]) == (True, 12)
     result = runner.invoke(_cli(), ["--db", sqlite_url, "--older-than", "0s", "--workflow", "support-triage"])
     assert result.exit_code == 0, result.output
-    assert "purged 11 payload(s)" in result.output
+    assert "purged 12 payload(s)" in result.output
     result = runner.invoke(_cli(), ["--db", sqlite_url])
     assert result.exit_code == 0, result.output
     assert "skipped support-triage: its active manifest sets no retention_days" in result.output
     result = runner.invoke(_cli(), ["--db", sqlite_url, "--older-than", "soon"])
     assert result.exit_code == 1
     assert "expected a number and a unit" in result.output
+
+
+def test_triggers_are_stored_redacted_and_purged(db_url: str) -> None:
+    h = Harness(db_url)
+    try:
+        trigger = {"from": "maria.okafor@example.com", "text": "card 4111 1111 1111 1111, order 77"}
+        run = h.il.start_run(h.tokens["triage-bot"], trigger=trigger).id
+        with h.il.engine.connect() as conn:
+            stored = conn.execute(select(t.runs.c.trigger).where(t.runs.c.id == run)).scalar()
+        assert "4111 1111" not in json.dumps(stored)
+        assert "maria.okafor@example.com" not in json.dumps(stored)
+        assert "order 77" in json.dumps(stored)
+        [started] = [e for e in iter_events(h.il.engine, kinds=["run.started"]) if e.run_id == run]
+        assert started.data["trigger_hash"] == hash_value(trigger)
+        purge_payloads(h.il.engine, older_than_s=0, now=time.time() + 1)
+        with h.il.engine.connect() as conn:
+            purged = conn.execute(select(t.runs.c.trigger).where(t.runs.c.id == run)).scalar()
+        assert is_marker(purged)
+        assert "order 77" not in json.dumps(purged)
+    finally:
+        h.close()
+
+
+def test_a_server_applies_the_manifests_retention_on_its_own(db_url: str) -> None:
+    import asyncio
+
+    from sqlalchemy import update
+
+    from interlock._internal.api.housekeeping import housekeeping
+
+    text = SUPPORT_TRIAGE.read_text(encoding="utf-8") + "\nretention_days: 1\n"
+    manifest = load_manifest_text(text, file=str(SUPPORT_TRIAGE), base_dir=SUPPORT_TRIAGE.parent)
+    h = Harness(db_url, manifest=manifest)
+    try:
+        run = h.run()
+        step = h.act(run, "tickets.get", {"ticket_id": "T-1001"}).step_id
+        old = time.time() - 3 * 86_400
+        with h.il.engine.begin() as conn:
+            conn.execute(update(t.steps).values(created_at=old))
+            conn.execute(update(t.runs).values(started_at=old))
+
+        def stored() -> Any:
+            with h.il.engine.connect() as conn:
+                return conn.execute(select(t.steps.c.arguments).where(t.steps.c.id == step)).scalar()
+
+        async def serve() -> None:
+            async with housekeeping(h.il, every_s=0.05)():
+                for _ in range(2400):  # generous: the machine may be loaded
+                    if is_marker(stored()):
+                        return
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(serve())
+        assert is_marker(stored())
+        [event] = list(iter_events(h.il.engine, kinds=[PURGE_EVENT]))
+        assert event.actor == "interlock:retention"
+        assert event.data["basis"] == "retention_days 1"
+    finally:
+        h.close()

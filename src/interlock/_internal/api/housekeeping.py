@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -16,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from interlock._internal.audit.checkpoints import maybe_checkpoint
 from interlock._internal.audit.keys import AuditKey
 from interlock._internal.audit.witness import witnesses_from_settings
+from interlock._internal.runs.retention import purge_payloads
 from interlock._internal.service import Interlock
 from interlock.exceptions import InterlockError
 
@@ -23,11 +25,12 @@ log = logging.getLogger("interlock.housekeeping")
 
 
 def housekeeping(
-    interlock: Interlock, *, every_s: float = 30.0
+    interlock: Interlock, *, every_s: float = 30.0, retention_every_s: float = 3600.0
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
     """A lifespan hook: start the webhook and notification workers, then every ``every_s`` expire
     due approvals, run approved actions a lifted pause was holding, and write a signed audit
-    checkpoint when enough has happened since the last one (published to the configured witnesses)."""
+    checkpoint when enough has happened since the last one (published to the configured witnesses);
+    every ``retention_every_s``, purge payloads older than each manifest's ``retention_days``."""
 
     @asynccontextmanager
     async def hook() -> AsyncIterator[None]:
@@ -35,6 +38,16 @@ def housekeeping(
         await run_in_threadpool(interlock.notifications.start)
         key = AuditKey.from_settings(interlock.settings.audit)
         witnesses = witnesses_from_settings(interlock.settings.audit)
+        retention_due = [0.0]
+
+        def retention() -> None:
+            # Every replica may run it: a purge skips what is already purged and records an
+            # audit event only when it changed something.
+            now = time.time()
+            if now < retention_due[0]:
+                return
+            retention_due[0] = now + retention_every_s
+            purge_payloads(interlock.engine, actor="interlock:retention", now=now)
 
         def tick() -> None:
             jobs = (
@@ -42,6 +55,7 @@ def housekeeping(
                 # Approved actions held by a pause lifted elsewhere (another replica, a script).
                 interlock.approvals.resume_held,
                 lambda: maybe_checkpoint(interlock.engine, key, witnesses=witnesses),
+                retention,
             )
             for job in jobs:
                 try:

@@ -557,7 +557,11 @@ class Pipeline:
         )
         # The agent gets the tool's answer as the tool gave it, less the injected credential; the
         # database (and an idempotent replay) keeps the redacted form.
-        returned = outcome.model_copy(update={"result": mask_only(result, secrets)})
+        returned = (
+            outcome  # the tool's `redact_results: true`: the agent sees only the redacted form
+            if tool.spec.redact_results
+            else outcome.model_copy(update={"result": mask_only(result, secrets)})
+        )
         spent = cost if error is None else 0  # a failed call releases its reservation
         if spent:
             self.metrics.spend.labels(run.workflow, "tool").inc(spent / 1_000_000)

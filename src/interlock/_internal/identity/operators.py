@@ -202,11 +202,23 @@ class OperatorStore:
         return _record(row)
 
     def with_token_hash(self, operator_id: str) -> tuple[OperatorRecord, str] | None:
-        """The operator and the hash of their current API token (a console session is bound to
-        it, so rotating the token ends the session), or None for an unknown id."""
+        """The operator and what a console session is bound to: the hash of their current API token
+        and their session generation, so rotating the token, signing out or disabling the operator
+        ends every session on every replica. None for an unknown id."""
         with reading(self._engine) as conn:
             row = conn.execute(select(operators).where(operators.c.id == operator_id)).first()
-        return None if row is None else (_record(row), row.token_hash)
+        return None if row is None else (_record(row), f"{row.token_hash}|{row.session_generation}")
+
+    def end_sessions(self, operator_id: str, *, actor: str) -> None:
+        """End every console session of the operator, on every replica, at its next request."""
+        with transaction(self._engine) as conn:
+            moved = conn.execute(
+                update(operators)
+                .where(operators.c.id == operator_id)
+                .values(session_generation=operators.c.session_generation + 1)
+            ).rowcount
+            if moved:
+                append_event(conn, kind="operator.signed_out", actor=actor, data={"operator_id": operator_id})
 
     def list(self) -> builtins.list[OperatorRecord]:
         """Every operator (disabled ones included), ordered by id."""
@@ -224,7 +236,11 @@ class OperatorStore:
             record = _record(row)
             if row.status == DISABLED:
                 return record
-            conn.execute(update(operators).where(operators.c.id == operator_id).values(status=DISABLED))
+            conn.execute(
+                update(operators)
+                .where(operators.c.id == operator_id)
+                .values(status=DISABLED, session_generation=operators.c.session_generation + 1)
+            )
             append_event(
                 conn,
                 kind="operator.disabled",

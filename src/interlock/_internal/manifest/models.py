@@ -177,6 +177,10 @@ class ToolSpec(Strict):
     lock: ResourceLock | None = None
     impact_if_accepted: str | None = None
     impact_if_rejected: str | None = None
+    # The agent gets the result redacted (secrets and PII patterns masked), as the database and
+    # traces keep it. Off by default: most workflows need the tool's real answer (an e-mail address
+    # to reply to, an id to act on).
+    redact_results: bool = False
 
 
 class RuleSpec(Strict):

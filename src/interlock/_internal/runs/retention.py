@@ -1,7 +1,9 @@
 """Retention: payloads older than a workflow's ``retention_days`` are replaced by their hash.
 
-Purging rewrites only the payload columns: ``steps.arguments``, ``steps.result``,
+Purging rewrites only the payload columns: ``runs.trigger``, ``steps.arguments``, ``steps.result``,
 ``decisions.arguments``, ``approvals.arguments`` and the ``arguments`` inside ``approvals.package``.
+A server runs this on its own, from each manifest's ``retention_days`` (api/housekeeping.py);
+``interlock purge`` is for doing it by hand.
 Each becomes ``{"purged": true, "sha256": <SHA-256 of the payload's canonical JSON>}``. The audit log
 is never touched: its events hold argument and result hashes, not payloads, so the chain still
 verifies after a purge, and a purged result's marker still equals the result hash its event recorded.
@@ -210,7 +212,9 @@ def _purge_workflow(conn: Connection, plan: WorkflowPurge, *, write: bool) -> No
         decisions.c.created_at < plan.cutoff,
         or_(decisions.c.step_id.is_(None), decisions.c.step_id.not_in(waiting)),
     )
+    run_filter = and_(runs.c.workflow == plan.workflow, runs.c.started_at < plan.cutoff)
     for table, column, where in (
+        (runs, runs.c.trigger, run_filter),
         (steps, steps.c.arguments, step_filter),
         (steps, steps.c.result, step_filter),
         (decisions, decisions.c.arguments, decision_filter),

@@ -11,12 +11,14 @@ from sqlalchemy import String, cast, exists, func, or_, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.sql.elements import ColumnElement
 
+from interlock._internal.audit.canonical import hash_value
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Decision, Reason, Run, RunView, Step
 from interlock._internal.ids import new_id
 from interlock._internal.runs.state import set_state
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, reading, transaction
+from interlock._internal.telemetry.redaction import redact_payload
 from interlock.exceptions import LimitExceeded, NotFound
 
 MICROS = 1_000_000
@@ -63,7 +65,7 @@ class RunStore:
         """Insert a running run. ``on_create`` runs in the same transaction (a work package is
         consumed there, so the run and the package's single use commit together)."""
         now = time.time()
-        row = {
+        row: dict[str, Any] = {
             "id": new_id("run"),
             "workflow": workflow,
             "workflow_version_id": workflow_version_id,
@@ -71,7 +73,9 @@ class RunStore:
             "environment": environment,
             "state": "running",
             "state_reason": None,
-            "trigger": trigger,
+            # Triggers carry whatever started the run (a ticket, an e-mail): stored redacted, like
+            # every payload, and purged with them (runs/retention.py).
+            "trigger": None if trigger is None else redact_payload(trigger),
             "started_by": started_by,
             "steps": 0,
             "tool_calls": 0,
@@ -90,6 +94,9 @@ class RunStore:
             data = {"agent": agent_id, "environment": environment, "manifest_version": workflow_version_id}
             if package_id is not None:
                 data["package"] = package_id
+            trigger_hash = None if trigger is None else _trigger_hash(trigger)
+            if trigger_hash is not None:
+                data["trigger_hash"] = trigger_hash
             append_event(
                 conn,
                 kind="run.started",
@@ -246,3 +253,10 @@ class RunStore:
                 )
             )
         return RunView(**run.model_dump(), steps_detail=steps)
+
+
+def _trigger_hash(trigger: Any) -> str | None:
+    try:
+        return hash_value(trigger)
+    except (TypeError, ValueError):
+        return None

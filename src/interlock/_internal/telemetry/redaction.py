@@ -100,4 +100,15 @@ def mask_secrets(value: Any, secrets: tuple[str, ...], *, _depth: int = 0) -> An
     return value
 
 
-__all__ = ["MASK", "mask_secrets", "redact", "redact_text"]
+def redact_payload(value: Any) -> Any:
+    """:func:`redact` for a payload that may not be JSON at all (then only its type is kept)."""
+    from interlock._internal.audit.canonical import canonical_json
+
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError):
+        return {"unserialisable": type(value).__name__}
+    return redact(value)
+
+
+__all__ = ["MASK", "mask_secrets", "redact", "redact_payload", "redact_text"]

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from interlock._internal.gateway.models import ActionResult, Run
+from interlock._internal.telemetry.redaction import redact
 
 INSTRUMENTATION = "interlock"
 
@@ -125,12 +126,14 @@ class Tracing:
         if decision.confidence is not None:
             attrs["interlock.confidence"] = decision.confidence
         if self.capture_payloads:
-            # Already redacted by the pipeline: the same form the database holds.
+            # Arguments come redacted from the pipeline. The result is what the agent got: the
+            # tool's answer less the injected credential, so it is redacted here with the same
+            # patterns as the stored result (traces often leave the company).
             attrs["gen_ai.tool.call.arguments"] = json.dumps(arguments, sort_keys=True, default=str)[:4096]
             if result.result is not None:
-                attrs["gen_ai.tool.call.result"] = json.dumps(result.result, sort_keys=True, default=str)[
-                    :4096
-                ]
+                attrs["gen_ai.tool.call.result"] = json.dumps(
+                    redact(result.result), sort_keys=True, default=str
+                )[:4096]
         span.set_attributes(attrs)
         if result.status in ("failed",):
             span.set_status(Status(StatusCode.ERROR, result.error or "failed"))

@@ -28,6 +28,7 @@ from interlock._internal.ui import words
 from interlock._internal.ui.session import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
+    SESSION_REFRESH_S,
     Session,
     SessionSigner,
 )
@@ -65,7 +66,10 @@ class Console:
 
     def __init__(self, interlock: Interlock) -> None:
         self.interlock = interlock
-        self.signer = SessionSigner(interlock.settings.identity.signing_seed)
+        server = interlock.settings.server
+        self.signer = SessionSigner(
+            interlock.settings.identity.signing_seed, ttl_s=server.session_ttl_s, idle_s=server.session_idle_s
+        )
         self.public_https = (interlock.settings.server.public_url or "").lower().startswith("https://")
         self.env = Environment(
             loader=FileSystemLoader(str(TEMPLATES)),
@@ -92,6 +96,12 @@ class Console:
         found = None if session is None else self.active_operator(session.operator_id)
         if session is None or found is None or not hmac.compare_digest(found[1], session.token_fingerprint):
             raise AuthenticationError("sign in to use the console", code=SIGN_IN_REQUIRED)
+        if time.time() - session.seen_at >= SESSION_REFRESH_S:
+            # The idle clock restarts; SecurityHeaders puts the cookie on whatever response follows.
+            cookie, session = self.signer.refresh(session)
+            carrier = Response()
+            self._set_cookie(request, carrier, cookie, session)
+            request.state.session_cookie = carrier.headers["set-cookie"]
         return SignedIn(operator=found[0], session=session, csrf=self.signer.csrf_token(session))
 
     def start_session(self, request: Request, response: Response, operator_id: str) -> bool:
@@ -99,17 +109,25 @@ class Console:
         if found is None:
             return False
         cookie, session = self.signer.issue(operator_id, found[1])
+        self._set_cookie(request, response, cookie, session)
+        response.delete_cookie(LOGIN_CSRF_COOKIE, path=base(request) + "/", httponly=True, samesite="strict")
+        return True
+
+    def _set_cookie(self, request: Request, response: Response, cookie: str, session: Session) -> None:
         response.set_cookie(
             SESSION_COOKIE,
             cookie,
-            max_age=int(session.expires_at - time.time()),
+            max_age=max(1, int(session.expires_at - time.time())),
             path=base(request) + "/",
             secure=self.secure(request),
             httponly=True,
             samesite="strict",
         )
-        response.delete_cookie(LOGIN_CSRF_COOKIE, path=base(request) + "/", httponly=True, samesite="strict")
-        return True
+
+    def sign_out(self, request: Request, response: Response, signed: SignedIn) -> None:
+        """End this operator's sessions everywhere (every browser, every replica), then this cookie."""
+        self.interlock.operators.end_sessions(signed.operator.id, actor=f"operator:{signed.operator.id}")
+        self.end_session(request, response)
 
     def end_session(self, request: Request, response: Response) -> None:
         response.delete_cookie(
@@ -190,6 +208,11 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
+                refreshed = scope.get("state", {}).get("session_cookie")
+                if refreshed and not any(
+                    v.startswith(SESSION_COOKIE + "=") for v in headers.getlist("set-cookie")
+                ):
+                    headers.append("set-cookie", refreshed)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
                 headers["cache-control"] = "public, max-age=300" if static else "no-store"

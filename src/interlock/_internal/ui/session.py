@@ -1,8 +1,11 @@
 """Console sign-in: signed session cookies, CSRF tokens, and one-time sign-in links.
 
-The session cookie holds no secret and nothing server-side: it is ``v1.<payload>.<mac>``, where the
-payload names the operator, a random session id, an expiry, and the fingerprint of the operator's
-current API token, and the MAC is HMAC-SHA256 under a key derived with HKDF from
+The session cookie holds no secret: it is ``v1.<payload>.<mac>``, where the payload names the
+operator, a random session id, an expiry, the time of its last use, and the fingerprint of the
+operator's current API token and session generation (a counter in the operator's row that signing
+out and disabling the operator move on, which ends every session of theirs on every replica). The
+session also ends after ``server.session_idle_s`` without a request; each request within that time
+refreshes the last-use time (at most once a minute). The MAC is HMAC-SHA256 under a key derived with HKDF from
 ``identity.signing_seed`` under its own label (so it never doubles as the token-signing key). Every
 replica sharing the seed accepts it. Each request re-reads the operator's row, so a disabled operator
 or a rotated token ends the session at once.
@@ -22,7 +25,7 @@ import hmac
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -30,6 +33,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 SESSION_COOKIE = "interlock_console"
 LOGIN_CSRF_COOKIE = "interlock_console_login"
 SESSION_TTL_S = 8 * 3600
+SESSION_IDLE_S = 1800
+# A request refreshes the session's last-use time only when it is older than this.
+SESSION_REFRESH_S = 60
 LOGIN_CODE_TTL_S = 600
 _HKDF_LABEL = b"interlock/console-session/v1"
 _VERSION = "v1"
@@ -49,16 +55,20 @@ class Session:
     session_id: str
     expires_at: float
     token_fingerprint: str
+    seen_at: float = 0.0
 
 
 class SessionSigner:
     """Signs and checks session cookies and CSRF tokens with a key of its own."""
 
-    def __init__(self, signing_seed: str, *, ttl_s: int = SESSION_TTL_S) -> None:
+    def __init__(
+        self, signing_seed: str, *, ttl_s: int = SESSION_TTL_S, idle_s: int = SESSION_IDLE_S
+    ) -> None:
         self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_LABEL).derive(
             signing_seed.encode("utf-8")
         )
         self.ttl_s = ttl_s
+        self.idle_s = idle_s
 
     def _mac(self, label: str, data: str) -> str:
         return _b64(hmac.new(self._key, f"{label}|{data}".encode(), hashlib.sha256).digest())
@@ -66,24 +76,35 @@ class SessionSigner:
     def issue(
         self, operator_id: str, token_fingerprint: str, *, now: float | None = None
     ) -> tuple[str, Session]:
+        at = time.time() if now is None else now
         session = Session(
             operator_id=operator_id,
             session_id=secrets.token_urlsafe(16),
-            expires_at=(time.time() if now is None else now) + self.ttl_s,
+            expires_at=at + self.ttl_s,
             token_fingerprint=token_fingerprint,
+            seen_at=at,
         )
+        return self._encode(session), session
+
+    def refresh(self, session: Session, *, now: float | None = None) -> tuple[str, Session]:
+        """The same session with its last use moved to now (its expiry does not move)."""
+        fresh = replace(session, seen_at=time.time() if now is None else now)
+        return self._encode(fresh), fresh
+
+    def _encode(self, session: Session) -> str:
         body = json.dumps(
             {
                 "o": session.operator_id,
                 "s": session.session_id,
                 "e": int(session.expires_at),
                 "t": session.token_fingerprint,
+                "a": int(session.seen_at),
             },
             separators=(",", ":"),
             sort_keys=True,
         )
         payload = _b64(body.encode("utf-8"))
-        return f"{_VERSION}.{payload}.{self._mac('session', payload)}", session
+        return f"{_VERSION}.{payload}.{self._mac('session', payload)}"
 
     def read(self, cookie: str | None, *, now: float | None = None) -> Session | None:
         """The session in a cookie, or None if it is absent, forged, malformed or expired."""
@@ -102,10 +123,12 @@ class SessionSigner:
                 session_id=str(data["s"]),
                 expires_at=float(data["e"]),
                 token_fingerprint=str(data["t"]),
+                seen_at=float(data["a"]),
             )
         except (ValueError, KeyError, TypeError):
             return None
-        if session.expires_at <= (time.time() if now is None else now):
+        at = time.time() if now is None else now
+        if session.expires_at <= at or at - session.seen_at > self.idle_s:
             return None
         return session
 

@@ -138,7 +138,7 @@ def login(
 def logout(request: Request, console: ConsoleDep, signed: SignedDep, csrf: Text = "") -> Response:
     console.check_csrf(signed, csrf)
     response = see_other(base(request) + "/login")
-    console.end_session(request, response)
+    console.sign_out(request, response, signed)
     return response
 
 
