@@ -29,6 +29,7 @@ from interlock._internal.gateway.models import (
     RunView,
 )
 from interlock._internal.gateway.pipeline import Pipeline
+from interlock._internal.gateway.recovery import recover_expired, resolve_unknown
 from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.http import HttpTransport
@@ -44,7 +45,7 @@ from interlock._internal.notify.notifier import Notifier
 from interlock._internal.notify.targets import targets_from_settings as notification_targets
 from interlock._internal.packages.service import PackageService
 from interlock._internal.packages.signing import PackageKey
-from interlock._internal.runs.handoffs import Handoff, HandoffStore, Resolution
+from interlock._internal.runs.handoffs import UNKNOWN_RESOLUTIONS, Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
 from interlock._internal.store import migrate as migrations
@@ -151,6 +152,7 @@ class Interlock:
             tracing=self.tracing,
             metrics=self.metrics,
             budget_warn_ratio=self.settings.notifications.budget_warn_ratio,
+            lease_margin_s=self.settings.recovery.lease_margin_s,
         )
 
     @cached_property
@@ -617,9 +619,25 @@ class Interlock:
         actor: str,
         arguments: Any = None,
         comment: str | None = None,
+        evidence: str | None = None,
     ) -> tuple[Handoff, ActionResult | None]:
         """A person decides an escalated run: resume it, resume it with the held action's arguments
-        edited (the edited action then goes through the whole pipeline), or stop it."""
+        edited (the edited action then goes through the whole pipeline), or stop it.
+
+        An outcome-unknown handoff (a call cut off when its process died) is resolved instead
+        with ``happened`` (``evidence`` required), ``not_happened`` or ``retry`` (the call is made
+        again with the same upstream idempotency key); the result is the agent's definitive
+        answer for the action."""
+        if action in UNKNOWN_RESOLUTIONS:
+            result = resolve_unknown(
+                self.pipeline,
+                handoff_id,
+                action=action,  # type: ignore[arg-type]
+                actor=actor,
+                evidence=evidence,
+                comment=comment,
+            )
+            return self.handoffs.get(handoff_id), result
         if action == "resume_with_arguments" and arguments is None:
             raise ArgumentsInvalid("resume_with_arguments needs the edited arguments", field="arguments")
         handoff = self.handoffs.resolve(handoff_id, action=action, actor=actor, comment=comment)
@@ -629,6 +647,11 @@ class Interlock:
         principal = AgentPrincipal(agent_id=run.agent_id, workflow=run.workflow, environment=run.environment)
         intent = Intent(tool=handoff.tool, arguments=arguments, reasoning=f"arguments edited by {actor}")
         return handoff, self.pipeline.submit_as(principal, run.id, intent)
+
+    def recover(self) -> list[str]:
+        """Turn calls whose lease expired (their process died mid-call) into outcome-unknown
+        handoffs; housekeeping does this on every replica. Returns the step ids recovered here."""
+        return recover_expired(self.engine)
 
     def verify_audit(self) -> VerifyReport:
         """The chain, every signed checkpoint (stored and in the witness directory), and approvals."""

@@ -1,5 +1,6 @@
 """What a server does besides answering requests: webhooks and notifications, approval expiry,
-audit checkpoints.
+recovery of calls whose process died (expired leases become "outcome unknown" for a person), audit
+checkpoints.
 
 Safe on every replica at once: each job is a conditional write that only one replica wins.
 """
@@ -18,19 +19,22 @@ from interlock._internal.audit.checkpoints import maybe_checkpoint
 from interlock._internal.audit.keys import AuditKey
 from interlock._internal.audit.witness import witnesses_from_settings
 from interlock._internal.runs.retention import purge_payloads
+from interlock._internal.gateway.recovery import recover_expired
 from interlock._internal.service import Interlock
-from interlock.exceptions import InterlockError
 
 log = logging.getLogger("interlock.housekeeping")
 
 
 def housekeeping(
-    interlock: Interlock, *, every_s: float = 30.0, retention_every_s: float = 3600.0
+    interlock: Interlock, *, every_s: float | None = None, retention_every_s: float = 3600.0
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
-    """A lifespan hook: start the webhook and notification workers, then every ``every_s`` expire
-    due approvals, run approved actions a lifted pause was holding, and write a signed audit
-    checkpoint when enough has happened since the last one (published to the configured witnesses);
-    every ``retention_every_s``, purge payloads older than each manifest's ``retention_days``."""
+    """A lifespan hook: start the webhook and notification workers, then every ``every_s``
+    (default: the setting ``recovery.housekeeping_every_s``) turn expired leases into
+    outcome-unknown handoffs, expire due approvals, run approved actions a lifted pause was
+    holding (or whose claim lapsed), and write a signed audit checkpoint when enough has happened
+    since the last one (published to the configured witnesses); every ``retention_every_s``,
+    purge payloads older than each manifest's ``retention_days``."""
+    period = every_s if every_s is not None else interlock.settings.recovery.housekeeping_every_s
 
     @asynccontextmanager
     async def hook() -> AsyncIterator[None]:
@@ -51,6 +55,7 @@ def housekeeping(
 
         def tick() -> None:
             jobs = (
+                lambda: recover_expired(interlock.engine),
                 interlock.approvals.expire_due,
                 # Approved actions held by a pause lifted elsewhere (another replica, a script).
                 interlock.approvals.resume_held,
@@ -60,12 +65,12 @@ def housekeeping(
             for job in jobs:
                 try:
                     job()
-                except InterlockError:
+                except Exception:  # one failing job must not stop the others, nor the loop
                     log.warning("housekeeping job failed", exc_info=True)
 
         async def loop() -> None:
             while True:
-                await asyncio.sleep(every_s)
+                await asyncio.sleep(period)
                 await run_in_threadpool(tick)
 
         task = asyncio.create_task(loop())

@@ -312,6 +312,12 @@ def to_call_result(action: ActionResult, spec: ToolSpec | None) -> types.CallToo
         text = "Invalid arguments: " + "; ".join(r.message for r in fields or decision.reasons)
     elif action.status == "failed":
         text = f"Failed: {decision.tool} was allowed but did not complete: {action.error or 'unknown error'}"
+    elif action.status == "outcome_unknown":
+        text = (
+            f"Outcome unknown: {decision.tool} was in flight when its server stopped; it may have "
+            "happened. Do not retry it with a new key: a person is resolving it, and a retry with "
+            "the same key returns their answer."
+        )
     elif action.status == "escalated":
         text = f"Escalated: the run waits for a person to take over. Why: {_reasons_text(decision.reasons)}"
     elif action.status == "limited":

@@ -61,18 +61,28 @@ class ResolveRequest(BaseModel):
 
     action: Resolution = Field(
         description="resume: the run goes on; resume_with_arguments: the held action runs again, through "
-        "the whole pipeline, with `arguments`; stop: the run ends."
+        "the whole pipeline, with `arguments`; stop: the run ends. An outcome-unknown handoff (a call "
+        "cut off when its server died) takes instead: happened (with `evidence`), not_happened, or "
+        "retry (the call is made again with the same upstream idempotency key)."
     )
     arguments: dict[str, Any] | None = Field(
         default=None, description="The edited arguments; only (and always) with resume_with_arguments."
     )
     comment: str | None = Field(default=None, max_length=2000, pattern=_NO_NUL)
+    evidence: str | None = Field(
+        default=None,
+        max_length=2000,
+        pattern=_NO_NUL,
+        description="With happened: what shows it happened (a reference, a link); kept in the audit log.",
+    )
 
 
 class HandoffResolved(BaseModel):
     handoff: Handoff
     action_result: ActionResult | None = Field(
-        default=None, description="With resume_with_arguments: what became of the edited action."
+        default=None,
+        description="With resume_with_arguments: what became of the edited action; with happened, "
+        "not_happened or retry: the agent's definitive answer for the action.",
     )
 
 
@@ -157,9 +167,17 @@ def get_handoff(handoff_id: HandoffIdPath, operator: OperatorDep, interlock: Int
 def resolve_handoff(
     handoff_id: HandoffIdPath, body: ResolveRequest, operator: OperatorDep, interlock: InterlockDep
 ) -> HandoffResolved:
-    """Resume the run, resume it with the held action's arguments edited, or stop it. Decided once."""
+    """Resume the run, resume it with the held action's arguments edited, or stop it; for an
+    outcome-unknown handoff, say it happened (with evidence), it did not, or retry it now with the
+    same upstream key. Decided once."""
     handoff, result = resolve(
-        interlock, operator, handoff_id, action=body.action, arguments=body.arguments, comment=body.comment
+        interlock,
+        operator,
+        handoff_id,
+        action=body.action,
+        arguments=body.arguments,
+        comment=body.comment,
+        evidence=body.evidence,
     )
     return HandoffResolved(handoff=handoff, action_result=result)
 

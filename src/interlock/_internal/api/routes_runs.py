@@ -62,6 +62,7 @@ ACTION_STATUS: dict[str, tuple[int, str | None]] = {
     "invalid": (422, "invalid_arguments"),
     "limited": (429, "limited"),
     "failed": (502, "upstream_error"),
+    "outcome_unknown": (504, "outcome_unknown"),
 }
 
 

@@ -49,6 +49,9 @@ class Action(StrEnum):
     resume = "resume"
     stop = "stop"
     resume_with_arguments = "resume-with-arguments"
+    happened = "happened"
+    not_happened = "not-happened"
+    retry = "retry"
 
     @property
     def resolution(self) -> Resolution:
@@ -59,6 +62,9 @@ _RESOLUTIONS: dict[Action, Resolution] = {
     Action.resume: "resume",
     Action.stop: "stop",
     Action.resume_with_arguments: "resume_with_arguments",
+    Action.happened: "happened",
+    Action.not_happened: "not_happened",
+    Action.retry: "retry",
 }
 
 ScopeArg = Annotated[
@@ -236,7 +242,12 @@ def show(handoff_id: IdArg, as_operator: AsOpt = None, db: DbOpt = None, as_json
 def resolve(
     handoff_id: IdArg,
     action: Annotated[
-        Action, typer.Option("--action", help="resume, stop, or resume-with-arguments (needs --args).")
+        Action,
+        typer.Option(
+            "--action",
+            help="resume, stop, or resume-with-arguments (needs --args); for an outcome-unknown "
+            "handoff: happened (needs --evidence), not-happened, or retry (same upstream key).",
+        ),
     ],
     as_operator: RequiredAsOpt,
     args: Annotated[
@@ -245,10 +256,15 @@ def resolve(
     comment: Annotated[
         str | None, typer.Option("--comment", "-m", help="Why; kept with the handoff.")
     ] = None,
+    evidence: Annotated[
+        str | None,
+        typer.Option("--evidence", help="With happened: what shows it happened; kept in the audit log."),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Resolve a handoff: resume the run, resume it with edited arguments, or stop it."""
+    """Resolve a handoff: resume the run, resume it with edited arguments, or stop it; an
+    outcome-unknown one: it happened (with evidence), it did not, or retry it now."""
     arguments: Any = None
     if args is not None:
         try:
@@ -259,8 +275,8 @@ def resolve(
             fail("--args must be a JSON object", as_json=as_json, error_code="invalid_arguments")
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json)
-        if action is Action.resume_with_arguments:
-            _load_workflow(il, il.handoffs.get(handoff_id).workflow)  # the edited action runs through it
+        if action in (Action.resume_with_arguments, Action.retry):
+            _load_workflow(il, il.handoffs.get(handoff_id).workflow)  # the action runs through it
         handoff, result = handoff_ops.resolve(
             il,
             operator,
@@ -268,6 +284,7 @@ def resolve(
             action=action.resolution,
             arguments=arguments,
             comment=comment,
+            evidence=evidence,
         )
     if as_json:
         print_json(

@@ -1,47 +1,75 @@
-"""Approved actions: executed once, with exactly the approved arguments, back through the pipeline."""
+"""Approved actions: executed once, with exactly the approved arguments, through the same stages.
+
+The claim is a conditional update (two replicas or two approvers racing run it once) that takes a
+lease; the call itself is then journaled like any other (:mod:`.journal`), so from there an
+approved action that dies mid-call becomes "outcome unknown" for a person, never "not started".
+"""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
-
 from interlock._internal.audit.canonical import hash_value
 from interlock._internal.gateway.dataflow import carried_for
-from interlock._internal.gateway.decide import Intent, Verdict, evaluate
-from interlock._internal.gateway.models import (
-    ActionResult,
-    Decision,
-    Reason,
+from interlock._internal.gateway.decide import (
+    Checking,
+    Intent,
+    Verdict,
+    check_policy,
+    check_schema,
+    check_stop_rules,
+    classify_risk,
+    run_brakes,
 )
-from interlock._internal.gateway.statements import CLAIM_APPROVAL, DONE_IDEMPOTENCY
+from interlock._internal.gateway.models import ActionResult, Decision, Reason
+from interlock._internal.gateway.records import record_decision, settle_approval
+from interlock._internal.gateway.statements import CLAIM_APPROVAL
 from interlock._internal.packages import stage as package_stage
-from interlock._internal.store import tables as t
 from interlock._internal.store.engine import transaction
-from interlock.exceptions import (
-    ConflictError,
-)
+from interlock.exceptions import ConflictError, StorageError
 
 if TYPE_CHECKING:
     from interlock._internal.gateway.pipeline import Pipeline
+
+# The claim's lease covers the checks and the reservation before the call is journaled (the
+# journal row then holds a lease of its own, the tool's timeout plus the margin).
+CLAIM_LEASE_S = 60.0
 
 
 def execute_approved(p: Pipeline, approval_id: str) -> ActionResult | None:
     """Run an approved action once, with exactly the approved arguments.
 
-    Claims the execution atomically (two replicas or two approvers racing run it once), then
-    goes through the pipeline again: a paused workflow, agent or environment holds it (None
-    is returned and it stays approved, to run on resume); a policy that now forbids it refuses
-    it; budgets, caps and locks apply as for any action. The outcome is stored on the approval
-    and under the agent's idempotency key, so polling and retrying both see it.
+    Claims the execution atomically, then goes through the pipeline's stages again: a paused
+    workflow, agent or environment holds it (None is returned and it stays approved, to run on
+    resume); a policy that now forbids it refuses it; budgets, caps and locks apply as for any
+    action. The outcome is stored on the approval and under the agent's idempotency key, in the
+    transaction that records it, so polling and retrying both see it.
+
+    An error before the call is journaled releases the claim (nothing reached the upstream, so
+    it may run later); an error after it never does: the journal's lease turns it into "outcome
+    unknown" for a person.
     """
+    lease = time.time() + p.lease_margin_s + CLAIM_LEASE_S
     with transaction(p.engine) as conn:
-        claimed = conn.execute(CLAIM_APPROVAL, {"a_id": approval_id}).first()
+        claimed = conn.execute(CLAIM_APPROVAL, {"a_id": approval_id, "a_lease": lease}).first()
     if claimed is None:
         return None
     row = claimed._mapping
-    run, paused = p._load_run(row["run_id"])
+    try:
+        return _carry_out(p, approval_id, row)
+    except (StorageError, ConflictError) as exc:
+        if exc.code not in ("outcome_unrecorded", "already_executed"):
+            _release(p, approval_id)
+        raise
+    except Exception:
+        _release(p, approval_id)
+        raise
+
+
+def _carry_out(p: Pipeline, approval_id: str, row: Any) -> ActionResult | None:
+    run, paused = p.load_run(row["run_id"])
+    agent_id = row["agent_id"]
     arguments = row["payload"]
     intent = Intent(
         tool=row["tool"],
@@ -49,102 +77,59 @@ def execute_approved(p: Pipeline, approval_id: str) -> ActionResult | None:
         idempotency_key=row["idempotency_key"],
         reasoning=f"approved: {approval_id}",
     )
-    execution = "done"
-    try:
-        agent = p.agents.lookup(row["agent_id"])
-        if agent is None or not agent.record.active:
-            # Revoking an agent withdraws what it asked for, approved or not.
-            runtime = p._runtime(run.workflow)
-            gone = Reason(code="agent_revoked", message=f"agent {row['agent_id']} was revoked")
-            denied = Verdict(
-                Decision(
-                    decision="deny",
-                    reasons=[gone],
-                    tool=row["tool"],
-                    verb=row["verb"],
-                    args_hash=row["args_hash"],
-                ),
-                "denied",
-                None,
-            )
-            result = p._record_without_execution(run, row["agent_id"], intent, denied, runtime)
-            result = result.model_copy(update={"approval_id": approval_id})
-            set_execution(p, approval_id, "refused", result)
-            return result
-        if paused is not None:
-            set_execution(p, approval_id, "held", None)
-            return None
-        if hash_value(arguments) != row["args_hash"]:
-            raise ConflictError("approved arguments do not match their hash", code="approval_mismatch")
-        runtime = p._runtime(run.workflow)
-        verdict = evaluate(
-            runtime,
-            agent_id=row["agent_id"],
-            environment=run.environment,
-            intent=intent,
-            steps=run.steps,
-            tool_calls=run.tool_calls,
-            carried=carried_for(p.engine, runtime.flow_tools, run.id, intent.tool),
+    runtime = p.runtime(run.workflow)
+    agent = p.agents.lookup(agent_id)
+    if agent is None or not agent.record.active:
+        # Revoking an agent withdraws what it asked for, approved or not.
+        gone = Reason(code="agent_revoked", message=f"agent {agent_id} was revoked")
+        decision = Decision(
+            decision="deny", reasons=[gone], tool=row["tool"], verb=row["verb"], args_hash=row["args_hash"]
         )
-        if run.package_id is not None:  # the work package still bounds what was approved
-            verdict = package_stage.gate(p.engine, run.package_id, intent, verdict, now=time.time())
-        approved = Reason(
-            code="approved", message=f"approved ({approval_id})", policy_id=f"approval:{approval_id}"
-        )
-        if verdict.decision.decision in ("allow", "require_approval") and verdict.tool is not None:
-            decision = verdict.decision.model_copy(
-                update={"decision": "allow", "reasons": [approved, *verdict.decision.reasons]}
-            )
-            if run.state != "running":
-                reason = Reason(code="run_not_active", message=f"run is {run.state}")
-                result = p._record_without_execution(
-                    run,
-                    row["agent_id"],
-                    intent,
-                    p._refusal(Verdict(decision, "denied", verdict.tool), reason, "denied"),
-                    runtime,
-                )
-                execution = "refused"
-            else:
-                # The approval claim already makes this run once; the agent's idempotency key
-                # is answered with the outcome afterwards (see _set_execution).
-                once = Intent(tool=intent.tool, arguments=arguments, reasoning=intent.reasoning)
-                result = p._execute(
-                    run, row["agent_id"], once, Verdict(decision, "executed", verdict.tool), runtime
-                )
-                execution = "done" if result.status in ("executed", "failed") else "refused"
-        else:
-            # Policy changed since the request: what is forbidden now is not run.
-            result = p._record_without_execution(run, row["agent_id"], intent, verdict, runtime)
-            execution = "refused"
-    except Exception:
-        set_execution(p, approval_id, None, None)
-        raise
+        denied = Verdict(decision, "denied", None)
+        return _refused(p, approval_id, record_decision(p.engine, run, agent_id, intent, denied, runtime))
+    if paused is not None:
+        with transaction(p.engine) as conn:
+            settle_approval(conn, approval_id, "held", None)
+        return None
+    if hash_value(arguments) != row["args_hash"]:
+        raise ConflictError("approved arguments do not match their hash", code="approval_mismatch")
+    carried = carried_for(p.engine, runtime.flow_tools, run.id, intent.tool)
+    c = Checking(runtime, agent_id, run.environment, intent, run.steps, run.tool_calls, carried)
+    verdict = (
+        check_schema(c)
+        or classify_risk(c)
+        or check_policy(c)
+        or run_brakes(c, run, paused)
+        or check_stop_rules(c)
+        or c.verdict()
+    )
+    if run.package_id is not None:  # the work package still bounds what was approved
+        verdict = package_stage.gate(p.engine, run.package_id, intent, verdict, now=time.time())
+    if verdict.decision.decision not in ("allow", "require_approval") or verdict.tool is None:
+        # Policy changed since the request, or the run stopped: what is refused now is not run.
+        return _refused(p, approval_id, record_decision(p.engine, run, agent_id, intent, verdict, runtime))
+    approved = Reason(
+        code="approved", message=f"approved ({approval_id})", policy_id=f"approval:{approval_id}"
+    )
+    decision = verdict.decision.model_copy(
+        update={"decision": "allow", "reasons": [approved, *verdict.decision.reasons]}
+    )
+    result = p.carry_out(
+        run, agent_id, intent, Verdict(decision, "executed", verdict.tool), runtime, approval_id=approval_id
+    )
+    if result.status in ("executed", "failed"):
+        return result  # the approval was settled in the outcome's transaction
+    return _refused(p, approval_id, result)
+
+
+def _refused(p: Pipeline, approval_id: str, result: ActionResult) -> ActionResult:
     result = result.model_copy(update={"approval_id": approval_id})
-    set_execution(p, approval_id, execution, result)
+    with transaction(p.engine) as conn:
+        settle_approval(conn, approval_id, "refused", result)
     return result
 
 
-def set_execution(p: Pipeline, approval_id: str, execution: str | None, result: ActionResult | None) -> None:
-    values: dict[str, Any] = {"execution": execution}
-    if result is not None:
-        values["outcome"] = result.model_dump(mode="json")
-        values["payload"] = None  # the exact arguments are no longer needed once acted upon
+def _release(p: Pipeline, approval_id: str) -> None:
+    """Give the claim back: nothing was journaled, so nothing reached the upstream."""
     with transaction(p.engine) as conn:
-        conn.execute(update(t.approvals).where(t.approvals.c.id == approval_id).values(**values))
-        if result is not None and result.status == "executed":
-            row = conn.execute(
-                select(t.approvals.c.agent_id, t.approvals.c.idempotency_key).where(
-                    t.approvals.c.id == approval_id
-                )
-            ).first()
-            if row is not None and row[1] is not None:
-                conn.execute(
-                    DONE_IDEMPOTENCY,
-                    {
-                        "k_agent": row[0],
-                        "k_key": row[1],
-                        "k_step": result.step_id,
-                        "k_outcome": values["outcome"],
-                    },
-                )
+        settle_approval(conn, approval_id, None, None)

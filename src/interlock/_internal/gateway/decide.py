@@ -4,7 +4,8 @@ about one intent, before any counter or record is touched."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from interlock._internal.gateway.models import (
     ActionStatus,
     Decision,
     Reason,
+    Run,
 )
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, ToolRuntime, WorkflowRuntime
 from interlock._internal.limits.stop_rules import check_intent
@@ -44,6 +46,9 @@ class Intent:
     reasoning: str | None = None
     confidence: float | None = None
     evidence: tuple[str, ...] | None = None
+
+
+Paused = tuple[str, str] | None  # (reason code, message) when a pause holds the run
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,206 @@ def resolve_credential(ref: CredentialRef | None, *, base_dir: Path) -> str | No
         raise ConfigError(f"credential: cannot read secret file: {exc.strerror}") from exc
 
 
+@dataclass
+class Checking:
+    """One intent on its way through the pure checks: what each stage has learned so far."""
+
+    runtime: WorkflowRuntime
+    agent_id: str
+    environment: str
+    intent: Intent
+    steps: int = 0
+    tool_calls: int = 0
+    carried: tuple[Carried, ...] = ()  # what the run's earlier steps brought in (dataflow.py)
+    base: dict[str, Any] = field(default_factory=dict)
+    tool: ToolRuntime | None = None
+    risk: list[str] = field(default_factory=list)
+    policy_ids: list[str] = field(default_factory=list)
+    outcome: Outcome = "deny"
+    reasons: list[Reason] = field(default_factory=list)
+
+    def refuse(self, reason: Reason, status: ActionStatus = "denied") -> Verdict:
+        kind = "escalate" if status == "escalated" else "deny"
+        decision = Decision(decision=kind, reasons=[reason], risk=self.risk, **self.base)
+        return Verdict(decision, status, self.tool)
+
+    def verdict(self) -> Verdict:
+        """What the checks concluded, once every stage has let the intent through."""
+        decision = Decision(
+            decision=self.outcome,
+            reasons=self.reasons,
+            risk=self.risk,
+            policy_ids=self.policy_ids,
+            **self.base,
+        )
+        status: ActionStatus = {
+            "allow": "executed",
+            "deny": "denied",
+            "require_approval": "pending_approval",
+        }[self.outcome]  # type: ignore[assignment]
+        return Verdict(decision, status, self.tool)
+
+
+# ---- the pure stages, in pipeline order: each returns the verdict that stops the intent, or None.
+
+
+def check_schema(c: Checking) -> Verdict | None:
+    """The tool exists, the arguments are JSON within the size limit and pass its input schema;
+    their hash (what approvals bind to) is taken here."""
+    runtime = c.runtime
+    c.base = {
+        "manifest_version": runtime.version_id,
+        "policy_version": runtime.compiled.sha256,
+        "confidence": c.intent.confidence,
+    }
+    tool_rt = runtime.tools.get(c.intent.tool)
+    if tool_rt is None:
+        c.base["tool"] = c.intent.tool
+        return c.refuse(
+            Reason(code="unknown_tool", message=f"unknown tool {c.intent.tool!r} (deny by default)")
+        )
+    c.tool = tool_rt
+    c.base.update(tool=tool_rt.spec.name, verb=tool_rt.spec.verb)
+    args = c.intent.arguments
+    try:
+        encoded = canonical_json(args)  # once: for the size check and the hash approvals bind to
+        args_hash = sha256_hex(encoded)
+        if len(encoded) > MAX_ARGUMENT_BYTES:
+            raise ArgumentsInvalid(f"arguments exceed {MAX_ARGUMENT_BYTES} bytes", field="arguments")
+        tool_rt.validate(args)
+    except ArgumentsInvalid as exc:
+        reason = Reason(code="invalid_arguments", message=f"{exc.field}: {exc.message}", field=exc.field)
+        return c.refuse(reason, "invalid")
+    except (ValueError, TypeError) as exc:  # not JSON at all (NaN, sets, objects)
+        reason = Reason(code="invalid_arguments", message=f"arguments are not JSON: {exc}", field="arguments")
+        return c.refuse(reason, "invalid")
+    c.base["args_hash"] = args_hash
+    return None
+
+
+def classify_risk(c: Checking) -> Verdict | None:
+    """The tool's traits plus those its risk conditions add for these arguments."""
+    assert c.tool is not None
+    c.risk = c.tool.risk(c.intent.arguments)
+    return None
+
+
+def check_policy(c: Checking) -> Verdict | None:
+    """The agent is declared for this environment, then Cedar decides (deny by default)."""
+    assert c.tool is not None
+    runtime, spec = c.runtime, c.tool.spec
+    agent = runtime.manifest.agent(c.agent_id)
+    if agent is None:
+        return c.refuse(
+            Reason(
+                code="agent_not_in_manifest", message=f"agent {c.agent_id} is not declared in {runtime.name}"
+            )
+        )
+    if agent.environment != c.environment:
+        return c.refuse(
+            Reason(
+                code="environment_mismatch",
+                message=f"agent {c.agent_id} acts in {agent.environment}, not in {c.environment}",
+            )
+        )
+    bound = runtime.bound(c.tool, c.environment)
+    if bound is None:
+        # No fallback: a tool whose system does not bind this environment is not callable here.
+        return c.refuse(
+            Reason(
+                code="no_binding",
+                message=f"system {spec.system} has no binding for environment {c.environment}; "
+                f"{spec.name} cannot be called from it",
+            )
+        )
+    c.tool, c.base["binding"] = bound
+    if c.carried:
+        c.base["data_classes"] = class_names(c.carried)
+    try:
+        context: dict[str, Any] = {
+            "workflow": runtime.name,
+            "environment": c.environment,
+            "tool": spec.name,
+            "risk": c.risk,
+            "steps": c.steps,
+            "tool_calls": c.tool_calls,
+            "args": args_to_cedar(c.intent.arguments, spec.input_schema),
+            "data_classes": class_names(c.carried),
+        }
+        if c.intent.confidence is not None:
+            context["confidence"] = {"__extn": {"fn": "decimal", "arg": decimal_text(c.intent.confidence)}}
+    except CedarValueError as exc:
+        reason = Reason(code="invalid_arguments", message=f"{exc} (cannot be judged exactly by policy)")
+        return c.refuse(reason, "invalid")
+    verdict = policy_engine.decide(
+        runtime.compiled, agent_id=c.agent_id, verb=spec.verb, tool=spec.name, context=context
+    )
+    message = _POLICY_MESSAGES[verdict.code]
+    if verdict.errors:
+        message += ": " + "; ".join(verdict.errors)[:500]
+    c.reasons = [Reason(code=verdict.code, message=message, policy_id=p) for p in verdict.policy_ids] or [
+        Reason(code=verdict.code, message=message)
+    ]
+    c.policy_ids = list(verdict.policy_ids)
+    c.outcome = verdict.outcome
+    if verdict.outcome == "deny":
+        return c.verdict()
+    flow = check_flow(runtime.manifest, spec, c.intent.arguments, c.carried)
+    if flow is not None:
+        # What the data may not reach is decided here, like a policy forbid, before stop rules.
+        c.policy_ids.append(flow.reason.policy_id or "flow")
+        if flow.outcome == "deny":
+            c.outcome, c.reasons = "deny", [flow.reason]
+            return c.verdict()
+        c.reasons = [flow.reason, *c.reasons] if c.outcome == "allow" else [*c.reasons, flow.reason]
+        c.outcome = "require_approval"
+    return None
+
+
+def check_stop_rules(c: Checking) -> Verdict | None:
+    """Stop rules judged from the intent, then confidence routing. They judge only what policy
+    lets through: a forbidden action is denied, not escalated (escalating it would hand a person
+    a decision policy already made)."""
+    assert c.tool is not None
+    manifest = c.runtime.manifest
+    stop = check_intent(
+        manifest,
+        tool=c.tool.spec.name,
+        arguments=c.intent.arguments,
+        risk=c.risk,
+        confidence=c.intent.confidence,
+    )
+    if stop is not None:
+        decision = Decision(
+            decision="escalate", reasons=[stop], risk=c.risk, policy_ids=c.policy_ids, **c.base
+        )
+        return Verdict(decision, "escalated", c.tool)
+    routed = _route_by_confidence(manifest, c.outcome, c.intent.confidence)
+    if routed is not None:
+        c.outcome, reason = routed
+        c.reasons = [reason, *c.reasons] if c.outcome == "require_approval" else [reason]
+        if c.outcome == "deny":
+            return c.verdict()
+    return None
+
+
+def run_brakes(c: Checking, run: Run, paused: Paused) -> Verdict | None:
+    """Run-level brakes on everything that would act or ask a person to act: a pause over the
+    workflow, agent or environment, a run that is no longer running, the run's duration."""
+    if paused is not None:
+        return c.refuse(Reason(code=paused[0], message=paused[1]))
+    if run.state != "running":
+        message = f"run is {run.state}: {run.state_reason or ''}".strip(": ")
+        return c.refuse(Reason(code="run_not_active", message=message))
+    budget = c.runtime.manifest.budgets.per_run
+    if budget.max_duration_s is not None and time.time() - run.started_at > budget.max_duration_s:
+        reason = Reason(
+            code="run_duration_exceeded", message=f"run exceeded max_duration_s={budget.max_duration_s:g}"
+        )
+        return c.refuse(reason, "limited")
+    return None
+
+
 def evaluate(
     runtime: WorkflowRuntime,
     *,
@@ -98,124 +303,11 @@ def evaluate(
     tool_calls: int = 0,
     carried: tuple[Carried, ...] = (),
 ) -> Verdict:
-    """Schema, risk, the system binding, Cedar, data flow, then stop rules and confidence
-    routing. Never raises for bad input: it denies. ``carried`` is what the run's earlier steps
-    brought in (see dataflow.py)."""
-    manifest = runtime.manifest
-    base: dict[str, Any] = {
-        "manifest_version": runtime.version_id,
-        "policy_version": runtime.compiled.sha256,
-        "confidence": intent.confidence,
-    }
-    tool_rt = runtime.tools.get(intent.tool)
-    if tool_rt is None:
-        reason = Reason(code="unknown_tool", message=f"unknown tool {intent.tool!r} (deny by default)")
-        return Verdict(Decision(decision="deny", reasons=[reason], tool=intent.tool, **base), "denied", None)
-    spec = tool_rt.spec
-    base.update(tool=spec.name, verb=spec.verb)
-    args = intent.arguments
-    try:
-        encoded = canonical_json(args)  # once: for the size check and the hash approvals bind to
-        args_hash = sha256_hex(encoded)
-        if len(encoded) > MAX_ARGUMENT_BYTES:
-            raise ArgumentsInvalid(f"arguments exceed {MAX_ARGUMENT_BYTES} bytes", field="arguments")
-        tool_rt.validate(args)
-    except ArgumentsInvalid as exc:
-        reason = Reason(code="invalid_arguments", message=f"{exc.field}: {exc.message}", field=exc.field)
-        return Verdict(Decision(decision="deny", reasons=[reason], **base), "invalid", tool_rt)
-    except (ValueError, TypeError) as exc:  # not JSON at all (NaN, sets, objects)
-        reason = Reason(code="invalid_arguments", message=f"arguments are not JSON: {exc}", field="arguments")
-        return Verdict(Decision(decision="deny", reasons=[reason], **base), "invalid", tool_rt)
-    base["args_hash"] = args_hash
-    risk = tool_rt.risk(args)
-    agent = manifest.agent(agent_id)
-    if agent is None:
-        reason = Reason(
-            code="agent_not_in_manifest", message=f"agent {agent_id} is not declared in {runtime.name}"
-        )
-        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
-    if agent.environment != environment:
-        reason = Reason(
-            code="environment_mismatch",
-            message=f"agent {agent_id} acts in {agent.environment}, not in {environment}",
-        )
-        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
-    bound = runtime.bound(tool_rt, environment)
-    if bound is None:
-        # No fallback: a tool whose system does not bind this environment is not callable here.
-        reason = Reason(
-            code="no_binding",
-            message=f"system {spec.system} has no binding for environment {environment}; "
-            f"{spec.name} cannot be called from it",
-        )
-        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "denied", tool_rt)
-    tool_rt, base["binding"] = bound
-    if carried:
-        base["data_classes"] = class_names(carried)
-    try:
-        context: dict[str, Any] = {
-            "workflow": runtime.name,
-            "environment": environment,
-            "tool": spec.name,
-            "risk": risk,
-            "steps": steps,
-            "tool_calls": tool_calls,
-            "args": args_to_cedar(args, spec.input_schema),
-            "data_classes": class_names(carried),
-        }
-        if intent.confidence is not None:
-            context["confidence"] = {"__extn": {"fn": "decimal", "arg": decimal_text(intent.confidence)}}
-    except CedarValueError as exc:
-        reason = Reason(code="invalid_arguments", message=f"{exc} (cannot be judged exactly by policy)")
-        return Verdict(Decision(decision="deny", reasons=[reason], risk=risk, **base), "invalid", tool_rt)
-    verdict = policy_engine.decide(
-        runtime.compiled, agent_id=agent_id, verb=spec.verb, tool=spec.name, context=context
-    )
-    message = _POLICY_MESSAGES[verdict.code]
-    if verdict.errors:
-        message += ": " + "; ".join(verdict.errors)[:500]
-    reasons = [Reason(code=verdict.code, message=message, policy_id=p) for p in verdict.policy_ids] or [
-        Reason(code=verdict.code, message=message)
-    ]
-    outcome = verdict.outcome
-    policy_ids = list(verdict.policy_ids)
-    flow = check_flow(manifest, spec, args, carried) if outcome != "deny" else None
-    if flow is not None:
-        # What the data may not reach is decided before stop rules, like a policy forbid.
-        policy_ids.append(flow.reason.policy_id or "flow")
-        if flow.outcome == "deny":
-            return Verdict(
-                Decision(decision="deny", reasons=[flow.reason], risk=risk, policy_ids=policy_ids, **base),
-                "denied",
-                tool_rt,
-            )
-        reasons = [flow.reason, *reasons] if outcome == "allow" else [*reasons, flow.reason]
-        outcome = "require_approval"
-    if outcome != "deny":
-        # Stop rules judge what policy would let through: a forbidden action is denied, not
-        # escalated (escalating it would hand a person a decision policy already made).
-        stop = check_intent(manifest, tool=spec.name, arguments=args, risk=risk, confidence=intent.confidence)
-        if stop is not None:
-            return Verdict(
-                Decision(
-                    decision="escalate",
-                    reasons=[stop],
-                    risk=risk,
-                    policy_ids=policy_ids,
-                    **base,
-                ),
-                "escalated",
-                tool_rt,
-            )
-    routed = _route_by_confidence(manifest, outcome, intent.confidence)
-    if routed is not None:
-        outcome, reason = routed
-        reasons = [reason, *reasons] if outcome == "require_approval" else [reason]
-    decision = Decision(decision=outcome, reasons=reasons, risk=risk, policy_ids=policy_ids, **base)
-    status: ActionStatus = {"allow": "executed", "deny": "denied", "require_approval": "pending_approval"}[
-        outcome
-    ]  # type: ignore[assignment]
-    return Verdict(decision, status, tool_rt)
+    """Schema, risk, then policy (the system binding, Cedar, data flow), then stop rules and
+    confidence routing: the pure stages in order. Never raises for bad input: it denies.
+    ``carried`` is what the run's earlier steps brought in (see dataflow.py)."""
+    c = Checking(runtime, agent_id, environment, intent, steps, tool_calls, carried)
+    return check_schema(c) or classify_risk(c) or check_policy(c) or check_stop_rules(c) or c.verdict()
 
 
 def _route_by_confidence(

@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from interlock._internal.manifest.models import Trait, Verb
 
 DecisionKind = Literal["allow", "deny", "require_approval", "escalate"]
-ActionStatus = Literal["executed", "pending_approval", "denied", "invalid", "limited", "failed", "escalated"]
+ActionStatus = Literal[
+    "executed", "pending_approval", "denied", "invalid", "limited", "failed", "escalated", "outcome_unknown"
+]
 
 
 class Reason(BaseModel):

@@ -1,31 +1,47 @@
-"""What the pipeline writes: steps, decisions, approval requests, idempotency outcomes — always
-redacted, always inside the caller's transaction."""
+"""The record stage: what the pipeline writes — steps, decisions, approval requests, outcomes,
+idempotency answers — always redacted, with the audit event in the same transaction."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.audit.canonical import canonical_json, hash_value
 from interlock._internal.audit.chain import append_event
-from interlock._internal.gateway.decide import Intent
+from interlock._internal.gateway import journal
+from interlock._internal.gateway.dataflow import classes_of
+from interlock._internal.gateway.decide import Intent, Verdict
 from interlock._internal.gateway.models import (
     ActionResult,
+    ActionStatus,
     Decision,
     Run,
 )
 from interlock._internal.gateway.runtime import ToolRuntime, WorkflowRuntime
 from interlock._internal.gateway.statements import (
+    ADD_COST,
+    BUMP_STEPS,
     DONE_IDEMPOTENCY,
     INSERT_DECISION,
     INSERT_IDEMPOTENCY,
     INSERT_STEP,
+    RELEASE_IDEMPOTENCY,
 )
 from interlock._internal.ids import new_id
+from interlock._internal.limits.budgets import DEFAULT_WARN_RATIO, settle, warn_nearly_spent
+from interlock._internal.limits.stop_rules import sequence_broken
 from interlock._internal.manifest.models import RuleSpec
+from interlock._internal.runs.state import open_handoff, set_state
 from interlock._internal.store import tables as t
+from interlock._internal.store.engine import transaction
 from interlock._internal.telemetry.redaction import mask_secrets, redact
+from interlock.exceptions import StorageError
+
+if TYPE_CHECKING:
+    from interlock._internal.gateway.execute import Call, Outcome
 
 
 def create_approval(
@@ -125,6 +141,7 @@ def write_step(
     duration_ms: float | None = None,
     cost_micros: int = 0,
     data_classes: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     reasons = [r.model_dump() for r in decision.reasons]
     conn.execute(
@@ -192,6 +209,7 @@ def write_step(
         "result_hash": None if result is None else hash_value(result),
         "error": error,
         **({"package": run.package_id} if run.package_id is not None else {}),
+        **(extra or {}),
     }
     # Added only when present, so actions on tools without systems keep their event shape.
     if decision.binding is not None:
@@ -261,3 +279,196 @@ def safe_redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     except (TypeError, ValueError):
         return {"unserialisable": type(value).__name__}
     return redact(value, extra_secrets=secrets)
+
+
+def bump_steps(conn: Connection, run_id: str) -> int:
+    """Take the run's next step number."""
+    return int(conn.execute(BUMP_STEPS, {"run_id": run_id}).scalar_one())
+
+
+def record_decision(
+    engine: Engine,
+    run: Run,
+    agent_id: str,
+    intent: Intent,
+    verdict: Verdict,
+    runtime: WorkflowRuntime | None,
+) -> ActionResult:
+    """Record a decision that executes nothing: a denial, an escalation (with its handoff), a
+    stopped run, or an approval request (the approval gate), with its step and audit event."""
+    decision = verdict.decision
+    step_id = new_id("stp")
+    approval_id: str | None = None
+    stored_args = safe_redact(intent.arguments)
+    now = time.time()
+    with transaction(engine) as conn:
+        seq = bump_steps(conn, run.id)
+        if decision.decision == "require_approval" and runtime is not None and verdict.tool is not None:
+            approval_id = create_approval(
+                conn, run, agent_id, intent, decision, verdict.tool, runtime, step_id, stored_args, now
+            )
+        write_step(conn, run, agent_id, intent, decision, verdict.status, step_id, seq, stored_args, now)
+        if verdict.status == "escalated":
+            open_handoff(
+                conn,
+                run_id=run.id,
+                workflow=run.workflow,
+                step_id=step_id,
+                tool=decision.tool,
+                arguments=stored_args,
+                reason=decision.reasons[0],
+                actor="interlock",
+            )
+        elif verdict.stop_run:
+            set_state(
+                conn,
+                run.id,
+                "stopped",
+                reason=decision.reasons[0].message,
+                actor="interlock",
+                workflow=run.workflow,
+                data={"code": decision.reasons[0].code, "step": step_id},
+            )
+        result = ActionResult(
+            status=verdict.status,
+            decision=decision,
+            run_id=run.id,
+            step_id=step_id,
+            seq=seq,
+            approval_id=approval_id,
+            retry_after=verdict.retry_after,
+        )
+        if approval_id is not None and intent.idempotency_key is not None:
+            store_outcome(conn, agent_id, intent, run.id, step_id, decision.args_hash or "", result, now)
+    return result
+
+
+def record_outcome(
+    engine: Engine,
+    call: Call,
+    outcome: Outcome,
+    *,
+    sqlite: bool,
+    budget_warn_ratio: float = DEFAULT_WARN_RATIO,
+) -> ActionResult:
+    """Record what the call did: cost settled, the agent's idempotency key answered (or released
+    after a failure, so a retry may run again with the same upstream key), the journal closed, the
+    step, decision and audit event written, an approval's outcome stored, all in one transaction.
+
+    If that transaction fails, the upstream has acted and nothing says so: the journal row is
+    marked executed-unrecorded (best effort; else its lease runs out) and the caller gets
+    :class:`StorageError` ``outcome_unrecorded``. The call is never run again by any path."""
+    run, intent, decision = call.run, call.intent, call.decision
+    error = outcome.error
+    status: ActionStatus = "failed" if error else "executed"
+    now = time.time()
+    result = ActionResult(
+        status=status,
+        decision=decision,
+        run_id=run.id,
+        step_id=call.step_id,
+        result=outcome.stored_result,
+        error=error,
+        seq=call.seq,
+        approval_id=call.approval_id,
+    )
+    spent = call.cost_micros if error is None else 0  # a failed call releases its reservation
+    try:
+        # Lock order in every transaction: the run row, then budget rows, then the audit tip
+        # (appended last). Reservations take the same order, so concurrent actions never deadlock.
+        # (SQLite locks the whole file per transaction, so there a zero-cost update is skipped.)
+        with transaction(engine) as conn:
+            if spent or not sqlite:
+                conn.execute(ADD_COST, {"run_id": run.id, "c_cost": spent})
+            if call.scopes:
+                settle(conn, call.scopes, reserved_micros=call.cost_micros, actual_micros=spent)
+                warn_nearly_spent(conn, call.scopes, workflow=run.workflow, run_id=run.id, ratio=budget_warn_ratio)
+            if call.approval_id is not None:
+                settle_approval(conn, call.approval_id, "done", result)
+            elif intent.idempotency_key is not None:
+                if error is None:
+                    store_outcome(
+                        conn,
+                        call.agent_id,
+                        intent,
+                        run.id,
+                        call.step_id,
+                        decision.args_hash or "",
+                        result,
+                        now,
+                    )
+                else:
+                    conn.execute(
+                        RELEASE_IDEMPOTENCY, {"k_agent": call.agent_id, "k_key": intent.idempotency_key}
+                    )
+            journal.finish(conn, call.step_id, failed=error is not None, now=now)
+            write_step(
+                conn,
+                run,
+                call.agent_id,
+                intent,
+                decision,
+                status,
+                call.step_id,
+                call.seq,
+                outcome.stored_args,
+                now,
+                result=outcome.stored_result,
+                error=error,
+                duration_ms=outcome.duration_ms,
+                cost_micros=spent,
+                data_classes=classes_of(call.tool.spec, outcome.result) if error is None else None,
+            )
+            if error is not None:
+                broken = sequence_broken(conn, call.runtime.manifest, run_id=run.id, tool=call.tool.spec.name)
+                if broken is not None:
+                    open_handoff(
+                        conn,
+                        run_id=run.id,
+                        workflow=run.workflow,
+                        step_id=call.step_id,
+                        tool=call.tool.spec.name,
+                        arguments=outcome.stored_args,
+                        reason=broken,
+                        actor="interlock",
+                    )
+    except Exception as exc:
+        journal.mark_unrecorded(engine, call.step_id)
+        raise StorageError(
+            f"{call.tool.spec.name} was called (upstream key {call.upstream_key}) but its outcome "
+            "could not be recorded; it will not be called again. Retry with the same idempotency "
+            "key later for the definitive answer, or ask an operator.",
+            code="outcome_unrecorded",
+            details={"step_id": call.step_id, "upstream_key": call.upstream_key},
+        ) from exc
+    # The agent gets the tool's answer as the tool gave it, less the injected credential; the
+    # database (and an idempotent replay) keeps the redacted form.
+    return result.model_copy(update={"result": outcome.returned_result})
+
+
+def settle_approval(
+    conn: Connection, approval_id: str, execution: str | None, result: ActionResult | None
+) -> None:
+    """Store what became of an approved action on the approval, and under the agent's idempotency
+    key when it executed (the key still answers ``pending_approval`` until then)."""
+    values: dict[str, Any] = {"execution": execution, "lease_expires_at": None}
+    if result is not None:
+        values["outcome"] = result.model_dump(mode="json")
+        values["payload"] = None  # the exact arguments are no longer needed once acted upon
+    conn.execute(update(t.approvals).where(t.approvals.c.id == approval_id).values(**values))
+    if result is not None:
+        row = conn.execute(
+            select(t.approvals.c.agent_id, t.approvals.c.idempotency_key).where(
+                t.approvals.c.id == approval_id
+            )
+        ).first()
+        if row is not None and row[1] is not None:
+            conn.execute(
+                DONE_IDEMPOTENCY,
+                {
+                    "k_agent": row[0],
+                    "k_key": row[1],
+                    "k_step": result.step_id,
+                    "k_outcome": values["outcome"],
+                },
+            )

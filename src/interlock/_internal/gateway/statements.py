@@ -63,7 +63,7 @@ RESERVE = (
     .values(steps=t.runs.c.steps + 1, tool_calls=t.runs.c.tool_calls + 1)
     .returning(t.runs.c.steps)
 )
-# Claim an approved, not yet executed (or held) approval for execution, exactly once.
+# Claim an approved, not yet executed (or held) approval for execution, exactly once, with a lease.
 CLAIM_APPROVAL = (
     update(t.approvals)
     .where(
@@ -71,7 +71,7 @@ CLAIM_APPROVAL = (
         t.approvals.c.state == "approved",
         or_(t.approvals.c.execution.is_(None), t.approvals.c.execution == "held"),
     )
-    .values(execution="executing")
+    .values(execution="executing", lease_expires_at=bindparam("a_lease"))
     .returning(t.approvals)
 )
 INT_MAX = 2**31 - 1  # runs.steps and runs.tool_calls are INTEGER on PostgreSQL

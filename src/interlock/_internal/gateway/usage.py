@@ -11,8 +11,8 @@ from interlock._internal.gateway.models import (
     ModelCallResult,
     Reason,
 )
+from interlock._internal.gateway.records import bump_steps
 from interlock._internal.gateway.statements import ADD_USAGE, INSERT_STEP
-from interlock._internal.identity.tokens import authenticate_agent
 from interlock._internal.ids import new_id
 from interlock._internal.limits.budgets import (
     charge,
@@ -36,11 +36,10 @@ def record_model_call(p: Pipeline, token: str, run_id: str, call: ModelCall) -> 
     The spend already happened, so it is always recorded; when it passes a budget the run
     stops and the agent's next action is denied.
     """
-    principal = authenticate_agent(token, tokens=p.tokens, store=p.agents)
-    run, _paused = p._load_run(run_id)
+    principal, run, _paused = p.authenticate(token, run_id)  # the pipeline's first two stages
     if run.agent_id != principal.agent_id:
         raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
-    runtime = p._runtime(run.workflow)
+    runtime = p.runtime(run.workflow)
     cost_usd = call.cost_usd
     notes: list[Reason] = []
     if cost_usd is None:
@@ -65,7 +64,7 @@ def record_model_call(p: Pipeline, token: str, run_id: str, call: ModelCall) -> 
     now = time.time()
     scopes = scopes_for(runtime.manifest, run_id=run.id, agent_id=run.agent_id, now=now)
     with transaction(p.engine) as conn:
-        seq = p._bump_steps(conn, run.id)
+        seq = bump_steps(conn, run.id)
         conn.execute(ADD_USAGE, {"run_id": run.id, "c_cost": cost, "c_tokens": tokens})
         usage = {
             "model": call.model,

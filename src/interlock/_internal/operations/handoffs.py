@@ -48,6 +48,7 @@ def resolve(
     action: Resolution,
     arguments: Any = None,
     comment: str | None = None,
+    evidence: str | None = None,
 ) -> tuple[Handoff, ActionResult | None]:
     """Resolve a handoff as ``operator``: checked for role, state and arguments before anything moves."""
     handoff = visible_handoff(interlock, operator, handoff_id)
@@ -67,8 +68,15 @@ def resolve(
         interlock.runtime(handoff.workflow)  # the edited action runs through it: fail before resolving
     elif arguments is not None:
         raise ArgumentsInvalid("arguments go only with resume_with_arguments", field="arguments")
+    if evidence is not None and action != "happened":
+        raise ArgumentsInvalid("evidence goes only with happened", field="evidence")
     return interlock.resolve_handoff(
-        handoff_id, action=action, actor=actor(operator), arguments=arguments, comment=comment or None
+        handoff_id,
+        action=action,
+        actor=actor(operator),
+        arguments=arguments,
+        comment=comment or None,
+        evidence=evidence or None,
     )
 
 

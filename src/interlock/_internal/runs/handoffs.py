@@ -1,4 +1,6 @@
-"""Handoffs: what a stop rule leaves for a person — resume, resume with edited arguments, or stop."""
+"""Handoffs: what a stop rule leaves for a person — resume, resume with edited arguments, or stop —
+and what a call with an unknown outcome leaves — it happened (with evidence), it did not happen,
+or retry now with the same upstream key (see :mod:`interlock._internal.gateway.recovery`)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from sqlalchemy.engine import Engine
 from interlock._internal.runs.state import set_state
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
-from interlock.exceptions import ConflictError, NotFound
+from interlock.exceptions import ArgumentsInvalid, ConflictError, NotFound
 
-Resolution = Literal["resume", "resume_with_arguments", "stop"]
+Resolution = Literal["resume", "resume_with_arguments", "stop", "happened", "not_happened", "retry"]
+UNKNOWN_RESOLUTIONS = ("happened", "not_happened", "retry")
 
 
 class Handoff(BaseModel):
@@ -80,6 +83,12 @@ class HandoffStore:
             if row["state"] != "open":
                 raise ConflictError(
                     f"handoff {handoff_id} was already {row['state']}", code="already_decided"
+                )
+            if row["reason_code"] == "outcome_unknown" or action in UNKNOWN_RESOLUTIONS:
+                raise ArgumentsInvalid(
+                    "an outcome-unknown handoff is resolved with happened, not_happened or retry, "
+                    "and only such a handoff is",
+                    field="action",
                 )
             new_state = "stopped" if action == "stop" else "running"
             conn.execute(

@@ -64,8 +64,11 @@ def open_handoff(
     arguments: Any,
     reason: Reason,
     actor: str,
+    escalate: bool = True,
 ) -> str:
-    """Escalate the run and leave a handoff item for a person: resume, edit and resume, or stop."""
+    """Leave a handoff item for a person (audit event ``handoff.opened``) and escalate the run.
+
+    ``escalate=False`` leaves the run's state alone (a run that already ended stays ended)."""
     handoff_id = new_id("hof")
     conn.execute(
         t.handoffs.insert().values(
@@ -81,13 +84,23 @@ def open_handoff(
             created_at=time.time(),
         )
     )
-    set_state(
+    if escalate:
+        set_state(
+            conn,
+            run_id,
+            "escalated",
+            reason=reason.message,
+            actor=actor,
+            workflow=workflow,
+            data={"handoff": handoff_id, "code": reason.code, "step": step_id},
+        )
+    # Appended after the run row's update: every transaction takes the run row before the audit tip.
+    append_event(
         conn,
-        run_id,
-        "escalated",
-        reason=reason.message,
+        kind="handoff.opened",
         actor=actor,
         workflow=workflow,
-        data={"handoff": handoff_id, "code": reason.code, "step": step_id},
+        run_id=run_id,
+        data={"handoff": handoff_id, "code": reason.code, "step": step_id, "tool": tool},
     )
     return handoff_id

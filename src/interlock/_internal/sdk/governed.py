@@ -336,6 +336,11 @@ def tool_output(result: ActionResult, approval: AgentApprovalView | None = None)
         return f"{tool} was refused for now (limited: {_reasons(result)}); retry after {wait}."
     if result.status == "failed":
         return f"{tool} ran and failed: {result.error or _reasons(result)}"
+    if result.status == "outcome_unknown":
+        return (
+            f"{tool} may or may not have happened (its call was cut off); a person is checking. "
+            "Do not repeat it."
+        )
     return f"{tool} was refused by Interlock ({result.status}): {_reasons(result)}"
 
 

@@ -81,6 +81,17 @@ class BreakerSettings(BaseModel):
     cooldown_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+class RecoverySettings(BaseModel):
+    """Leases on in-flight calls and the housekeeping that turns a dead replica's calls into
+    "outcome unknown" for a person to resolve."""
+
+    # A call's lease is its tool's timeout plus this margin; past it, the call's process is
+    # presumed dead (a live one has given up on the upstream by then).
+    lease_margin_s: float = Field(default=30.0, ge=0, le=86_400)
+    # How often each replica runs housekeeping (expired leases, approval expiry, checkpoints).
+    housekeeping_every_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class TelemetrySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -228,6 +239,7 @@ class Settings(BaseSettings):
     mcp: McpSettings = McpSettings()
     egress: EgressSettings = EgressSettings()
     breaker: BreakerSettings = BreakerSettings()
+    recovery: RecoverySettings = RecoverySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     packages: PackageSettings = PackageSettings()
@@ -277,6 +289,7 @@ __all__ = [
     "OidcGrant",
     "OidcSettings",
     "PackageSettings",
+    "RecoverySettings",
     "ServerSettings",
     "Settings",
     "StorageSettings",

@@ -223,6 +223,8 @@ approvals = Table(
     Column("comment", Text, nullable=True),
     Column("execution", String(20), nullable=True),  # None | executing | held | done | refused
     Column("outcome", JSONText, nullable=True),  # the ActionResult once executed (redacted)
+    # While ``executing``: when the claim lapses if its process died before journaling the call.
+    _ts("lease_expires_at", nullable=True),
     Index("ix_approvals_state", "state"),
 )
 
@@ -284,7 +286,9 @@ __all__ = [
     "audit_events",
     "audit_head",
     "budget_counters",
+    "circuit_breakers",
     "decisions",
+    "executions",
     "handoffs",
     "idempotency",
     "metadata",
@@ -509,4 +513,50 @@ signin_links = Table(
     _ts("expires_at"),
     _ts("used_at", nullable=True),
     Index("ix_signin_links_expires_at", "expires_at"),
+)
+
+# The execution journal: one row per upstream call, written with the reservation (state
+# ``executing`` and a lease) before the call leaves, finished with the outcome after it. An expired
+# lease means the process died mid-call: housekeeping turns it into ``unknown`` for a person.
+# ``upstream_key`` is the idempotency key the upstream sees, derived from the action; it is unique,
+# so no path can start a second call for the same action.
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the step id of the call
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("workflow", String(200), nullable=False),
+    Column("agent_id", String(200), nullable=False),
+    Column("tool", String(200), nullable=False),
+    Column("args_hash", String(64), nullable=False),
+    Column("upstream_key", String(100), nullable=False, unique=True),
+    Column("idempotency_key", String(200), nullable=True),  # the agent's
+    Column("approval_id", String(64), nullable=True),
+    Column("seq", Integer, nullable=False),
+    # executing | done | failed | unrecorded | unknown | happened | not_happened
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("decision", JSONText, nullable=False),
+    # The exact arguments while the outcome is open (for a person's "retry now"); cleared once
+    # the outcome is recorded, like an approval's payload.
+    Column("payload", JSONText, nullable=True),
+    Column("scopes", JSONText, nullable=True),  # budget scopes reserved, [[scope, key, period], ...]
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("resolution", JSONText, nullable=True),
+    _ts("lease_expires_at", nullable=True),
+    _ts("created_at"),
+    _ts("finished_at", nullable=True),
+    Index("ix_executions_state_lease", "state", "lease_expires_at"),
+)
+
+# Circuit breakers every replica shares: consecutive failures per upstream, when it opened, and
+# until when one replica's half-open trial call holds the slot.
+circuit_breakers = Table(
+    "circuit_breakers",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("failures", Integer, nullable=False, default=0),
+    _ts("opened_at", nullable=True),
+    _ts("trial_until", nullable=True),
+    _ts("updated_at"),
 )

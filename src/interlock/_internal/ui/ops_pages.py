@@ -55,11 +55,15 @@ WHY_WORDS = {
     "low_confidence": "The agent was not sure enough",
     "outside_category": "It falls outside the expected categories",
     "sequence_failure": "A step of a sequence failed half-way",
+    "outcome_unknown": "A call was cut off: nobody knows if it happened",
 }
 RESOLUTION_WORDS = {
     "resume": "Resumed",
     "resume_with_arguments": "Resumed with edited arguments",
     "stop": "Stopped",
+    "happened": "Confirmed it happened",
+    "not_happened": "Confirmed it did not happen",
+    "retry": "Retried with the same idempotency key",
 }
 SCOPE_WORDS = {"workflow": "Workflow", "agent": "Agent", "environment": "Environment"}
 
@@ -154,6 +158,8 @@ def handoff_page(interlock: Interlock, operator: Operator, handoff_id: str) -> d
         "run_state": run.state,
         "run_state_words": RUN_STATE_WORDS.get(run.state, run.state),
         "can_resolve": h.state == "open" and permissions.may_resolve(operator, h.workflow),
+        "unknown": h.reason_code == "outcome_unknown",
+        "evidence": str(resolution.get("evidence") or ""),
         "arguments_json": json.dumps(h.arguments, indent=2, ensure_ascii=False)
         if h.arguments is not None
         else "{}",
@@ -262,6 +268,7 @@ def resolve(
     action: Text = "",
     arguments: Text = "",
     comment: Text = "",
+    evidence: Text = "",
 ) -> Response:
     console.check_csrf(signed, csrf)
     found = handoff_ops.visible_handoff(console.interlock, signed.operator, handoff_id)
@@ -271,11 +278,13 @@ def resolve(
             "that takes an owner, admin or approver of the workflow",
             details={"operator_id": signed.operator.id},
         )
-    comment = comment.strip()
-    form = {"action": action, "arguments": arguments, "comment": comment}
+    comment, evidence = comment.strip(), evidence.strip()
+    form = {"action": action, "arguments": arguments, "comment": comment, "evidence": evidence}
     error, edited = "", None
     if action not in RESOLUTION_WORDS:
         error = "Choose resume, resume with edited arguments, or stop."
+    elif action == "happened" and not evidence:
+        error = "Say what shows it happened (a reference, a link); it is kept in the audit log."
     elif action == "stop" and not comment:
         error = "Say why you stop the run; it is kept with the handoff and in the audit log."
     elif action == "resume_with_arguments":
@@ -298,6 +307,7 @@ def resolve(
             action=action,  # type: ignore[arg-type]  # checked against RESOLUTION_WORDS above
             arguments=edited,
             comment=comment or None,
+            evidence=(evidence or None) if action == "happened" else None,
         )
     except (ConflictError, ArgumentsInvalid, NotFound) as exc:
         return _handoff_response(

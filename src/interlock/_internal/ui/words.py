@@ -41,6 +41,7 @@ STATUS_WORDS = {
     "limited": "Stopped by a limit",
     "failed": "Failed",
     "escalated": "Handed to a person",
+    "outcome_unknown": "Outcome unknown: a person checks",
     "recorded": "Recorded",
 }
 APPROVAL_STATE_WORDS = {

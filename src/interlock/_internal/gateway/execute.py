@@ -1,0 +1,115 @@
+"""The stages after the reservation: execute, check the output, redact.
+
+A :class:`Call` is what an allowed, reserved and journaled action carries from the reservation
+to its record; an :class:`Outcome` is what came back. Nothing here writes to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from interlock._internal.gateway.decide import Intent, resolve_credential
+from interlock._internal.gateway.models import Decision, Run
+from interlock._internal.gateway.records import mask_only, safe_redact
+from interlock._internal.gateway.runtime import ToolRuntime, WorkflowRuntime
+from interlock._internal.gateway.transports.base import CallContext
+from interlock._internal.limits.budgets import Scope
+from interlock._internal.telemetry.redaction import redact
+from interlock.exceptions import ConfigError, NotFound, UpstreamError
+
+log = logging.getLogger("interlock.pipeline")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One journaled upstream call: the action, what was reserved for it, and its upstream key."""
+
+    run: Run
+    agent_id: str
+    intent: Intent
+    decision: Decision
+    tool: ToolRuntime
+    runtime: WorkflowRuntime
+    step_id: str
+    seq: int
+    scopes: list[Scope]
+    cost_micros: int
+    upstream_key: str
+    approval_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What the upstream gave back, then (after :func:`redact_outcome`) its stored forms."""
+
+    result: Any = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    secrets: tuple[str, ...] = ()
+    stored_result: Any = None
+    stored_args: Any = None
+    returned_result: Any = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def execute(call: Call) -> Outcome:
+    """Call the upstream with the injected credential, the upstream idempotency key and the tool's
+    timeout. The circuit breaker of an HTTP upstream is consulted by its transport, at the wire.
+    Never raises: an error becomes the outcome's ``error`` (the call is journaled either way)."""
+    spec = call.tool.spec
+    credential: str | None = None
+    started = time.perf_counter()
+    outcome = Outcome()
+    try:
+        credential = resolve_credential(spec.credential, base_dir=call.runtime.loaded.base_dir)
+        ctx = CallContext(
+            run_id=call.run.id,
+            step_id=call.step_id,
+            agent_id=call.agent_id,
+            workflow=call.run.workflow,
+            idempotency_key=call.upstream_key,
+            credential=credential,
+            timeout_s=spec.timeout_s,
+        )
+        outcome.result = call.runtime.transport_for(spec).call(spec, call.intent.arguments, ctx)
+    except (UpstreamError, ConfigError, NotFound) as exc:
+        outcome.error = exc.message
+    except Exception as exc:  # a transport bug must not take the record with it
+        log.exception("transport error")
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    outcome.duration_ms = (time.perf_counter() - started) * 1000
+    outcome.secrets = (credential,) if credential else ()
+    return outcome
+
+
+def check_output(call: Call, outcome: Outcome) -> Outcome:
+    """A result that fails the tool's output schema is an error, and is not passed on."""
+    if outcome.error is None:
+        problem = call.tool.output_errors(outcome.result)
+        if problem is not None:
+            outcome.error = f"output failed the tool's output_schema: {problem}"
+            outcome.result = None
+    return outcome
+
+
+def redact_outcome(call: Call, outcome: Outcome) -> Outcome:
+    """The stored forms: arguments, result and error redacted (the injected credential too).
+    The agent gets the tool's answer as the tool gave it, less the credential."""
+    secrets = outcome.secrets
+    outcome.stored_result = safe_redact(outcome.result, secrets)
+    if outcome.error is not None:
+        outcome.error = str(safe_redact(outcome.error, secrets))
+    # The arguments passed the schema, so they are JSON: redact without re-checking that.
+    outcome.stored_args = redact(call.intent.arguments, extra_secrets=secrets)
+    outcome.returned_result = (
+        outcome.stored_result  # the tool's `redact_results: true`: the agent sees only the redacted form
+        if call.tool.spec.redact_results
+        else mask_only(outcome.result, secrets)
+    )
+    return outcome
