@@ -38,7 +38,11 @@ def kit(db_url: str) -> Iterator[tuple[Harness, InMemoryUpstream]]:
 
 
 def _refunded(args: dict[str, Any], n: int) -> dict[str, Any]:
-    return {**{k: args[k] for k in ("ticket_id", "amount", "currency")}, "refund_id": f"R-{n}", "status": "succeeded"}
+    return {
+        **{k: args[k] for k in ("ticket_id", "amount", "currency")},
+        "refund_id": f"R-{n}",
+        "status": "succeeded",
+    }
 
 
 def _ticket(ticket_id: str) -> dict[str, Any]:
@@ -127,7 +131,14 @@ def test_an_approved_action_carries_the_key_of_its_request(kit) -> None:
 
 @pytest.mark.parametrize(
     "stage",
-    ["check_schema", "classify_risk", "check_policy", "run_brakes", "check_stop_rules", "reserve_and_journal"],
+    [
+        "check_schema",
+        "classify_risk",
+        "check_policy",
+        "run_brakes",
+        "check_stop_rules",
+        "reserve_and_journal",
+    ],
 )
 def test_an_error_in_any_stage_before_execution_denies_with_pipeline_error(kit, monkeypatch, stage) -> None:
     h, upstream = kit
@@ -267,7 +278,10 @@ def test_it_happened_needs_evidence_and_answers_executed(kit, monkeypatch) -> No
     assert h.act(run, "payments.refund", REFUND, idempotency_key="k-h").status == "executed"
     assert h.il.get_run(run).state == "running"
     [event] = events(h, "action.outcome_resolved")
-    assert (event.data["resolution"], event.data["evidence"]) == ("happened", "refund R-1 in the payments ledger")
+    assert (event.data["resolution"], event.data["evidence"]) == (
+        "happened",
+        "refund R-1 in the payments ledger",
+    )
     with pytest.raises(ConflictError):
         h.il.resolve_handoff(handoff, action="retry", actor="operator:ops")
     assert len(upstream.calls) == 1
@@ -277,7 +291,9 @@ def test_it_did_not_happen_gives_the_cost_back_and_answers_failed(kit, monkeypat
     h, upstream = kit
     run = h.run()
     handoff = _unknown(h, run, "k-n", monkeypatch)
-    _, result = h.il.resolve_handoff(handoff, action="not_happened", actor="operator:ops", comment="not in ledger")
+    _, result = h.il.resolve_handoff(
+        handoff, action="not_happened", actor="operator:ops", comment="not in ledger"
+    )
     assert result is not None and result.status == "failed"
     assert h.act(run, "payments.refund", REFUND, idempotency_key="k-n").status == "failed"
     assert len(upstream.calls) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -38,9 +39,10 @@ from interlock._internal.identity.oidc import OidcService
 from interlock._internal.identity.operators import OperatorStore
 from interlock._internal.identity.signin_links import SignInLinks
 from interlock._internal.identity.tokens import AccessToken, AgentPrincipal, TokenService, authenticate_agent
-from interlock._internal.limits.breaker import CircuitBreakerRegistry
+from interlock._internal.limits.breaker import CircuitBreakerRegistry, SharedCircuitBreakers
 from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest, load_manifest_text
+from interlock._internal.manifest.models import HttpUpstream, Manifest
 from interlock._internal.notify.notifier import Notifier
 from interlock._internal.notify.targets import targets_from_settings as notification_targets
 from interlock._internal.packages.service import PackageService
@@ -111,11 +113,36 @@ class Interlock:
     def http_transport(self) -> HttpTransport:
         """One HTTP client pool and set of circuit breakers for every workflow."""
         egress = self.egress
-        breaker = CircuitBreakerRegistry(
+        # Breakers live in the database so that every replica sees the same ones.
+        breaker = SharedCircuitBreakers(
+            self.engine,
             failure_threshold=self.settings.breaker.failure_threshold,
             cooldown_s=self.settings.breaker.cooldown_s,
+            on_open=self._breaker_opened,
         )
         return HttpTransport(egress=egress, breaker=breaker)
+
+    def _breaker_opened(self, key: str, failures: int) -> None:
+        """Record ``breaker.opened`` (once, by the replica that opened it) and pause the
+        workflows whose manifest asks for it and that call this upstream."""
+        with transaction(self.engine) as conn:
+            append_event(
+                conn,
+                kind="breaker.opened",
+                actor="interlock",
+                data={"upstream": key, "failures": failures, "cooldown_s": self.settings.breaker.cooldown_s},
+            )
+        for runtime in self.workflows:
+            manifest = runtime.manifest
+            if manifest.circuit_breaker.on_open != "pause_workflow" or self.is_paused(manifest.name):
+                continue
+            if key in _http_upstream_keys(manifest):
+                self.set_paused(
+                    manifest.name,
+                    paused=True,
+                    actor="interlock",
+                    reason=f"circuit breaker opened for {key} after {failures} consecutive failures",
+                )
 
     @cached_property
     def rate_limiter(self) -> RateLimiter:
@@ -697,3 +724,21 @@ def check_decision(
         environment = spec.environment
     intent = Intent(tool=tool, arguments=arguments, confidence=confidence)
     return evaluate(runtime, agent_id=agent, environment=environment, intent=intent).decision
+
+
+def _http_upstream_keys(manifest: Manifest) -> set[str]:
+    """The breaker keys of every HTTP upstream a workflow's tools reach, in any environment (an
+    absolute tool URL, or the base URL of its system's bindings)."""
+    keys: set[str] = set()
+    for spec in manifest.tools:
+        if not isinstance(spec.upstream, HttpUpstream):
+            continue
+        urls = [spec.upstream.url]
+        system = manifest.system(spec.system) if spec.system is not None else None
+        if system is not None:
+            urls += [b.url for b in system.bindings.values() if b.url is not None]
+        for url in urls:
+            if url.startswith(("http://", "https://")):
+                with contextlib.suppress(Exception):
+                    keys.add(CircuitBreakerRegistry.key_for(url.split("{", 1)[0]))
+    return keys

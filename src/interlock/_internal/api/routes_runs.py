@@ -15,6 +15,9 @@ escalated             409     ``escalated``        a stop rule handed the run to
 invalid               422     ``invalid_arguments``  ``error.field`` names the offending field
 limited               429     ``limited``          ``Retry-After`` when the limit will reset
 failed                502     ``upstream_error``   the tool ran and its upstream failed
+outcome_unknown       504     ``outcome_unknown``  the call was cut off (its server died); a
+                                                   person resolves it; the same key then
+                                                   answers their resolution
 ====================  ======  ===================  =============================================
 
 Non-2xx bodies are ``{"error": {"code", "message", ...}, "action": <ActionResult>}``. Errors that
@@ -133,6 +136,11 @@ def start_run(
         },
         429: {"model": ActionErrorResponse, "description": "A budget, cap or rate limit was reached."},
         502: {"model": ActionErrorResponse, "description": "The tool ran and its upstream failed."},
+        504: {
+            "model": ActionErrorResponse,
+            "description": "Outcome unknown: the call was cut off when its server stopped; a person "
+            "resolves it, and a retry with the same idempotency key then gets their answer.",
+        },
         **error_responses(400, 401, 404),
     },
 )

@@ -483,6 +483,14 @@ class Baseline(Strict):
     description: str | None = None
 
 
+class CircuitBreakerSpec(Strict):
+    """What an open circuit breaker on one of this workflow's HTTP upstreams does. Calls to it
+    fail fast either way; ``pause_workflow`` also pauses the workflow (audit ``workflow.paused``,
+    by ``interlock``) until a person resumes it."""
+
+    on_open: Literal["fail_fast", "pause_workflow"] = "fail_fast"
+
+
 class Manifest(Strict):
     name: Name
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,50}$")]
@@ -512,6 +520,7 @@ class Manifest(Strict):
     # Operator ids (not emails) who may pause and resume this workflow whatever their roles.
     pause_owners: list[Name] = Field(default_factory=list)
     retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
 
     def tool(self, name: str) -> ToolSpec | None:
         for spec in self.tools:
@@ -542,6 +551,7 @@ __all__ = [
     "AgentSpec",
     "Baseline",
     "Binding",
+    "CircuitBreakerSpec",
     "CredentialRef",
     "Destination",
     "FlowRule",
