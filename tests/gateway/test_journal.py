@@ -120,7 +120,8 @@ def test_an_approved_action_carries_the_key_of_its_request(kit) -> None:
     assert pending.status == "pending_approval"
     _approve(h, pending.approval_id)
     result = h.il.pipeline.execute_approved(pending.approval_id)
-    assert result is not None and result.status == "executed"
+    assert result is not None
+    assert result.status == "executed"
     [executing] = events(h, "execution.started")
     assert executing.data["approval"] == pending.approval_id
     assert upstream.calls[-1].idempotency_key == executing.data["upstream_key"]
@@ -274,7 +275,8 @@ def test_it_happened_needs_evidence_and_answers_executed(kit, monkeypatch) -> No
         handoff, action="happened", actor="operator:ops", evidence="refund R-1 in the payments ledger"
     )
     assert resolved.state == "resolved"
-    assert result is not None and result.status == "executed"
+    assert result is not None
+    assert result.status == "executed"
     assert h.act(run, "payments.refund", REFUND, idempotency_key="k-h").status == "executed"
     assert h.il.get_run(run).state == "running"
     [event] = events(h, "action.outcome_resolved")
@@ -294,7 +296,8 @@ def test_it_did_not_happen_gives_the_cost_back_and_answers_failed(kit, monkeypat
     _, result = h.il.resolve_handoff(
         handoff, action="not_happened", actor="operator:ops", comment="not in ledger"
     )
-    assert result is not None and result.status == "failed"
+    assert result is not None
+    assert result.status == "failed"
     assert h.act(run, "payments.refund", REFUND, idempotency_key="k-n").status == "failed"
     assert len(upstream.calls) == 1
 
@@ -304,7 +307,8 @@ def test_retry_now_calls_again_with_the_same_upstream_key(kit, monkeypatch) -> N
     run = h.run()
     handoff = _unknown(h, run, "k-r", monkeypatch)
     _, result = h.il.resolve_handoff(handoff, action="retry", actor="operator:ops")
-    assert result is not None and result.status == "executed"
+    assert result is not None
+    assert result.status == "executed"
     assert len(upstream.calls) == 2
     assert upstream.calls[0].idempotency_key == upstream.calls[1].idempotency_key
     answer = h.act(run, "payments.refund", REFUND, idempotency_key="k-r")

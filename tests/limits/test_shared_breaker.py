@@ -5,6 +5,7 @@ Two registries on one database stand for two replicas. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,10 +88,8 @@ def test_concurrent_failures_open_it_exactly_once(engine: Engine) -> None:
 
     def fail(replica: SharedCircuitBreakers) -> None:
         barrier.wait()
-        try:
+        with contextlib.suppress(UpstreamError):
             replica.acquire(KEY).failure()
-        except UpstreamError:
-            pass
 
     threads = [threading.Thread(target=fail, args=(a if i % 2 else b,)) for i in range(8)]
     for thread in threads:
@@ -112,10 +111,8 @@ def test_concurrent_half_open_admits_one_trial_across_replicas(engine: Engine) -
 
     def try_trial(replica: SharedCircuitBreakers) -> None:
         barrier.wait()
-        try:
+        with contextlib.suppress(UpstreamError):
             permits.append(replica.acquire(KEY))
-        except UpstreamError:
-            pass
 
     threads = [threading.Thread(target=try_trial, args=(a if i % 2 else b,)) for i in range(6)]
     for thread in threads:
