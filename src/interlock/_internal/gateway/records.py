@@ -382,7 +382,9 @@ def record_outcome(
                 conn.execute(ADD_COST, {"run_id": run.id, "c_cost": spent})
             if call.scopes:
                 settle(conn, call.scopes, reserved_micros=call.cost_micros, actual_micros=spent)
-                warn_nearly_spent(conn, call.scopes, workflow=run.workflow, run_id=run.id, ratio=budget_warn_ratio)
+                warn_nearly_spent(
+                    conn, call.scopes, workflow=run.workflow, run_id=run.id, ratio=budget_warn_ratio
+                )
             if call.approval_id is not None:
                 settle_approval(conn, call.approval_id, "done", result)
             elif intent.idempotency_key is not None:

@@ -246,6 +246,13 @@ class SharedCircuitBreakers(CircuitBreakerRegistry):
             return "closed"
         return "open" if self._clock() < opened_at + self.cooldown_s else "half_open"
 
+    def open_count(self) -> int:
+        """Breakers open now, for every replica (they share them)."""
+        self._forget()
+        self._view("")
+        with self._lock:
+            return sum(1 for _failures, opened_at in self._snapshot.values() if opened_at is not None)
+
     def reset(self, key: str | None = None) -> None:
         with transaction(self.engine) as conn:
             stmt = update(_B).values(failures=0, opened_at=None, trial_until=None, updated_at=self._clock())
