@@ -1,7 +1,7 @@
 """execution journal with leases, approval execution leases, shared circuit breakers
 
 Revision ID: 0007
-Revises: 0011
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0011"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
