@@ -18,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from interlock._internal.audit.checkpoints import maybe_checkpoint
 from interlock._internal.audit.keys import AuditKey
 from interlock._internal.audit.witness import witnesses_from_settings
-from interlock._internal.runs.retention import purge_payloads
 from interlock._internal.gateway.recovery import recover_expired
+from interlock._internal.runs.retention import purge_payloads
 from interlock._internal.service import Interlock
 
 log = logging.getLogger("interlock.housekeeping")
