@@ -17,6 +17,7 @@ approval while any other permit allows.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from interlock._internal.manifest.conditions import parse_condition
 from interlock._internal.manifest.loader import LoadedManifest
 from interlock._internal.manifest.models import VERBS, Manifest, RuleSpec, ToolSpec
 from interlock._internal.policy.cedar_values import record_attributes
+from interlock._internal.policy.slices import PolicySlices
 from interlock.exceptions import PolicyError
 
 NS = "Interlock"
@@ -53,6 +55,19 @@ class CompiledPolicy:
     policy_set: Any = field(repr=False)  # cedarpy.PolicySet, parsed once
     entity_set: Any = field(repr=False)  # cedarpy.Entities, parsed once
     ids: dict[str, str] = field(default_factory=dict)  # cedar positional id → @id
+    slices: PolicySlices | None = field(default=None, repr=False)  # None: evaluate the whole set
+
+    def for_tool(self, tool: str) -> tuple[Any, Any]:
+        """The policies and entities a request on ``tool`` needs (see slices.py)."""
+        if self.slices is None:
+            return self.policy_set, self.entity_set
+        return self.slices.for_tool(tool)
+
+    def visibility_class(self, tool: str) -> Hashable:
+        """Tools with equal classes get equal answers to requests that differ only by the tool."""
+        if self.slices is None:
+            return ("tool", tool)
+        return self.slices.visibility_class(tool)
 
 
 def _q(text: str) -> str:
@@ -251,6 +266,10 @@ def compile_manifest(loaded: LoadedManifest) -> CompiledPolicy:
         entity_set = cedarpy.Entities.from_json_str(json.dumps(ents), schema_json)
     except ValueError as exc:
         raise PolicyError(f"Cedar rejected the compiled policy: {exc}", file=str(loaded.path)) from exc
+    try:
+        slices: PolicySlices | None = PolicySlices(text, ents, schema_json)
+    except ValueError:  # a construct the slicer does not read: every request sees the whole set
+        slices = None
     return CompiledPolicy(
         text=text,
         schema=schema,
@@ -258,6 +277,7 @@ def compile_manifest(loaded: LoadedManifest) -> CompiledPolicy:
         sha256=sha256_hex(text.encode() + schema_json.encode()),
         policy_set=policy_set,
         entity_set=entity_set,
+        slices=slices,
     )
 
 

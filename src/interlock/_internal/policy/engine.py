@@ -37,7 +37,7 @@ def decide(
         "context": context,
     }
     try:
-        result = cedarpy.is_authorized(request, compiled.policy_set, compiled.entity_set)
+        result = cedarpy.is_authorized(request, *compiled.for_tool(tool))
     except (ValueError, TypeError, RuntimeError) as exc:  # fail closed on anything Cedar rejects
         return PolicyDecision("deny", (), "policy_error", (str(exc),))
     diag = result.diagnostics

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 
 import cedarpy
 
 from interlock._internal.gateway.runtime import WorkflowRuntime
-from interlock._internal.manifest.models import ToolSpec
+from interlock._internal.manifest.models import AgentSpec, ToolSpec
 from interlock._internal.policy.compiler import NS
 
 log = logging.getLogger("interlock.policy")
@@ -38,35 +39,42 @@ def _visible_tools(runtime: WorkflowRuntime, agent_id: str, *, environment: str 
     agent = manifest.agent(agent_id)
     if agent is None or (environment is not None and environment != agent.environment):
         return []
-    requests = [
-        {
-            "principal": {"type": f"{NS}::Agent", "id": agent_id},
-            "action": {"type": f"{NS}::Action", "id": tool.verb},
-            "resource": {"type": f"{NS}::Tool", "id": tool.name},
-            "context": {
-                "workflow": manifest.name,
-                "environment": agent.environment,
-                "tool": tool.name,
-                # Risk conditions only ever add traits, so the static ones are the least risk.
-                "risk": sorted(tool.traits),
-                "steps": 0,
-                "tool_calls": 0,
-                "args": {},
-            },
-        }
-        for tool in manifest.tools
-    ]
-    compiled = runtime.compiled
+    # One request answers for every tool of a visibility class (see slices.py), so the first
+    # list of a large catalogue costs a handful of Cedar requests, not one per tool.
+    answers: dict[Hashable, bool] = {}
+    shown = []
+    for tool in manifest.tools:
+        key = runtime.compiled.visibility_class(tool.name)
+        seen = answers.get(key)
+        if seen is None:
+            seen = answers[key] = _visible(runtime, agent, tool)
+        if seen:
+            shown.append(tool)
+    return shown
+
+
+def _visible(runtime: WorkflowRuntime, agent: AgentSpec, tool: ToolSpec) -> bool:
+    request = {
+        "principal": {"type": f"{NS}::Agent", "id": agent.id},
+        "action": {"type": f"{NS}::Action", "id": tool.verb},
+        "resource": {"type": f"{NS}::Tool", "id": tool.name},
+        "context": {
+            "workflow": runtime.manifest.name,
+            "environment": agent.environment,
+            "tool": tool.name,
+            # Risk conditions only ever add traits, so the static ones are the least risk.
+            "risk": sorted(tool.traits),
+            "steps": 0,
+            "tool_calls": 0,
+            "args": {},
+        },
+    }
     try:
-        results = cedarpy.is_authorized_batch(requests, compiled.policy_set, compiled.entity_set)
-    except (ValueError, TypeError, RuntimeError):  # fail closed: show nothing rather than too much
-        log.exception("tools/list: policy evaluation failed for agent %s", agent_id)
-        return []
-    return [
-        tool
-        for tool, result in zip(manifest.tools, results, strict=True)
-        if result.allowed or not result.diagnostics.reasons
-    ]
+        result = cedarpy.is_authorized(request, *runtime.compiled.for_tool(tool.name))
+    except (ValueError, TypeError, RuntimeError):  # fail closed: hide what cannot be judged
+        log.exception("tools/list: policy evaluation failed for agent %s, tool %s", agent.id, tool.name)
+        return False
+    return bool(result.allowed or not result.diagnostics.reasons)
 
 
 __all__ = ["visible_tools"]
