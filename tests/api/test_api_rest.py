@@ -677,3 +677,38 @@ def test_nul_characters_are_refused_at_the_door(api: Api) -> None:
     assert r.status_code == 422
     # Free JSON keeps it: arguments and triggers are stored as JSON on both engines.
     assert api.act(run, "tickets.search", {"query": "a\x00b"}).status_code == 200
+
+
+# ---- request size ---------------------------------------------------------------------------------
+
+
+def test_oversized_bodies_are_refused_with_413_before_parsing(api: Api) -> None:
+    run_id = api.start_run()
+    big = b'{"tool": "tickets.search", "arguments": {"query": "' + b"x" * 10_000_000 + b'"}}'
+    r = api.http.post(
+        f"/v1/runs/{run_id}/actions",
+        headers={**api.agent(), "content-type": "application/json"},
+        content=big,
+    )
+    assert r.status_code == 413, r.text
+    assert "1048576" in assert_error_shape(r.json(), "body_too_large")["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds on what is read
+        for _ in range(20):
+            yield b" " * 100_000
+
+    r = api.http.post(
+        f"/v1/runs/{run_id}/actions",
+        headers={**api.agent(), "content-type": "application/json"},
+        content=chunks(),
+    )
+    assert r.status_code == 413, r.text
+    r = api.http.post("/oauth/token", content=b"grant_type=" + b"x" * 2_000_000)
+    assert r.status_code == 413
+    assert r.json()["error"] == "invalid_request"
+    # Nothing was recorded for the refused bodies, and a normal body still works.
+    timeline = api.http.get(f"/v1/runs/{run_id}", headers=api.ops)
+    assert timeline.status_code == 200, timeline.text
+    assert timeline.json()["steps"] == 0
+    ok = api.act(run_id, "tickets.search", {"query": "refund", "limit": 5})
+    assert ok.status_code == 200, ok.text

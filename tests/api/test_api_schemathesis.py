@@ -100,9 +100,9 @@ def _auth(operation: Any, live: Live) -> dict[str, str]:
 
 
 # Operations whose bodies are judged beyond the OpenAPI schema: an action's arguments against
-# the tool's own schema, a new agent's environment against the manifest. A schema-valid request
-# may rightly be a 422 there.
-_SEMANTIC_422 = {("POST", "/v1/runs/{run_id}/actions"), ("POST", "/v1/agents")}
+# the tool's own schema, a new agent's environment against the manifest, a work package's tools
+# and argument bounds against the workflow. A schema-valid request may rightly be a 422 there.
+_SEMANTIC_422 = {("POST", "/v1/runs/{run_id}/actions"), ("POST", "/v1/agents"), ("POST", "/v1/packages")}
 _FUZZ = settings(
     max_examples=50,
     deadline=None,

@@ -27,6 +27,7 @@ from interlock._internal.api import (
     routes_packages,
     routes_runs,
 )
+from interlock._internal.api.body_limit import BodyLimit
 from interlock._internal.api.deps import ApiMetrics
 from interlock._internal.api.errors import install_error_handlers
 from interlock._internal.api.housekeeping import housekeeping
@@ -110,6 +111,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     app.include_router(routes_ops.router)
     app.include_router(routes_packages.router)
     hooks.extend(mount_extras(app, il))
+    app.add_middleware(BodyLimit, max_bytes=il.settings.server.max_body_bytes)
     return app
 
 

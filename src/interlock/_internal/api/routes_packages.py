@@ -77,7 +77,7 @@ def package_public_key(interlock: InterlockDep) -> str:
     return interlock.packages.public_pem
 
 
-@router.post("/packages/verify", responses=error_responses(401, 403, 404, 422))
+@router.post("/packages/verify", responses=error_responses(400, 401, 403, 404, 422))
 def verify_package(body: VerifyRequest, operator: OperatorDep, interlock: InterlockDep) -> dict[str, Any]:
     """Signature and expiry (401 ``package_invalid`` / ``package_expired`` when not), and the state."""
     result = interlock.packages.verify(body.package)
@@ -93,7 +93,9 @@ def show_package(package_id: PackagePath, operator: OperatorDep, interlock: Inte
 
 
 @router.post(
-    "/packages/{package_id}/revoke", response_model=WorkPackage, responses=error_responses(401, 403, 404, 422)
+    "/packages/{package_id}/revoke",
+    response_model=WorkPackage,
+    responses=error_responses(400, 401, 403, 404, 422),
 )
 def revoke_package(
     package_id: PackagePath, operator: OperatorDep, interlock: InterlockDep, body: RevokeRequest | None = None
