@@ -101,8 +101,14 @@ def _auth(operation: Any, live: Live) -> dict[str, str]:
 
 # Operations whose bodies are judged beyond the OpenAPI schema: an action's arguments against
 # the tool's own schema, a new agent's environment against the manifest, a work package's tools
-# and argument bounds against the workflow. A schema-valid request may rightly be a 422 there.
-_SEMANTIC_422 = {("POST", "/v1/runs/{run_id}/actions"), ("POST", "/v1/agents"), ("POST", "/v1/packages")}
+# and argument bounds against the workflow, a token request's `resource` against this server's
+# resources (RFC 8707 invalid_target). A schema-valid request may rightly be refused there.
+_SEMANTIC_422 = {
+    ("POST", "/v1/runs/{run_id}/actions"),
+    ("POST", "/v1/agents"),
+    ("POST", "/v1/packages"),
+    ("POST", "/oauth/token"),
+}
 _FUZZ = settings(
     max_examples=50,
     deadline=None,

@@ -127,6 +127,7 @@ def test_rate_limit_holds_across_replicas(pg_url: str, tmp_path: Path) -> None:
     manifest = tmp_path / "workflow.yaml"
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     shutil.copy(SUPPORT_TRIAGE.parent / "support_desk.py", tmp_path / "support_desk.py")
+    shutil.copy(SUPPORT_TRIAGE.parent / "golden.yaml", tmp_path / "golden.yaml")
     harness = Harness(pg_url, manifest)
     replicas = [Replica(name, manifest=manifest, db_url=pg_url, workdir=tmp_path) for name in ("a", "b")]
     try:

@@ -362,7 +362,9 @@ def test_the_untouched_bundle_verifies(exported: tuple[dict[str, Any], AuditKey]
     report = verify_bundle(json.loads(bundle_bytes(bundle)), key.public)
     assert report.ok, report.problems
     assert report.warnings == []
-    assert report.events == len(bundle["events"]) == 7  # started, 4 actions, approval, completed
+    assert (
+        report.events == len(bundle["events"]) == 9
+    )  # started, 4 actions, 2 executions, approval, completed
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERS))

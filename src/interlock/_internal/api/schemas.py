@@ -159,7 +159,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 class OAuthError(BaseModel):
     """RFC 6749 §5.2: the token endpoint speaks OAuth's own error shape, which OAuth clients parse."""
 
-    error: Literal["invalid_request", "invalid_client", "unsupported_grant_type", "server_error"]
+    error: Literal[
+        "invalid_request", "invalid_client", "unsupported_grant_type", "invalid_target", "server_error"
+    ]
     error_description: str
 
 

@@ -179,6 +179,7 @@ def begin(
             "upstream_key": key,
             "approval": approval_id,
             "lease_expires_at": lease,
+            **({"package": decision.package_id} if decision.package_id is not None else {}),
         },
     )
 
