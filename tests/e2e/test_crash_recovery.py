@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -289,9 +290,21 @@ def test_kill_9_during_an_approved_refund_ends_in_a_final_state_and_a_handoff(
     )
     assert asked.status_code == 202, asked.text
     approval_id = asked.json()["approval_id"]
-    # Approved elsewhere (another replica, a script): this server's housekeeping runs it.
-    with harness.il.engine.begin() as conn:
-        conn.execute(t.approvals.update().where(t.approvals.c.id == approval_id).values(state="approved"))
+    # A person approves on this server, which executes the refund; it dies mid-call.
+    _, op_token = harness.il.operators.create(
+        "approver-1", roles=["approver", "owner", "admin"], workflows=None, actor="test"
+    )
+
+    def approve() -> None:
+        # The server is killed while it executes the approved refund: the request breaks.
+        with httpx.Client(base_url=str(a.http.base_url), timeout=120) as client, suppress(httpx.HTTPError):
+            client.post(
+                f"/v1/approvals/{approval_id}/approve",
+                headers={"Authorization": f"Bearer {op_token}"},
+                json={"comment": "approved for the crash test"},
+            )
+
+    threading.Thread(target=approve, daemon=True).start()
     wait_for(lambda: payments.count() == 1, "the approved refund to reach the upstream")
     kill9(a)
 
