@@ -45,6 +45,7 @@ import cedarpy
 from sqlalchemy import Text, func, null, select, type_coerce
 from sqlalchemy.engine import Engine
 
+from interlock._internal.audit.canonical import hash_value
 from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, WorkflowRuntime, build_runtime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
@@ -241,10 +242,16 @@ def _project(args: dict[str, Any], paths: tuple[ArgPath, ...]) -> tuple[Any, ...
 
 
 def _exact(raw: str | None, args_hash: str | None) -> bool:
-    """Stored text is canonical JSON, so its hash is the argument hash unless redaction changed it."""
+    """The stored arguments are the ones hashed unless redaction changed them. Stored text is
+    usually the canonical form itself (one sha256); otherwise it is parsed and hashed canonically."""
     text = "null" if raw is None else raw  # JSON null is stored as SQL NULL
     if args_hash is not None:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest() == args_hash
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() == args_hash:
+            return True
+        try:
+            return hash_value(json.loads(text)) == args_hash
+        except ValueError:
+            return False
     return MASK[:-1] not in text and "***@" not in text
 
 
