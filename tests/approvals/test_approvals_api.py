@@ -10,13 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import update
 
 from conftest import SUPPORT_TRIAGE, Harness
 from interlock._internal.manifest.loader import load_manifest_text
 from interlock._internal.server import create_app
 from interlock._internal.store import tables as t
+from servers import LiveServer
 
 REFUND = {"ticket_id": "T-1003", "amount": 120, "currency": "EUR", "reason": "broken item"}
 EMAIL = {"ticket_id": "T-1001", "to": "customer@example.com", "subject": "Your order", "body": "On its way."}
@@ -32,29 +32,6 @@ AGENT_FIELDS = {
     "execution",
     "outcome",
 }
-
-
-class LiveServer:
-    """uvicorn in a thread on a free port of 127.0.0.1."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 class Api:
