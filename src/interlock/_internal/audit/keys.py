@@ -38,6 +38,14 @@ def key_id_of(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw_public_bytes(public)).hexdigest()[:16]
 
 
+def derive_ed25519(seed: str, *, info: bytes, setting: str) -> Ed25519PrivateKey:
+    """An Ed25519 key derived from a settings seed (HKDF-SHA256); ``info`` keeps each use's key apart."""
+    if not seed:
+        raise ConfigError(f"{setting} is empty; set it to a long random string")
+    material = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed.encode("utf-8"))
+    return Ed25519PrivateKey.from_private_bytes(material)
+
+
 def raw_public_bytes(public: Ed25519PublicKey) -> bytes:
     return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
@@ -50,12 +58,7 @@ class AuditKey:
 
     @classmethod
     def from_seed(cls, seed: str) -> AuditKey:
-        if not seed:
-            raise ConfigError("audit.signing_seed is empty; set it to a long random string")
-        material = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(
-            seed.encode("utf-8")
-        )
-        return cls(Ed25519PrivateKey.from_private_bytes(material))
+        return cls(derive_ed25519(seed, info=_HKDF_INFO, setting="audit.signing_seed"))
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> AuditKey:

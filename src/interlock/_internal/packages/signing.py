@@ -23,14 +23,12 @@ from functools import cached_property
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from interlock._internal.audit.keys import key_id_of, load_public_key
+from interlock._internal.audit.keys import derive_ed25519, key_id_of, load_public_key
 from interlock._internal.packages.models import FORMAT
-from interlock.exceptions import AuthenticationError, ConfigError
+from interlock.exceptions import AuthenticationError
 
 _HKDF_INFO = b"interlock/work-packages/ed25519/v1"
 TYPE = "interlock-package+jwt"
@@ -44,12 +42,7 @@ class PackageKey:
 
     @classmethod
     def from_seed(cls, seed: str) -> PackageKey:
-        if not seed:
-            raise ConfigError("packages.signing_seed is empty; set it to a long random string")
-        material = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(
-            seed.encode("utf-8")
-        )
-        return cls(Ed25519PrivateKey.from_private_bytes(material))
+        return cls(derive_ed25519(seed, info=_HKDF_INFO, setting="packages.signing_seed"))
 
     @cached_property
     def public(self) -> Ed25519PublicKey:
