@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -167,7 +168,16 @@ def test_no_token_is_401_with_bearer_challenge(api: Api) -> None:
         r = api.http.request(method, path, json={"tool": "tickets.get", "arguments": {}})
         assert r.status_code == 401, (path, r.text)
         assert_error_shape(r.json(), "unauthenticated")
-        assert r.headers["www-authenticate"] == 'Bearer realm="interlock"'
+        # RFC 9728 §5.1: the challenge names the REST API's protected-resource metadata, and
+        # RFC 6750 §3.1: no error attribute when no token was presented.
+        challenge = r.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="interlock", resource_metadata="'), challenge
+        assert "error=" not in challenge
+        metadata = challenge.split('resource_metadata="', 1)[1].split('"', 1)[0]
+        assert metadata.endswith("/.well-known/oauth-protected-resource/v1"), metadata
+        described = api.http.get(urlsplit(metadata).path)
+        assert described.status_code == 200
+        assert described.json()["resource"].endswith("/v1")
 
 
 def test_wrong_token_type_is_401(api: Api) -> None:
@@ -184,6 +194,7 @@ def test_wrong_token_type_is_401(api: Api) -> None:
     assert r.status_code == 401
     assert_error_shape(r.json(), "token_invalid")
     assert 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert "resource_metadata=" in r.headers["www-authenticate"]
 
 
 def test_revoked_agent_is_refused_on_its_next_call(api: Api) -> None:

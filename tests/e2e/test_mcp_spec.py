@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 import httpx
+import jwt
 import pytest
 
 from servers import free_port
@@ -337,6 +338,16 @@ def test_a_token_bound_to_a_resource_is_good_only_there(server: Server) -> None:
     assert (init(for_api), tools(for_api)) == (401, 200)
     assert (init(for_all), tools(for_all)) == (200, 200)
     assert (init(server.token), tools(server.token)) == (200, 200)  # no resource named: both
+
+
+def test_a_token_names_the_issuer_its_authorization_server_metadata_names(server: Server) -> None:
+    # RFC 9068 §2.2 / RFC 8414 §2: ``iss`` is the issuer identifier the metadata publishes, so a
+    # client that checks it against discovery accepts the token.
+    metadata = httpx.get(f"{server.base}/.well-known/oauth-authorization-server").json()
+    token = _token(server).json()["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == metadata["issuer"]
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    assert httpx.post(server.url, json=INIT, headers=headers, timeout=60).status_code == 200
 
     for bad in ("https://elsewhere.example.com/mcp", server.url + "#frag", "not a url"):
         refused = _token(server, bad)

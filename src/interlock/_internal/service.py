@@ -507,11 +507,19 @@ class Interlock:
     # ---- agents' side ------------------------------------------------------------------------
 
     def issue_token(
-        self, client_id: str, client_secret: str, *, resources: Sequence[str] = ()
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        resources: Sequence[str] = (),
+        issuer: str | None = None,
     ) -> AccessToken:
         """OAuth2 client credentials: a short-lived token scoped to the agent's workflow and environment
-        (and, with RFC 8707 ``resources``, good only at those)."""
-        return self.tokens.exchange(client_id, client_secret, store=self.agents, resources=resources)
+        (and, with RFC 8707 ``resources``, good only at those). ``issuer``: the authorization
+        server's URL for ``iss`` (the token endpoint passes the one its metadata names)."""
+        return self.tokens.exchange(
+            client_id, client_secret, store=self.agents, resources=resources, issuer=issuer
+        )
 
     def start_run(
         self,

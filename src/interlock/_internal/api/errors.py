@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from interlock._internal.api.oauth import API_PATH, request_base_url, resource_metadata_url
 from interlock._internal.http_status import status_for
 from interlock.exceptions import (
     InterlockError,
@@ -56,12 +57,16 @@ def retry_after_header(seconds: float | None) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-def interlock_error_response(exc: InterlockError) -> JSONResponse:
+def interlock_error_response(exc: InterlockError, *, resource_metadata: str | None = None) -> JSONResponse:
+    """The error's response; a 401 carries a Bearer challenge naming ``resource_metadata``, the
+    RFC 9728 metadata of the resource asked for, from which a client finds where to get a token."""
     status = status_for(exc)
     headers: dict[str, str] = {}
     if status == 401:
         # RFC 6750 §3: no error attribute when the request carried no credentials at all.
         challenge = 'Bearer realm="interlock"'
+        if resource_metadata is not None:
+            challenge += f', resource_metadata="{resource_metadata}"'
         headers["WWW-Authenticate"] = (
             challenge if exc.code == MISSING_TOKEN else challenge + ', error="invalid_token"'
         )
@@ -110,9 +115,13 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers; called once by :func:`~interlock._internal.api.app.create_app`."""
 
-    async def on_interlock_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_interlock_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InterlockError)
-        return interlock_error_response(exc)
+        metadata = None
+        if status_for(exc) == 401 and request.url.path.startswith(API_PATH + "/"):
+            base = request_base_url(request, request.app.state.interlock.settings)
+            metadata = resource_metadata_url(base, API_PATH)
+        return interlock_error_response(exc, resource_metadata=metadata)
 
     async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

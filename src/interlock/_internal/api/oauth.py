@@ -95,6 +95,17 @@ def resource_metadata_url(base: str, resource_path: str = "") -> str:
     )
 
 
+def issuer_url(request: Request) -> str:
+    """The authorization server's issuer identifier (RFC 8414 §2), which agent tokens issued at
+    ``/oauth/token`` carry as ``iss`` (RFC 9068 §2.2): ``identity.issuer`` when it is an http(s)
+    URL, else this server's address."""
+    settings = _settings(request)
+    try:
+        return canonical_url(settings.identity.issuer)
+    except ValueError:
+        return request_base_url(request, settings)
+
+
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.interlock.settings
     return settings
@@ -134,7 +145,7 @@ async def authorization_server(request: Request) -> JSONResponse:
     """RFC 8414 metadata: Interlock issues its own agent tokens, by client credentials only."""
     base = request_base_url(request, _settings(request))
     body = {
-        "issuer": base,
+        "issuer": issuer_url(request),
         "token_endpoint": base + TOKEN_PATH,
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -167,6 +178,7 @@ __all__ = [
     "api_audience",
     "base_url",
     "canonical_url",
+    "issuer_url",
     "mcp_audience",
     "request_base_url",
     "resource_metadata_url",

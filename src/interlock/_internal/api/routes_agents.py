@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interlock._internal.api.deps import AgentDep, InterlockDep, MetricsDep
-from interlock._internal.api.oauth import canonical_url, request_base_url, resources
+from interlock._internal.api.oauth import canonical_url, issuer_url, request_base_url, resources
 from interlock._internal.api.schemas import OAuthError, TokenResponse, ToolInfo, error_responses
 from interlock.exceptions import AuthenticationError
 
@@ -157,7 +157,13 @@ async def issue_token(request: Request, interlock: InterlockDep, metrics: Metric
         return _oauth_error(400, "invalid_target", bound)
     try:
         token = await run_in_threadpool(
-            partial(interlock.issue_token, client_id, client_secret, resources=bound)
+            partial(
+                interlock.issue_token,
+                client_id,
+                client_secret,
+                resources=bound,
+                issuer=issuer_url(request),
+            )
         )
     except AuthenticationError as exc:
         metrics.token_requests.labels(outcome="invalid_client").inc()

@@ -141,13 +141,16 @@ class TokenService:
         ttl_s: int | None = None,
         now: float | None = None,
         resources: Sequence[str] = (),
+        issuer: str | None = None,
     ) -> AccessToken:
         """OAuth2 client credentials: a client id and secret in, a short-lived access token out.
 
         An unknown client and a wrong secret raise the same :class:`AuthenticationError`
         (code ``invalid_client``); a revoked agent gets code ``agent_revoked``. ``ttl_s`` may only
         shorten the configured lifetime. ``resources`` (RFC 8707, already checked by the caller)
-        join the token's audience, and the token is then only good at those resources.
+        join the token's audience, and the token is then only good at those resources. ``issuer``
+        (the authorization server's URL, as its RFC 8414 metadata names it) replaces the configured
+        ``identity.issuer`` in ``iss``; :meth:`verify` accepts either (see :meth:`_accepts_issuer`).
         """
         row = store.check_secret(client_id, client_secret)
         agent = row.record
@@ -159,7 +162,7 @@ class TokenService:
         issued = int(self._clock() if now is None else now)
         expires = issued + lifetime
         claims = {
-            "iss": self._settings.issuer,
+            "iss": issuer or self._settings.issuer,
             "aud": [AUDIENCE, *dict.fromkeys(resources)] if resources else AUDIENCE,
             "sub": agent.id,
             "wf": agent.workflow,
@@ -218,13 +221,12 @@ class TokenService:
                 self._keys.public,
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
-                issuer=self._settings.issuer,
                 # Times are checked below against the injectable clock, not here against the wall clock.
                 options={
                     "require": _REQUIRED,
                     "verify_signature": True,
                     "verify_aud": True,
-                    "verify_iss": True,
+                    "verify_iss": False,  # checked below: the configured name or this server's URL
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
@@ -234,7 +236,17 @@ class TokenService:
             raise AuthenticationError(f"{_INVALID}: {_reason(exc)}", code="token_invalid") from exc
         if decoded["header"].get("typ") != TOKEN_TYPE:
             raise AuthenticationError(f"{_INVALID}: not an access token", code="token_invalid")
+        if not self._accepts_issuer(decoded["payload"]["iss"]):
+            raise AuthenticationError(f"{_INVALID}: issued by someone else", code="token_invalid")
         return _claims(decoded["payload"])
+
+    def _accepts_issuer(self, iss: object) -> bool:
+        """``identity.issuer``, or an http(s) URL: the address this server names itself by in its
+        RFC 8414 metadata, which the token endpoint writes (the signature, made with this
+        deployment's own key, is what proves the token ours; ``iss`` names the issuer for clients)."""
+        return isinstance(iss, str) and (
+            iss == self._settings.issuer or iss.startswith(("http://", "https://"))
+        )
 
 
 def _claims(payload: dict[str, Any]) -> TokenClaims:
