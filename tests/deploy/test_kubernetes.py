@@ -235,6 +235,12 @@ def test_network_policy_egress_mirrors_the_allowlist(rendered: tuple[str, list[d
     )
     if overlay == "postgres":
         assert database, "the PostgreSQL overlay must let the replicas reach the database"
+    for rule in database:
+        # Port 5432 to any address would let a compromised replica reach every database around.
+        assert rule.get("to"), f"{overlay}: the database rule must name where the database is"
+        for peer in rule["to"]:
+            block = peer.get("ipBlock", {}).get("cidr")
+            assert block is None or ipaddress.ip_network(block).num_addresses <= 256, (overlay, peer)
 
 
 def test_the_mirror_rule_notices_a_missing_port() -> None:
