@@ -61,6 +61,11 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        if family in (socket.AF_INET, socket.AF_INET6):
+            # Accepted connections inherit it. Without it a response written in two parts (head,
+            # then body; every SSE event) waits for the client's delayed ACK: about 40 ms per
+            # request on a kept-alive connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
@@ -152,6 +157,7 @@ def _serve(
     _preflight(settings, as_json=as_json)
 
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from interlock._internal.operations.signin import local_admin_link
     from interlock._internal.server import MCP_PATH, UI_PATH, create_app
@@ -203,6 +209,11 @@ def _serve(
             )
     try:
         # The socket bound first, before any work: the port cannot be taken in between.
-        uvicorn.run(app, host=host, port=port, fd=sock.fileno(), log_level=log_level, proxy_headers=False)
+        # The socket object, not its file descriptor: uvicorn takes a bare descriptor for a Unix
+        # socket and would skip what it does for TCP.
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
+        server.run(sockets=[sock])
+        if not server.started:
+            raise SystemExit(STARTUP_FAILURE)
     finally:
         interlock.close()
