@@ -125,9 +125,14 @@ def test_shared_systems_file_is_imported_and_its_errors_name_it(tmp_path: Path) 
     assert "systems:" not in loaded.text
     systems = tmp_path / "systems.yaml"
     systems.write_text(systems.read_text().replace("tier: 2", "tier: 3", 1))
-    helpdesk = load_manifest(path).manifest.system("helpdesk")
+    changed = load_manifest(path)
+    helpdesk = changed.manifest.system("helpdesk")
     assert helpdesk is not None
     assert helpdesk.tier == 3
+    # A changed shared system is a new version of every workflow importing it: decisions name it.
+    assert changed.text == loaded.text
+    assert (changed.sha256, changed.version_id) != (loaded.sha256, loaded.version_id)
+    assert load_manifest(path).version_id == changed.version_id  # and the same text, the same version
     systems.write_text(systems.read_text().replace("data_classes: [pii]", "data_classes: [pij]", 1))
     with pytest.raises(ManifestError) as info:
         load_manifest(path)

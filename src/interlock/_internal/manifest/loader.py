@@ -151,7 +151,7 @@ def _load(text: str, *, file: str, path: Path | None, base_dir: Path) -> LoadedM
             ]
         }
     )
-    digest = hashlib.sha256(encoded).hexdigest()
+    digest = _version_digest(encoded, imported)
     return LoadedManifest(
         manifest=manifest,
         text=text,
@@ -182,6 +182,18 @@ def dotted(path: YamlPath) -> str:
 # same events and marks; PyYAML built without it falls back.
 _LIBYAML = hasattr(yaml, "CSafeLoader")
 _LOADER: Any = yaml.CSafeLoader if _LIBYAML else yaml.SafeLoader
+
+
+def _version_digest(encoded: bytes, imported: list[Imported]) -> str:
+    """The version hash: the manifest's bytes, then each imported file's name and text (so a
+    changed shared system is a new version of every workflow importing it). Without imports it is
+    the plain SHA-256 of the manifest, as it always was."""
+    digest = hashlib.sha256(encoded)
+    for item in imported:
+        for part in (item.file, item.text):
+            data = part.encode("utf-8")
+            digest.update(b"\0%d:" % len(data) + data)
+    return digest.hexdigest()
 
 
 def _read_yaml(text: str, file: str) -> tuple[Any, dict[YamlPath, int]]:
