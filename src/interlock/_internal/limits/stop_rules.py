@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -132,20 +133,36 @@ def check_history(conn: Connection, manifest: Manifest, *, run_id: str, tool: st
     for rule in manifest.stop_rules:
         if rule.kind != "conflicting_records" or not rule.key or not rule.sources or not _applies(rule, tool):
             continue
-        seen: dict[str, set[str]] = {}
-        for src, result in conn.execute(_EXECUTED, {"h_run": run_id, "h_tools": list(rule.sources)}):
-            value = _lookup(result, rule.key) if isinstance(result, dict) else _MISSING
-            if value is not _MISSING and value is not None:
-                seen.setdefault(json.dumps(value, sort_keys=True), set()).add(src)
-        if len(seen) > 1:
-            shown = "; ".join(f"{', '.join(sorted(v))} say {k}" for k, v in sorted(seen.items()))
-            return Reason(
-                code="conflicting_records",
-                message=f"sources disagree on {rule.key!r}: {shown} (stop rule {rule.id})",
-                policy_id=f"stop:{rule.id}",
-                field=rule.key,
-            )
+        rows = conn.execute(_EXECUTED, {"h_run": run_id, "h_tools": list(rule.sources)})
+        reason = records_conflict(rule, ((src, result) for src, result in rows))
+        if reason is not None:
+            return reason
     return None
+
+
+def records_conflict(rule: StopRule, executed: Iterable[tuple[str, Any]]) -> Reason | None:
+    """A ``conflicting_records`` rule judged over (tool, stored result) of the run's executed
+    steps of its sources: live in the reservation, and from the record in replay and what-if."""
+    assert rule.key is not None
+    seen: dict[str, set[str]] = {}
+    for src, result in executed:
+        value = _lookup(result, rule.key) if isinstance(result, dict) else _MISSING
+        if value is not _MISSING and value is not None:
+            seen.setdefault(json.dumps(value, sort_keys=True), set()).add(src)
+    if len(seen) > 1:
+        shown = "; ".join(f"{', '.join(sorted(v))} say {k}" for k, v in sorted(seen.items()))
+        return Reason(
+            code="conflicting_records",
+            message=f"sources disagree on {rule.key!r}: {shown} (stop rule {rule.id})",
+            policy_id=f"stop:{rule.id}",
+            field=rule.key,
+        )
+    return None
+
+
+def applies(rule: StopRule, tool: str) -> bool:
+    """Whether a stop rule covers ``tool`` (a rule that names no tool covers every tool)."""
+    return _applies(rule, tool)
 
 
 def sequence_broken(conn: Connection, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
@@ -158,10 +175,15 @@ def sequence_broken(conn: Connection, manifest: Manifest, *, run_id: str, tool: 
             continue
         done = [row[0] for row in conn.execute(_EXECUTED, {"h_run": run_id, "h_tools": earlier})]
         if done:
-            return Reason(
-                code="sequence_failure",
-                message=f"{tool} failed after {', '.join(sorted(set(done)))} in the sequence "
-                f"{' → '.join(rule.sequence)}; a person must finish or undo it (stop rule {rule.id})",
-                policy_id=f"stop:{rule.id}",
-            )
+            return sequence_reason(rule, tool, done)
     return None
+
+
+def sequence_reason(rule: StopRule, tool: str, done: Iterable[str]) -> Reason:
+    """The reason a ``sequence_failure`` rule gives when ``tool`` failed after ``done`` executed."""
+    return Reason(
+        code="sequence_failure",
+        message=f"{tool} failed after {', '.join(sorted(set(done)))} in the sequence "
+        f"{' → '.join(rule.sequence)}; a person must finish or undo it (stop rule {rule.id})",
+        policy_id=f"stop:{rule.id}",
+    )

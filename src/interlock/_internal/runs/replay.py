@@ -15,11 +15,15 @@ What a replay cannot know, and how it is treated:
   difference on redacted arguments is reported as ``changed`` with ``arguments_exact: false``.
 - **The moment.** A pause, a run that was no longer running, its duration limit and pipeline
   errors are facts about the moment, not about the policy: unless the policy now denies outright,
-  they hold again. Refusals taken while reserving (loop detection, stop rules that read the run's
-  history, rate limits, budgets, locks) hold again only for an action the policy still lets run
-  alone. Step and tool-call caps come from the manifest, so the candidate's caps are applied to
-  the recorded counters. An action a person approved stays allowed while the policy allows or
-  reviews it, as the pipeline executes approved actions.
+  they hold again. Refusals taken while reserving from counters the record does not keep (rate
+  limits, budgets, locks) hold again only for an action the policy still lets run alone. An
+  action a person approved stays allowed while the policy allows or reviews it, as the pipeline
+  executes approved actions.
+- **History.** Rules that read the run's earlier steps are judged again from the recorded steps
+  under the candidate (:mod:`.history`), never taken as recorded: step and tool-call caps, loop
+  detection (``max_repeats``), ``conflicting_records`` stop rules, and ``sequence_failure`` stop
+  rules on a failed call. A step whose failure tripped a sequence rule counts as ``escalate``
+  (the run was handed to a person at that step), with the reason ``sequence_failure``.
 - **Consequences.** Each step is judged on its own. The replay does not guess what the agent
   would have done after a step that now ends differently.
 """
@@ -40,6 +44,13 @@ from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
+from interlock._internal.runs.history import (
+    HISTORY_CODES,
+    SEQUENCE_FAILURE,
+    Prior,
+    history_refusal,
+    sequence_failure,
+)
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading
 from interlock._internal.telemetry.redaction import MASK
@@ -86,6 +97,8 @@ RUN_BRAKES = frozenset(
 APPROVED = "approved"
 # Statuses of steps that took a tool call from the run's cap (see the pipeline's reservation).
 _CALLED = frozenset({"executed", "failed"})
+# Refusals judged again from the record under the candidate, never taken as recorded.
+_REJUDGED = CAP_CODES | HISTORY_CODES
 
 Outcome = Literal["same", "changed", "not_comparable"]
 Basis = Literal["policy", "approved", "brake", "held"]
@@ -171,6 +184,15 @@ def load_run(engine: Engine, run_id: str) -> RunRecord:
             .mappings()
             .first()
         )
+        # A failed call that broke a declared sequence escalated the run at that step.
+        broke = {
+            h.step_id: {"code": h.reason_code, "message": h.message}
+            for h in conn.execute(
+                select(t.handoffs.c.step_id, t.handoffs.c.reason_code, t.handoffs.c.message).where(
+                    t.handoffs.c.run_id == run_id, t.handoffs.c.reason_code == SEQUENCE_FAILURE
+                )
+            )
+        }
     steps = []
     for row in rows:
         m = row._mapping
@@ -202,6 +224,7 @@ def load_run(engine: Engine, run_id: str) -> RunRecord:
                 "evidence": m[t.steps.c.evidence],
                 "created_at": m[t.steps.c.created_at],
                 "decision": decision,
+                "sequence_failure": broke.get(m[t.steps.c.id]),
             }
         )
     manifest: dict[str, Any] = {"version_id": run["workflow_version_id"], "text": None}
@@ -361,9 +384,18 @@ def replay_run(record: RunRecord, runtime: WorkflowRuntime) -> ReplayReport:
         )
     calls = 0
     out: list[StepReplay] = []
+    history: list[Prior] = []
     for step in sorted(record.steps, key=lambda s: int(s["seq"])):
         if step.get("kind", "tool") == "tool":
-            out.append(_replay_step(runtime, run, step, calls_before=calls))
+            out.append(_replay_step(runtime, run, step, calls_before=calls, history=history))
+            history.append(
+                Prior(
+                    tool=step.get("tool"),
+                    args_hash=step.get("args_hash"),
+                    status=str(step.get("status")),
+                    result=step.get("result"),
+                )
+            )
         if step.get("status") in _CALLED:
             calls += 1
     return ReplayReport(
@@ -379,7 +411,12 @@ def replay_run(record: RunRecord, runtime: WorkflowRuntime) -> ReplayReport:
 
 
 def _replay_step(
-    runtime: WorkflowRuntime, run: dict[str, Any], step: dict[str, Any], *, calls_before: int
+    runtime: WorkflowRuntime,
+    run: dict[str, Any],
+    step: dict[str, Any],
+    *,
+    calls_before: int,
+    history: list[Prior],
 ) -> StepReplay:
     seq = int(step["seq"])
     steps_before = seq - 1  # every step, whatever its outcome, takes exactly one sequence number
@@ -413,13 +450,14 @@ def _replay_step(
     recorded_kind = str(recorded["decision"])
     recorded_reasons: list[dict[str, Any]] = list(recorded.get("reasons") or [])
     recorded_codes = [str(r.get("code")) for r in recorded_reasons]
+    broke = step.get("sequence_failure")
     policy_now: str = verdict.decision.decision
     reasons: list[Reason] = list(verdict.decision.reasons)
     note: str | None = None
     now: str
     basis: Basis
-    if set(recorded_codes) & CAP_CODES and policy_now != "deny":
-        now, basis = policy_now, "policy"
+    if set(recorded_codes) & _REJUDGED and policy_now != "deny":
+        now, basis = policy_now, "policy"  # caps and history are judged again below
     else:
         now, basis = reconcile(recorded_kind, recorded_codes, policy_now)
     if basis in ("brake", "held"):
@@ -428,10 +466,22 @@ def _replay_step(
     elif basis == "approved":
         reasons = [Reason(**r) for r in recorded_reasons if r.get("code") == APPROVED] + reasons
         note = "approved by a person; the approval still covers what the policy allows or reviews"
-    if now == "allow" and basis == "policy":
-        cap = _cap(runtime, steps_before, calls_before)
-        if cap is not None:
+    if now == "allow" and basis in ("policy", "approved"):
+        tool_name = str(step.get("tool") or "")
+        # In the reservation's order: loop detection and history stop rules, then the caps.
+        refused = history_refusal(runtime.manifest, tool=tool_name, args_hash=args_hash, history=history)
+        if refused is not None:
+            now, reasons = "escalate", [refused]
+        elif basis == "policy" and (cap := _cap(runtime, steps_before, calls_before)) is not None:
             now, reasons = "deny", [cap]
+        elif step.get("status") == "failed":
+            broken = sequence_failure(runtime.manifest, tool=tool_name, history=history)
+            if broken is not None:
+                now, reasons = "escalate", [*reasons, broken]
+    if isinstance(broke, dict):
+        # The call failed and broke a declared sequence: the run was escalated at this step.
+        recorded_kind = "escalate"
+        recorded_codes = [*recorded_codes, str(broke.get("code"))]
     now_codes = [r.code for r in reasons]
     outcome: Outcome = "same" if recorded_kind == now else "changed"
     if outcome == "changed" and not exact and "invalid_arguments" in (*recorded_codes, *now_codes):

@@ -1,0 +1,91 @@
+"""Rules that depend on a run's earlier steps, judged from its record.
+
+The pipeline judges loop detection and ``conflicting_records`` stop rules inside the reservation
+(from the steps table), and ``sequence_failure`` after a call fails. Replay, what-if and a
+rollout's shadow judge the same rules of *another* manifest from the recorded history instead of
+taking the recorded answer: these functions are that judgement, with the pipeline's reasons and
+messages, over a list of earlier steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from interlock._internal.gateway.models import Reason
+from interlock._internal.limits.stop_rules import applies, records_conflict, sequence_reason
+from interlock._internal.manifest.models import Manifest
+
+# Steps that took a tool call (and count toward loop detection), as the reservation counts them.
+CALLED = frozenset({"executed", "failed"})
+# Refusals the reservation takes from the run's history: re-judged, never taken as recorded.
+HISTORY_CODES = frozenset({"loop_detected", "conflicting_records"})
+SEQUENCE_FAILURE = "sequence_failure"
+
+
+@dataclass(frozen=True)
+class Prior:
+    """One earlier step of a run, as recorded: what history rules look at."""
+
+    tool: str | None
+    args_hash: str | None
+    status: str
+    result: Any = None
+
+
+def needs_history(manifest: Manifest) -> bool:
+    """Whether any rule of ``manifest`` reads the run's earlier steps."""
+    return manifest.budgets.per_run.max_repeats is not None or any(
+        rule.kind in ("conflicting_records", SEQUENCE_FAILURE) for rule in manifest.stop_rules
+    )
+
+
+def history_refusal(
+    manifest: Manifest, *, tool: str, args_hash: str | None, history: Sequence[Prior]
+) -> Reason | None:
+    """What the reservation would refuse before ``tool`` runs, given the run's earlier steps:
+    loop detection (``max_repeats``), then ``conflicting_records`` stop rules. Both escalate."""
+    max_repeats = manifest.budgets.per_run.max_repeats
+    if max_repeats is not None and args_hash is not None:
+        repeats = sum(
+            1 for p in history if p.tool == tool and p.args_hash == args_hash and p.status in CALLED
+        )
+        if repeats >= max_repeats:
+            return Reason(
+                code="loop_detected",
+                message=f"{tool} with these arguments already ran {repeats} times "
+                f"in this run (max_repeats={max_repeats})",
+            )
+    for rule in manifest.stop_rules:
+        if rule.kind != "conflicting_records" or not rule.key or not rule.sources or not applies(rule, tool):
+            continue
+        executed = ((p.tool, p.result) for p in history if p.status == "executed" and p.tool in rule.sources)
+        reason = records_conflict(rule, ((str(name), result) for name, result in executed))
+        if reason is not None:
+            return reason
+    return None
+
+
+def sequence_failure(manifest: Manifest, *, tool: str, history: Sequence[Prior]) -> Reason | None:
+    """The ``sequence_failure`` stop rule a failed call of ``tool`` trips, given what executed
+    before it in the run, or None."""
+    for rule in manifest.stop_rules:
+        if rule.kind != SEQUENCE_FAILURE or tool not in rule.sequence:
+            continue
+        earlier = rule.sequence[: rule.sequence.index(tool)]
+        done = [str(p.tool) for p in history if p.status == "executed" and p.tool in earlier]
+        if done:
+            return sequence_reason(rule, tool, done)
+    return None
+
+
+__all__ = [
+    "CALLED",
+    "HISTORY_CODES",
+    "SEQUENCE_FAILURE",
+    "Prior",
+    "history_refusal",
+    "needs_history",
+    "sequence_failure",
+]
