@@ -35,6 +35,7 @@ from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.gateway.transports.base import Transport
 from interlock._internal.gateway.transports.http import HttpTransport
 from interlock._internal.identity.agents import AgentStore
+from interlock._internal.identity.backoff import TokenBackoff
 from interlock._internal.identity.oidc import OidcService
 from interlock._internal.identity.operators import OperatorStore
 from interlock._internal.identity.signin_links import SignInLinks
@@ -91,6 +92,11 @@ class Interlock:
     @cached_property
     def agents(self) -> AgentStore:
         return AgentStore(self.engine)
+
+    @cached_property
+    def token_backoff(self) -> TokenBackoff:
+        """Failed client-credential attempts per client id (the token endpoint's back-off)."""
+        return TokenBackoff(self.engine, self.settings.server)
 
     @cached_property
     def operators(self) -> OperatorStore:

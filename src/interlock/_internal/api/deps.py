@@ -67,6 +67,13 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.token_failures = Counter(
+            "interlock_http_token_failures",
+            "Failed client-credential attempts at /oauth/token (wrong secret, unknown or revoked "
+            "client: 'invalid_client'; refused during a back-off: 'backoff').",
+            ["reason"],
+            registry=self.registry,
+        )
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs plain `def` dependencies on the thread

@@ -31,8 +31,9 @@ def housekeeping(
     """A lifespan hook: start the webhook and notification workers, then every ``every_s``
     (default: the setting ``recovery.housekeeping_every_s``) turn expired leases into
     outcome-unknown handoffs, expire due approvals, run approved actions a lifted pause was
-    holding (or whose claim lapsed), and write a signed audit checkpoint when enough has happened
-    since the last one (published to the configured witnesses); every ``retention_every_s``,
+    holding (or whose claim lapsed), write a signed audit checkpoint when enough has happened
+    since the last one (published to the configured witnesses), and forget token failures long
+    past; every ``retention_every_s``,
     purge payloads older than each manifest's ``retention_days``."""
     period = every_s if every_s is not None else interlock.settings.recovery.housekeeping_every_s
 
@@ -61,6 +62,7 @@ def housekeeping(
                 interlock.approvals.resume_held,
                 lambda: maybe_checkpoint(interlock.engine, key, witnesses=witnesses),
                 retention,
+                interlock.token_backoff.prune,
             )
             for job in jobs:
                 try:

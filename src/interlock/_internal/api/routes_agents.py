@@ -19,9 +19,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from interlock._internal.api.deps import AgentDep, InterlockDep, MetricsDep
+from interlock._internal.api.deps import AgentDep, ApiMetrics, InterlockDep, MetricsDep
 from interlock._internal.api.oauth import canonical_url, issuer_url, request_base_url, resources
 from interlock._internal.api.schemas import OAuthError, TokenResponse, ToolInfo, error_responses
+from interlock._internal.identity.backoff import Blocked
 from interlock.exceptions import AuthenticationError
 
 router = APIRouter()
@@ -38,6 +39,20 @@ def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse(
         {"error": error, "error_description": description}, status_code=status, headers=headers
     )
+
+
+def _backing_off(metrics: ApiMetrics, blocked: Blocked, *, counted: bool = False) -> JSONResponse:
+    """429 with Retry-After (RFC 6585 §4); the body keeps OAuth's error shape for client libraries."""
+    if not counted:
+        metrics.token_requests.labels(outcome="backoff").inc()
+        metrics.token_failures.labels(reason="backoff").inc()
+    response = _oauth_error(
+        429,
+        "invalid_client",
+        f"too many failed attempts for this client id; retry after {blocked.retry_after_header} s",
+    )
+    response.headers["Retry-After"] = blocked.retry_after_header
+    return response
 
 
 def _form_str(value: object) -> str | None:
@@ -102,7 +117,7 @@ def _resources(request: Request, values: Sequence[object]) -> list[str] | str:
     response_model=TokenResponse,
     tags=["agents"],
     summary="Exchange client credentials for an access token",
-    responses={400: {"model": OAuthError}, 401: {"model": OAuthError}},
+    responses={400: {"model": OAuthError}, 401: {"model": OAuthError}, 429: {"model": OAuthError}},
     # The form is read by hand so that every problem with it gets OAuth's error shape.
     openapi_extra={
         "requestBody": {
@@ -155,6 +170,11 @@ async def issue_token(request: Request, interlock: InterlockDep, metrics: Metric
     if isinstance(bound, str):
         metrics.token_requests.labels(outcome="invalid_target").inc()
         return _oauth_error(400, "invalid_target", bound)
+    backoff = interlock.token_backoff
+    # Refused before the secret is checked: a guess made during a back-off learns nothing.
+    blocked = await run_in_threadpool(backoff.blocked, client_id)
+    if blocked is not None:
+        return _backing_off(metrics, blocked)
     try:
         token = await run_in_threadpool(
             partial(
@@ -167,7 +187,12 @@ async def issue_token(request: Request, interlock: InterlockDep, metrics: Metric
         )
     except AuthenticationError as exc:
         metrics.token_requests.labels(outcome="invalid_client").inc()
+        metrics.token_failures.labels(reason="invalid_client").inc()
+        blocked = await run_in_threadpool(backoff.failed, client_id)
+        if blocked is not None:
+            return _backing_off(metrics, blocked, counted=True)
         return _oauth_error(401, "invalid_client", exc.message)
+    await run_in_threadpool(backoff.succeeded, client_id)
     metrics.token_requests.labels(outcome="issued").inc()
     body = TokenResponse(access_token=token.token, expires_in=token.expires_in())
     return JSONResponse(body.model_dump(mode="json"), headers=_NO_STORE)
