@@ -62,6 +62,14 @@ def weekly(
     console.print(
         f"recommendation: {rec['label']} (rule {rec['rule_number']}: {rec['rule']})", highlight=False
     )
+    for agent in report["calibration"]["agents"]:
+        if agent["enough_data"]:
+            shown = f"{agent['verdict']}, expected calibration error {agent['ece'] * 100:.1f} points"
+        else:
+            shown = "not enough data"
+        console.print(
+            f"calibration of {agent['agent']}: {shown} ({agent['samples']} judged actions)", highlight=False
+        )
 
 
 @app.command()

@@ -39,6 +39,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from interlock._internal.evals.calibration import calibration, calibration_view
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import approvals, decisions, runs, steps, workflow_versions, workflows
 from interlock.exceptions import ArgumentsInvalid, ConfigError, NotFound
@@ -286,7 +287,8 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
 
     Keys: ``workflow``, ``week`` and ``previous_week`` (start/end dates), ``figures`` (each with
     ``value``, ``previous``, ``delta``), ``counts``, ``actions_by_decision``, ``decisions_by_day``,
-    ``top_denial_reasons``, ``success_metric`` and ``recommendation``.
+    ``top_denial_reasons``, ``success_metric``, ``recommendation`` and ``calibration`` (each agent's
+    stated confidence against outcomes this week, see :mod:`interlock._internal.evals.calibration`).
     """
     start, end = week_bounds(week_ending)
     prev_start, prev_end = start - 7 * DAY_S, start
@@ -348,6 +350,7 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
             "tighten_approval_latency_s": TIGHTEN_APPROVAL_LATENCY_S,
         },
         "recommendation": recommend(this["figures"], success),
+        "calibration": calibration(engine, workflow, start=start, end=end),
     }
 
 
@@ -516,6 +519,7 @@ def render_weekly_html(report: dict[str, Any]) -> str:
             decisions_chart=_decisions_chart(report["decisions_by_day"]),
             reasons_chart=_reasons_chart(report["top_denial_reasons"]),
             colors=_COLORS,
+            calibration=calibration_view(report["calibration"], window="This week"),
         )
     except TemplateError as exc:
         raise ConfigError(f"weekly report template: {exc}") from exc

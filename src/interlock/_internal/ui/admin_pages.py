@@ -1,10 +1,12 @@
-"""The workflow page (operating model, this week's figures, kill switch) and the agents page."""
+"""The workflow page (operating model, this week's figures, calibration, kill switch) and the agents page."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+from interlock._internal.evals.calibration import calibration, calibration_view
 from interlock._internal.evals.weekly import fmt, weekly_figures
 from interlock._internal.identity.operators import Operator
 from interlock._internal.manifest.models import Approvals
@@ -147,7 +149,18 @@ def workflow_page(interlock: Interlock, operator: Operator, name: str) -> dict[s
         "state": pause_state(interlock, runtime.name),
         "can_pause": may_pause_workflow(operator, runtime),
         "figures": _figures(interlock, runtime.name),
+        "calibration": _calibration(interlock, runtime.name),
     }
+
+
+# The workflow page judges calibration over four weeks: a week is often too few actions per agent.
+CALIBRATION_DAYS = 28
+
+
+def _calibration(interlock: Interlock, workflow: str) -> dict[str, Any]:
+    end = time.time()
+    data = calibration(interlock.engine, workflow, start=end - CALIBRATION_DAYS * 86_400, end=end)
+    return calibration_view(data, window=f"The last {CALIBRATION_DAYS} days")
 
 
 def agents_page(interlock: Interlock, operator: Operator) -> list[dict[str, Any]]:
