@@ -19,30 +19,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from interlock._internal.notify.outbox import Outbox, Sent
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import insert_ignore, reading, transaction
+from interlock._internal.store.engine import insert_ignore, reading
 from interlock.exceptions import ConfigError
-
-log = logging.getLogger("interlock.webhooks")
 
 SIGNATURE_HEADER = "Interlock-Signature"
 EVENT_HEADER = "Interlock-Event"
 DELIVERY_HEADER = "Interlock-Delivery"
 EVENTS: tuple[str, ...] = ("approval.requested", "approval.decided")
-_RETRYABLE = frozenset({408, 425, 429})
-_MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -116,44 +110,20 @@ def body_bytes(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(Outbox):
     """Queues webhook deliveries in the database and sends them from one background thread.
 
-    Several processes may share a database: each delivery attempt is claimed with a conditional
-    UPDATE first, so one process sends it. ``run_once`` sends whatever is due in the caller's
-    thread (for tests and one-shot commands).
+    Several processes may share a database: each delivery attempt is claimed first, so one
+    process sends it (:mod:`interlock._internal.notify.outbox`). ``run_once`` sends whatever is
+    due in the caller's thread (for tests and one-shot commands).
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        targets: Sequence[WebhookTarget],
-        *,
-        max_attempts: int = 5,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 300.0,
-        timeout_s: float = 10.0,
-        poll_s: float = 2.0,
-        clock: Callable[[], float] = time.time,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        if max_attempts < 1:
-            raise ConfigError("webhook max_attempts must be at least 1")
-        self.engine = engine
+    table = t.webhook_deliveries
+    kind = "webhook"
+
+    def __init__(self, engine: Engine, targets: Sequence[WebhookTarget], **options: Any) -> None:
+        super().__init__(engine, **options)
         self.targets = {target.url: target for target in targets}
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
-        self.poll_s = poll_s
-        self._clock = clock
-        self._transport = transport
-        self._client: httpx.Client | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = False
         self._before_poll: list[Callable[[], object]] = []
 
     @property
@@ -163,6 +133,10 @@ class WebhookDispatcher:
     def on_poll(self, hook: Callable[[], object]) -> None:
         """Run ``hook`` in the worker before each round (to find events to announce)."""
         self._before_poll.append(hook)
+
+    def _before_round(self) -> None:
+        for hook in self._before_poll:
+            hook()
 
     # ---- queueing (inside the caller's transaction) -----------------------------------------
 
@@ -192,158 +166,24 @@ class WebhookDispatcher:
             )
         return added
 
-    def wake(self) -> None:
-        """Tell the worker something was queued (after the queueing transaction committed)."""
-        if self.enabled:
-            self.start()
-            self._wake.set()
+    # ---- sending one -------------------------------------------------------------------------
 
-    # ---- the worker ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            # Closed is final: an owner that shut down must not find a worker running again.
-            if self._closed or (self._thread is not None and self._thread.is_alive()):
-                return
-            self._stop.clear()
-            # A daemon: a process that forgets close() still exits; queued rows wait for the next start.
-            self._thread = threading.Thread(target=self._loop, name="interlock-webhooks", daemon=True)
-            self._thread.start()
-
-    def close(self, *, timeout_s: float = 5.0) -> None:
-        with self._lock:
-            self._closed = True
-            thread, self._thread = self._thread, None
-        self._stop.set()
-        self._wake.set()
-        if thread is not None:
-            thread.join(timeout=timeout_s)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for hook in self._before_poll:
-                    hook()
-                self.run_once()
-                delay = self._next_due_in()
-            except Exception:  # the worker must outlive a database hiccup
-                log.exception("webhook round failed")
-                delay = self.poll_s
-            self._wake.wait(delay)
-            self._wake.clear()
-
-    def _next_due_in(self) -> float:
-        with reading(self.engine) as conn:
-            due = conn.execute(
-                select(t.webhook_deliveries.c.next_attempt_at)
-                .where(t.webhook_deliveries.c.status == "pending")
-                .order_by(t.webhook_deliveries.c.next_attempt_at)
-                .limit(1)
-            ).scalar()
-        if due is None:
-            return self.poll_s
-        return min(self.poll_s, max(0.01, float(due) - self._clock()))
-
-    def run_once(self, *, limit: int = 50) -> int:
-        """Attempt every delivery that is due now; returns how many attempts were made."""
-        if not self.enabled:
-            return 0
-        now = self._clock()
-        with reading(self.engine) as conn:
-            rows = (
-                conn.execute(
-                    select(t.webhook_deliveries)
-                    .where(
-                        t.webhook_deliveries.c.status == "pending",
-                        t.webhook_deliveries.c.next_attempt_at <= now,
-                    )
-                    .order_by(t.webhook_deliveries.c.next_attempt_at)
-                    .limit(limit)
-                )
-                .mappings()
-                .all()
-            )
-        attempted = 0
-        for row in rows:
-            if self._claim(row["id"], attempts=int(row["attempts"]), now=now):
-                self._attempt(dict(row))
-                attempted += 1
-        return attempted
-
-    def _claim(self, ident: str, *, attempts: int, now: float) -> bool:
-        # Push next_attempt_at past the attempt's duration: other workers skip the row meanwhile,
-        # and if this process dies mid-attempt the row becomes due again afterwards. Matching the
-        # attempt count too means a worker holding an older read of the row never claims it.
-        lease = now + self.timeout_s + 30
-        with transaction(self.engine) as conn:
-            claimed = conn.execute(
-                update(t.webhook_deliveries)
-                .where(
-                    t.webhook_deliveries.c.id == ident,
-                    t.webhook_deliveries.c.status == "pending",
-                    t.webhook_deliveries.c.attempts == attempts,
-                    t.webhook_deliveries.c.next_attempt_at <= now,
-                )
-                .values(next_attempt_at=lease)
-            ).rowcount
-        return claimed == 1
-
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                timeout=self.timeout_s, follow_redirects=False, transport=self._transport
-            )
-        return self._client
-
-    def _attempt(self, row: dict[str, Any]) -> None:
-        attempt = int(row["attempts"]) + 1
+    def _send(self, row: dict[str, Any]) -> Sent:
         target = self.targets.get(row["url"])
-        status_code: int | None = None
-        error: str | None = None
-        retry = False
         if target is None:
-            error = "the target is no longer configured"
-        else:
-            body = body_bytes(row["payload"])
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "interlock-webhooks",
-                SIGNATURE_HEADER: signature(target.secret, body, timestamp=int(self._clock())),
-                EVENT_HEADER: row["event"],
-                DELIVERY_HEADER: row["id"],
-            }
-            try:
-                response = self._http().post(target.url, content=body, headers=headers)
-                status_code = response.status_code
-                if not 200 <= status_code < 300:
-                    error = f"HTTP {status_code}"
-                    retry = status_code >= 500 or status_code in _RETRYABLE
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
-                retry = True
-        now = self._clock()
-        values: dict[str, Any] = {"attempts": attempt, "last_status_code": status_code}
-        if error is None:
-            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
-        else:
-            values["last_error"] = error
-            if retry and attempt < self.max_attempts:
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                values.update(next_attempt_at=now + delay)
-            else:
-                values.update(status="failed", next_attempt_at=None)
-                log.warning(
-                    "webhook %s to %s failed after %d attempts: %s", row["id"], row["url"], attempt, error
-                )
-        with transaction(self.engine) as conn:
-            conn.execute(
-                update(t.webhook_deliveries).where(t.webhook_deliveries.c.id == row["id"]).values(**values)
-            )
+            return Sent(error="the target is no longer configured")
+        body = body_bytes(row["payload"])
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "interlock-webhooks",
+            SIGNATURE_HEADER: signature(target.secret, body, timestamp=int(self._clock())),
+            EVENT_HEADER: row["event"],
+            DELIVERY_HEADER: row["id"],
+        }
+        return self._post("POST", target.url, content=body, headers=headers)
+
+    def _describe(self, row: dict[str, Any]) -> str:
+        return f"{row['id']} to {row['url']}"
 
 
 def deliveries(engine: Engine, *, approval_id: str | None = None) -> list[dict[str, Any]]:
