@@ -181,6 +181,39 @@ class ToolSpec(Strict):
     # traces keep it. Off by default: most workflows need the tool's real answer (an e-mail address
     # to reply to, an id to act on).
     redact_results: bool = False
+    # The arguments that name the record an action is about (a ticket, a customer): the console's
+    # "history of this record" finds other actions with the same value. None: every top-level
+    # argument named ``*_id``; [] turns the history off for this tool.
+    record_keys: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=20
+    )
+
+    @model_validator(mode="after")
+    def _record_keys_are_arguments(self) -> ToolSpec:
+        properties = self.input_schema.get("properties")
+        if self.record_keys and isinstance(properties, dict):
+            unknown = [k for k in self.record_keys if k not in properties]
+            if unknown:
+                raise ValueError(
+                    f"record_keys names {', '.join(map(repr, unknown))}, not in input_schema.properties "
+                    f"({', '.join(sorted(properties)) or 'none'})"
+                )
+        return self
+
+    def key_arguments(self, arguments: Any) -> dict[str, Any]:
+        """The arguments that name the record this call is about, with their (scalar) values."""
+        if not isinstance(arguments, dict):
+            return {}
+        names = (
+            self.record_keys if self.record_keys is not None else [k for k in arguments if k.endswith("_id")]
+        )
+        return {
+            k: arguments[k]
+            for k in names
+            if isinstance(arguments.get(k), str | int)
+            and not isinstance(arguments.get(k), bool)
+            and arguments.get(k) != ""
+        }
 
 
 class RuleSpec(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import String, cast, exists, func, or_, select
@@ -15,6 +15,7 @@ from interlock._internal.audit.canonical import hash_value
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Decision, Reason, Run, RunView, Step
 from interlock._internal.ids import new_id
+from interlock._internal.runs.record_history import MAX_HISTORY, RecordAction, record_history
 from interlock._internal.runs.state import set_state
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, reading, transaction
@@ -201,6 +202,19 @@ class RunStore:
         with reading(self.engine) as conn:
             total = int(conn.execute(select(func.count()).select_from(t.runs).where(*where)).scalar() or 0)
             return [run_from_row(row) for row in conn.execute(query).mappings()], total
+
+    def history(
+        self,
+        keys: Mapping[str, Any],
+        *,
+        workflows: Sequence[str],
+        exclude_run: str | None = None,
+        limit: int = MAX_HISTORY,
+    ) -> tuple[builtins.list[RecordAction], bool]:
+        """Other actions on the same record (see :mod:`interlock._internal.runs.record_history`)."""
+        return record_history(
+            self.engine, keys=keys, workflows=workflows, exclude_run=exclude_run, limit=limit
+        )
 
     def view(self, run_id: str) -> RunView:
         with reading(self.engine) as conn:

@@ -10,7 +10,7 @@ from interlock._internal.approvals.models import ApprovalView
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.operators import Operator
-from interlock._internal.permissions import may_decide, may_view
+from interlock._internal.permissions import may_decide, may_view, visible_workflows
 from interlock._internal.service import Interlock
 from interlock._internal.ui import words
 from interlock.exceptions import NotFound
@@ -124,6 +124,59 @@ def outcome_of(view: ApprovalView) -> dict[str, Any]:
     return result
 
 
+def record_keys(runtime: WorkflowRuntime | None, tool: str, arguments: Any) -> dict[str, Any]:
+    """The key arguments of the action (its tool's ``record_keys``, else its ``*_id`` arguments)."""
+    spec = None if runtime is None else runtime.manifest.tool(tool)
+    if spec is not None:
+        return spec.key_arguments(arguments)
+    if not isinstance(arguments, Mapping):
+        return {}
+    return {k: v for k, v in arguments.items() if k.endswith("_id") and isinstance(v, str) and v}
+
+
+def record_history(
+    interlock: Interlock, operator: Operator, view: ApprovalView, runtime: WorkflowRuntime | None
+) -> dict[str, Any]:
+    """Earlier actions and approvals on the same record, in other runs the operator may see."""
+    keys = record_keys(runtime, view.tool, view.arguments)
+    found, more = interlock.runs.history(
+        keys, workflows=visible_workflows(interlock, operator), exclude_run=view.run_id
+    )
+    now = time.time()
+    return {
+        "on": [{"name": k, "value": words.value_text(v)} for k, v in keys.items()],
+        "more": more,
+        "actions": [
+            {
+                "text": words.describe_action(f.verb, f.tool, f.arguments),
+                "status": words.STATUS_WORDS.get(f.outcome or f.status, f.outcome or f.status)
+                if f.approval_state in (None, "pending", "approved")
+                else "Not done",
+                "status_code": f.outcome or f.status,
+                "run_id": f.run_id,
+                "workflow": f.workflow,
+                "agent": f.agent_id,
+                "when": words.fmt_time(f.created_at),
+                "when_iso": words.iso_time(f.created_at),
+                "age": words.age(f.created_at, now),
+                "on": ", ".join(f"{k.replace('_', ' ')} {words.value_text(keys[k])}" for k in f.matched),
+                "approval": None
+                if f.approval_id is None
+                else {
+                    "id": f.approval_id,
+                    "state": f.approval_state or "",
+                    "state_words": words.APPROVAL_STATE_WORDS.get(
+                        f.approval_state or "", f.approval_state or ""
+                    ),
+                    "by": decided_by_text(f.decided_by),
+                    "comment": f.comment or "",
+                },
+            }
+            for f in found
+        ],
+    }
+
+
 def approval_page(interlock: Interlock, operator: Operator, approval_id: str) -> dict[str, Any]:
     view = interlock.approvals.get(approval_id)
     if not may_view(operator, view.workflow):
@@ -177,6 +230,7 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
         "rules": list(package.rules),
         "data_classes": list(package.data_classes),
         "previous": previous,
+        "history": record_history(interlock, operator, view, runtime),
         "requested": words.fmt_time(view.created_at),
         "requested_iso": words.iso_time(view.created_at),
         "age": words.age(view.created_at, now),
@@ -204,4 +258,6 @@ __all__ = [
     "decided_by_text",
     "inbox",
     "outcome_of",
+    "record_history",
+    "record_keys",
 ]

@@ -113,6 +113,47 @@ def _approval_of(step: Step) -> str | None:
     return None
 
 
+# The waterfall's scale: bars are drawn in an SVG 1000 units wide, and the thinnest bar stays visible.
+WATERFALL_WIDTH = 1000
+_MIN_BAR = 4
+
+
+def waterfall(started_at: float, ended_at: float | None, steps: list[Step]) -> dict[str, Any]:
+    """When each step ran, on one time axis from the run's start: a step is recorded when it ends
+    and measured in ``duration_ms`` (decisions that execute nothing take no measured time)."""
+    spans = []
+    for step in steps:
+        took = (step.duration_ms or 0.0) / 1000
+        end = max(step.created_at, started_at)
+        spans.append((step, max(started_at, end - took), end))
+    last = max([end for _, _, end in spans] + [ended_at or started_at, started_at])
+    total = last - started_at
+    scale = WATERFALL_WIDTH / total if total > 0 else 0.0
+    rows = []
+    for step, start, end in spans:
+        x = min(WATERFALL_WIDTH - _MIN_BAR, round((start - started_at) * scale, 1))
+        width = max(_MIN_BAR, round((end - start) * scale, 1))
+        rows.append(
+            {
+                "seq": step.seq,
+                "kind": "model" if step.kind == "model" else "read" if step.verb == "read" else "write",
+                "status": step.status,
+                "label": "model call" if step.kind == "model" else step.tool or step.kind,
+                "took": words.duration(step.duration_ms),
+                "at": f"+{words.duration((start - started_at) * 1000) or '0 ms'}",
+                "x": x,
+                "width": min(width, WATERFALL_WIDTH - x),
+            }
+        )
+    measured = [s.duration_ms for s in steps if s.duration_ms is not None]
+    return {
+        "rows": rows,
+        "span": words.duration(total * 1000) or "0 ms",
+        "busy": words.duration(sum(measured)) if measured else "",
+        "width": WATERFALL_WIDTH,
+    }
+
+
 def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str, Any]:
     try:
         view = interlock.runs.view(run_id)
@@ -164,6 +205,7 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
             "seq": step.seq,
             "time": words.fmt_time(step.created_at),
             "time_iso": words.iso_time(step.created_at),
+            "took": words.duration(step.duration_ms),
             "kind": "model" if model else "read" if step.verb == "read" else "write",
             "text": text,
             "tool": step.tool or "",
@@ -248,7 +290,8 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
         "approvals": decided,
         "escalations": escalations,
         "data_classes": list(carried.values()),
+        "waterfall": waterfall(view.started_at, view.ended_at, view.steps_detail),
     }
 
 
-__all__ = ["RUN_STATE_WORDS", "runs_list", "timeline", "trigger_text"]
+__all__ = ["RUN_STATE_WORDS", "WATERFALL_WIDTH", "runs_list", "timeline", "trigger_text", "waterfall"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -144,13 +145,50 @@ def value_text(value: Any) -> str:
         return repr(value)
 
 
-def argument_items(arguments: Any) -> list[tuple[str, str]]:
-    """Top-level arguments as (name, text) pairs, in the agent's order."""
+# How deep and how long a nested value is drawn as lists; what lies beyond is summarised as text.
+_MAX_NESTING = 6
+_MAX_ELEMENTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """A value as the console draws it: a scalar's ``text``, a mapping's ``entries`` (name, value)
+    or a sequence's ``elements``, nested. ``text`` is always the one-line form (for lists of rows);
+    ``more`` counts the entries or elements left out."""
+
+    text: str
+    entries: tuple[tuple[str, Shown], ...] | None = None
+    elements: tuple[Shown, ...] | None = None
+    more: int = field(default=0)
+
+    @property
+    def nested(self) -> bool:
+        return self.entries is not None or self.elements is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def shown(value: Any, *, _depth: int = 0) -> Shown:
+    """``value`` as nested, readable lists: objects as name/value lists, arrays as bullet lists."""
+    text = value_text(value)
+    if _depth >= _MAX_NESTING or not isinstance(value, dict | list | tuple) or not value:
+        return Shown(text=text)
+    if isinstance(value, dict):
+        pairs = list(value.items())
+        entries = tuple((str(k), shown(v, _depth=_depth + 1)) for k, v in pairs[:_MAX_ELEMENTS])
+        return Shown(text=text, entries=entries, more=max(0, len(pairs) - _MAX_ELEMENTS))
+    elements = tuple(shown(v, _depth=_depth + 1) for v in value[:_MAX_ELEMENTS])
+    return Shown(text=text, elements=elements, more=max(0, len(value) - _MAX_ELEMENTS))
+
+
+def argument_items(arguments: Any) -> list[tuple[str, Shown]]:
+    """Top-level arguments as (name, value) pairs, in the agent's order; nested values stay nested."""
     if isinstance(arguments, dict):
-        return [(str(k), value_text(v)) for k, v in arguments.items()]
+        return [(str(k), shown(v)) for k, v in arguments.items()]
     if arguments is None:
         return []
-    return [("value", value_text(arguments))]
+    return [("value", shown(arguments))]
 
 
 def safe_link(url: Any) -> str | None:
@@ -190,6 +228,19 @@ def fmt_span(seconds: float) -> str:
     return f"{s // 86_400} d {s % 86_400 // 3600} h"
 
 
+def duration(ms: float | None) -> str:
+    """A step's duration: ``8 ms``, ``420 ms``, ``1.8 s``, ``2 min``; empty when not measured."""
+    if ms is None or not math.isfinite(ms) or ms < 0:
+        return ""
+    if ms < 1:
+        return "under 1 ms"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return fmt_span(ms / 1000)
+
+
 def age(ts: float | None, now: float | None = None) -> str:
     if ts is None:
         return "—"
@@ -227,16 +278,19 @@ __all__ = [
     "STATUS_WORDS",
     "TRAIT_WORDS",
     "VERB_WORDS",
+    "Shown",
     "age",
     "argument_items",
     "clip",
     "describe_action",
+    "duration",
     "expires_in",
     "fmt_span",
     "fmt_time",
     "iso_time",
     "money",
     "safe_link",
+    "shown",
     "singular",
     "system_of",
     "usd",
