@@ -1,4 +1,5 @@
-"""Every command the documentation shows is run, in a workspace prepared the way a reader's is.
+"""Every command and every Python block the documentation shows is run, in a workspace prepared
+the way a reader's is.
 
 How the docs are read (rules for whoever writes them)
 -----------------------------------------------------
@@ -11,6 +12,18 @@ How the docs are read (rules for whoever writes them)
 - A fenced block whose info string carries ``file=PATH`` (```` ```yaml file=cookbook/workflow.yaml ````)
   is written to PATH in the workspace when the reading reaches it: the doc asks the reader to
   save it there, and the commands after it use it.
+- ```` ```sh ````, ```` ```shell ```` and ```` ```bash ```` blocks are commands too, one a line (as
+  in the README's style), run under ``bash``.
+- A ```` ```python ```` block is run as it stands, with the doc's earlier Python blocks already run
+  in the same namespace (a reader's one Python session per page, in reading order), in the
+  workspace and with its environment. It must not raise. Asynchronous examples call
+  ``asyncio.run`` as a reader's script would; a top-level ``await`` or ``async with`` fails here as
+  it fails for the reader. While a block runs against the server, a person approves every approval
+  the block asks for (through the API, as operator ``alice``), so examples that wait for a decision
+  get one.
+- A block that cannot run here (it needs a cluster, a registry, a machine-wide install) says so in
+  the doc itself, in its info string: ```` ```sh norun="needs a Kubernetes cluster" ````. The reason
+  is required, and such blocks stay few (:data:`MAX_NORUN_BLOCKS`).
 - ```` ```console-norun ```` blocks are not run. Their commands must be listed in :data:`NOT_RUN`,
   which stays short and explicit; so must any command skipped in a ```` ```console ```` block.
 
@@ -32,7 +45,7 @@ The workspace (one per documentation file, in a temporary directory)
 
 Placeholders, replaced in every command before it runs (and the ids in the sample output it is
 checked against): ``RUN_ID``, ``APPROVAL_ID`` (the 89 USD refund), ``EMAIL_APPROVAL_ID`` (the
-e-mail), and ``127.0.0.1:8000`` (the documented default address), which points at a server the
+e-mail), ``HANDOFF_ID`` (the held 40 USD refund), and ``127.0.0.1:8000`` (the documented default address), which points at a server the
 test starts on the workspace's database for the files that call it.
 
 ``interlock serve`` without an exit marker is long-running: it is started, must print its URLs and
@@ -53,9 +66,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,8 +92,15 @@ NOT_RUN = {
     "make bench": "a developer task (benchmarks), minutes long",
 }
 MAX_NOT_RUN = 4
+# Blocks marked norun="reason" in the docs (a cluster, a registry, a machine-wide install).
+MAX_NORUN_BLOCKS = 4
 
-PLACEHOLDERS = ("EMAIL_APPROVAL_ID", "APPROVAL_ID", "RUN_ID")  # longest first: one contains another
+PLACEHOLDERS = (
+    "EMAIL_APPROVAL_ID",
+    "APPROVAL_ID",
+    "HANDOFF_ID",
+    "RUN_ID",
+)  # longest first: one contains another
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 SHELL_SYNTAX = re.compile(r"[$|&;<>()`*?~]")
 COMMAND_TIMEOUT_S = 120
@@ -103,27 +128,57 @@ class FileBlock:
 
 
 @dataclass
+class PythonBlock:
+    source: str
+    line: int  # the block's first line of code
+
+
+@dataclass
+class Skipped:
+    lang: str
+    reason: str
+    line: int
+
+
+@dataclass
 class Doc:
     path: Path
-    items: list[Command | FileBlock]  # in reading order
+    items: list[Command | FileBlock | PythonBlock]  # in reading order
     not_run: list[str]
+    skipped: list[Skipped] = field(default_factory=list)  # blocks marked norun="reason"
 
 
 _FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*(.*)$")
 _EXITS = re.compile(r"\s+#\s*exits\s+(\d+)\s*$")
+SHELLS = ("sh", "shell", "bash")
+PYTHONS = ("python", "py")
+
+
+def _info(info: str) -> tuple[str, dict[str, str]]:
+    """The block's language and its ``key=value`` attributes (values may be quoted)."""
+    try:
+        words = shlex.split(info)
+    except ValueError:
+        words = info.split()
+    lang = words[0] if words and "=" not in words[0] else ""
+    attrs = dict(w.split("=", 1) for w in words if "=" in w)
+    attrs.update({w: "" for w in words[1:] if "=" not in w})
+    return lang, attrs
 
 
 def read_doc(path: Path) -> Doc:
     lines = path.read_text(encoding="utf-8").splitlines()
-    items: list[Command | FileBlock] = []
+    items: list[Command | FileBlock | PythonBlock] = []
     not_run: list[str] = []
+    skipped: list[Skipped] = []
     i = 0
     while i < len(lines):
         fence = _FENCE.match(lines[i])
         if not fence:
             i += 1
             continue
-        marker, info = fence.group(2), fence.group(3).strip()
+        marker = fence.group(2)
+        lang, attrs = _info(fence.group(3).strip())
         start = i + 1
         j = start
         while j < len(lines) and not lines[j].strip().startswith(marker):
@@ -132,19 +187,22 @@ def read_doc(path: Path) -> Doc:
             line[len(fence.group(1)) :] if line.startswith(fence.group(1)) else line
             for line in lines[start:j]
         ]
-        words = info.split()
-        lang = words[0] if words else ""
-        attrs = dict(w.split("=", 1) for w in words[1:] if "=" in w)
         if "file" in attrs:
             items.append(FileBlock(attrs["file"], "\n".join(body) + "\n", start))
+        elif "norun" in attrs:
+            skipped.append(Skipped(lang, attrs["norun"].strip(), start))
         elif lang in ("console", "console-norun"):
             commands = _commands(body, start + 1, readme_style=not any(b.startswith("$ ") for b in body))
             if lang == "console":
                 items.extend(commands)
             else:
                 not_run.extend(c.text for c in commands)
+        elif lang in SHELLS:
+            items.extend(_commands(body, start + 1, readme_style=True))
+        elif lang in PYTHONS:
+            items.append(PythonBlock("\n".join(body) + "\n", start + 1))
         i = j + 1
-    return Doc(path, items, not_run)
+    return Doc(path, items, not_run, skipped)
 
 
 def _commands(body: list[str], first_line: int, *, readme_style: bool) -> list[Command]:
@@ -189,6 +247,7 @@ class Workspace:
     values: dict[str, str]  # placeholder → value
     server: subprocess.Popen[bytes] | None = None
     server_port: int | None = None
+    namespace: dict[str, Any] = field(default_factory=lambda: {"__name__": "__docs__"})  # the Python session
 
     def ids(self, text: str) -> str:
         for name in PLACEHOLDERS:
@@ -344,6 +403,20 @@ def prepare(root: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
             else:
                 assert result.status == "executed", result
         values["RUN_ID"] = run.id
+
+        held = il.start_run(token, trigger={"ticket": "T-1012"})
+        assert il.act(token, held.id, "tickets.get", {"ticket_id": "T-1012"}).status == "executed"
+        unsure = il.act(
+            token,
+            held.id,
+            "payments.refund",
+            {"ticket_id": "T-1012", "amount": 40, "currency": "USD", "reason": "charged twice"},
+            reasoning="Two charges on the same day, but the second may be a pre-authorisation.",
+            confidence=0.3,
+        )
+        assert unsure.status == "escalated", unsure
+        [handoff] = il.handoffs.list(run_id=held.id)
+        values["HANDOFF_ID"] = handoff.id
     assert values["APPROVAL_ID"].startswith("apr_")
     assert values["EMAIL_APPROVAL_ID"].startswith("apr_")
 
@@ -419,6 +492,68 @@ def run_serve(command: str, cwd: Path) -> Outcome:
     return Outcome(0, output)
 
 
+class Approver:
+    """The person at the console while a Python block runs against the server: approves, through
+    the API as ``alice``, every approval the block asks for (the workspace's own stay pending, for
+    the commands that decide them)."""
+
+    POLL_S = 0.2
+
+    def __init__(self, ws: Workspace) -> None:
+        self.url = f"http://127.0.0.1:{ws.server_port}"
+        self.headers = {"Authorization": f"Bearer {os.environ['APPROVER_TOKEN']}"}
+        self.keep = {ws.values["APPROVAL_ID"], ws.values["EMAIL_APPROVAL_ID"]}
+        self.approved: list[str] = []
+        self.problems: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Approver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=10) as http:
+            while not self._stop.wait(self.POLL_S):
+                try:
+                    pending = http.get("/v1/approvals", params={"state": "pending"}).json()
+                    for approval in pending:
+                        if approval["id"] in self.keep or approval["id"] in self.approved:
+                            continue
+                        answer = http.post(
+                            f"/v1/approvals/{approval['id']}/approve", json={"comment": "checked, go ahead"}
+                        )
+                        if answer.status_code == 200:
+                            self.approved.append(approval["id"])
+                        else:
+                            self.problems.append(f"{approval['id']}: {answer.status_code} {answer.text}")
+                except httpx.HTTPError as exc:
+                    self.problems.append(repr(exc))
+
+
+def run_python(block: PythonBlock, ws: Workspace, where: str) -> Outcome:
+    """Run the block in the doc's namespace; its line numbers are the doc's, for tracebacks."""
+    source = ws.substitute(block.source)
+    # dont_inherit: this module's ``from __future__ import annotations`` is not the reader's.
+    code = compile("\n" * (block.line - 1) + source, where.rsplit(":", 1)[0], "exec", dont_inherit=True)
+    printed = StringIO()
+    approver = Approver(ws) if ws.server_port is not None else None
+    try:
+        with redirect_stdout(printed), redirect_stderr(printed):
+            if approver is None:
+                exec(code, ws.namespace)
+            else:
+                with approver:
+                    exec(code, ws.namespace)
+    except BaseException:  # noqa: BLE001  (SystemExit included: the block must not exit)
+        return Outcome(1, printed.getvalue() + traceback.format_exc())
+    return Outcome(0, printed.getvalue())
+
+
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*$")
 
 
@@ -474,9 +609,10 @@ def _doc_id(doc: Doc) -> str:
 @pytest.mark.e2e  # starts servers
 @pytest.mark.parametrize("doc", all_docs(), ids=_doc_id)
 def test_every_command_runs(doc: Doc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert any(isinstance(item, Command) and item.text not in NOT_RUN for item in doc.items), (
-        f"{_doc_id(doc)} shows no command this test can run"
-    )
+    assert any(
+        isinstance(item, PythonBlock) or (isinstance(item, Command) and item.text not in NOT_RUN)
+        for item in doc.items
+    ), f"{_doc_id(doc)} shows no command this test can run"
     ws = prepare(tmp_path, monkeypatch)
     try:
         for item in doc.items:
@@ -485,6 +621,10 @@ def test_every_command_runs(doc: Doc, tmp_path: Path, monkeypatch: pytest.Monkey
                 target = tmp_path / item.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(item.content, encoding="utf-8")
+                continue
+            if isinstance(item, PythonBlock):
+                outcome = run_python(item, ws, where)
+                assert outcome.exit_code == 0, f"{where}: the Python block failed:\n{outcome.output}"
                 continue
             if _squash(item.text.split("#", 1)[0]) in NOT_RUN:
                 continue
@@ -534,6 +674,24 @@ def test_not_run_list_is_small_and_explicit() -> None:
     assert not stale, f"NOT_RUN lists commands no doc shows any more: {stale}"
 
 
+def test_norun_blocks_are_few_and_say_why() -> None:
+    skipped = [(doc, block) for doc in all_docs() for block in doc.skipped]
+    for doc, block in skipped:
+        assert len(block.reason.split()) >= 3, (
+            f'{_doc_id(doc)}:{block.line}: a norun block says why in a few words: norun="needs …"'
+        )
+    assert len(skipped) <= MAX_NORUN_BLOCKS, [f"{_doc_id(d)}:{b.line}" for d, b in skipped]
+
+
+def test_python_blocks_are_found() -> None:
+    """The integration guide's examples are read as Python (a guard against a fence change)."""
+    docs = {d.path.name: d for d in all_docs()}
+    blocks = [i for i in docs["integrations.md"].items if isinstance(i, PythonBlock)]
+    assert len(blocks) >= 4
+    for block in blocks:
+        compile(block.source, "integrations.md", "exec")
+
+
 def test_parser_reads_the_conventions(tmp_path: Path) -> None:
     sample = (
         "```console\n$ interlock check a.yaml \\\n    --json   # exits 1\nallow x\n…\n$ echo hi\nhi\n```\n"
@@ -554,3 +712,34 @@ def test_parser_reads_the_conventions(tmp_path: Path) -> None:
     assert doc.not_run == ["make test"]
     assert check_output(["allow x", "…", "policy …abc"], "allow   x\nmore\npolicy 12abc") is None
     assert check_output(["deny"], "allow") == "deny"
+
+
+def test_parser_reads_python_shell_and_norun_blocks(tmp_path: Path) -> None:
+    sample = (
+        "```python\nx = 1\n```\n```sh\necho a \\\n  b\n# a comment\necho c\n```\n"
+        '```sh norun="needs a Kubernetes cluster"\nkubectl apply -k .\n```\n'
+        "```yaml\nnot: run\n```\n"
+    )
+    path = tmp_path / "sample.md"
+    path.write_text(sample, encoding="utf-8")
+    doc = read_doc(path)
+    python, first, second = doc.items
+    assert isinstance(python, PythonBlock)
+    assert (python.source, python.line) == ("x = 1\n", 2)
+    assert isinstance(first, Command)
+    assert first.text == "echo a \\\n  b"
+    assert isinstance(second, Command)
+    assert second.text == "echo c"
+    [skipped] = doc.skipped
+    assert (skipped.lang, skipped.reason, skipped.line) == ("sh", "needs a Kubernetes cluster", 10)
+
+
+def test_a_python_block_runs_in_the_doc_session_with_the_docs_line_numbers(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, dict.fromkeys(PLACEHOLDERS, "unused"))
+    assert run_python(PythonBlock("x = 40\n", 3), ws, "doc.md:3").exit_code == 0
+    ok = run_python(PythonBlock("print(x + 2)\n", 9), ws, "doc.md:9")
+    assert (ok.exit_code, ok.output) == (0, "42\n")
+    bad = run_python(PythonBlock("y = 1\nraise ValueError('no')\n", 20), ws, "doc.md:20")
+    assert bad.exit_code == 1
+    assert 'File "doc.md", line 21' in bad.output
+    assert "ValueError: no" in bad.output
