@@ -39,6 +39,7 @@ class Call:
     cost_micros: int
     upstream_key: str
     approval_id: str | None = None
+    value_holds: int = 0  # value-limit holds reserved for this step (limits/value_limits.py)
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Outcome:
     stored_result: Any = None
     stored_args: Any = None
     returned_result: Any = None
+    cached_from: str | None = None  # answered from the cache: the step that fetched it
+
+    @property
+    def cached(self) -> bool:
+        return self.cached_from is not None
 
     @property
     def failed(self) -> bool:
@@ -86,6 +92,18 @@ def execute(call: Call) -> Outcome:
     outcome.duration_ms = (time.perf_counter() - started) * 1000
     outcome.secrets = (credential,) if credential else ()
     return outcome
+
+
+def cached_outcome(call: Call, hit: Any) -> Outcome:
+    """The outcome of a read answered from the cache (:mod:`.cache`): its stored form, which is
+    already redacted, for the record and for the agent alike."""
+    return Outcome(
+        result=hit.result,
+        stored_result=hit.result,
+        stored_args=redact(call.intent.arguments),
+        returned_result=hit.result,
+        cached_from=hit.step_id or "",
+    )
 
 
 def check_output(call: Call, outcome: Outcome) -> Outcome:

@@ -129,6 +129,8 @@ class Step(BaseModel):
     created_at: float
     # The data classes this step brought into the run, and whose data it was (domains).
     data_classes: dict[str, Any] | None = None
+    # Answered from the read cache: the step whose upstream call fetched the answer.
+    cached_from: str | None = None
 
 
 class RunView(Run):

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import hash_value
-from interlock._internal.gateway import approved, usage
+from interlock._internal.gateway import approved, cache, usage
 from interlock._internal.gateway.dataflow import carried_for
 from interlock._internal.gateway.decide import (
     Checking,
@@ -43,7 +43,7 @@ from interlock._internal.gateway.decide import (
     classify_risk,
     run_brakes,
 )
-from interlock._internal.gateway.execute import check_output, execute, redact_outcome
+from interlock._internal.gateway.execute import cached_outcome, check_output, execute, redact_outcome
 from interlock._internal.gateway.models import (
     ActionResult,
     Decision,
@@ -177,7 +177,14 @@ class Pipeline:
         approval_id: str | None = None,
     ) -> ActionResult:
         """The stages of an allowed action: limits and reservation with the journal, execute,
-        output check, redact, record. Approved actions come in here too."""
+        output check, redact, record. Approved actions come in here too. A read with a fresh
+        cached answer takes the same limits and is recorded the same way; only the upstream
+        call (and its journal entry) is replaced by the stored answer."""
+        hit: cache.Hit | None = None
+        try:
+            hit = cache.lookup(self.engine, runtime, run, intent.tool, intent.arguments)
+        except Exception:  # a cache that cannot be read is a miss, never a failure
+            log.warning("cache lookup failed for %s", intent.tool, exc_info=True)
         try:
             call = reserve_and_journal(
                 self.engine,
@@ -190,6 +197,7 @@ class Pipeline:
                 lease_margin_s=self.lease_margin_s,
                 approval_id=approval_id,
                 claim_key=approval_id is None,
+                cached=hit is not None,
             )
         except ConflictError:
             raise  # the key is in flight or the action already ran: nothing to record
@@ -197,9 +205,14 @@ class Pipeline:
             call = self.error_verdict(intent, exc)
         if isinstance(call, Verdict):
             return record_decision(self.engine, run, agent_id, intent, call, runtime)
-        outcome = execute(call)
-        outcome = check_output(call, outcome)
-        outcome = redact_outcome(call, outcome)
+        if intent.tool in cache.plan(runtime).caches:
+            self.metrics.cache.labels(run.workflow, intent.tool, "hit" if hit else "miss").inc()
+        if hit is not None:
+            outcome = cached_outcome(call, hit)
+        else:
+            outcome = execute(call)
+            outcome = check_output(call, outcome)
+            outcome = redact_outcome(call, outcome)
         if not outcome.failed and call.cost_micros:
             self.metrics.spend.labels(run.workflow, "tool").inc(call.cost_micros / 1_000_000)
         return record_outcome(

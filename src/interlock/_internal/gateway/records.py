@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.audit.canonical import canonical_json, hash_value
 from interlock._internal.audit.chain import append_event
-from interlock._internal.gateway import journal
+from interlock._internal.gateway import cache, journal
 from interlock._internal.gateway.dataflow import classes_of
 from interlock._internal.gateway.decide import Intent, Verdict
 from interlock._internal.gateway.models import (
@@ -31,6 +31,7 @@ from interlock._internal.gateway.statements import (
     RELEASE_IDEMPOTENCY,
 )
 from interlock._internal.ids import new_id
+from interlock._internal.limits import value_limits
 from interlock._internal.limits.budgets import DEFAULT_WARN_RATIO, settle, warn_nearly_spent
 from interlock._internal.limits.stop_rules import sequence_broken
 from interlock._internal.manifest.models import RuleSpec
@@ -82,6 +83,20 @@ def create_approval(
         "data_classes": list(decision.data_classes),
         "rules": [r.description for r in matched if r.description],
     }
+    if manifest.budgets.value_limits:
+        # What is left under each value limit this action counts against, when it was asked.
+        left = value_limits.headroom(
+            conn,
+            manifest,
+            spec,
+            intent.arguments,
+            workflow=run.workflow,
+            agent_id=agent_id,
+            run_id=run.id,
+            now=now,
+        )
+        if left:
+            package["value_limits"] = left
     conn.execute(
         t.approvals.insert().values(
             id=approval_id,
@@ -142,6 +157,7 @@ def write_step(
     cost_micros: int = 0,
     data_classes: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    cached_from: str | None = None,
 ) -> None:
     reasons = [r.model_dump() for r in decision.reasons]
     conn.execute(
@@ -192,6 +208,7 @@ def write_step(
             "cost_micros": cost_micros,
             "data_classes": data_classes,
             "created_at": now,
+            "cached_from": cached_from,
         },
     )
     data: dict[str, Any] = {
@@ -216,6 +233,8 @@ def write_step(
         data["binding"] = decision.binding
     if data_classes is not None:
         data["data_classes_in"] = data_classes["classes"]
+    if cached_from is not None:
+        data["cached_from"] = cached_from
     append_event(
         conn,
         kind="action." + status,
@@ -385,6 +404,8 @@ def record_outcome(
                 warn_nearly_spent(
                     conn, call.scopes, workflow=run.workflow, run_id=run.id, ratio=budget_warn_ratio
                 )
+            if call.value_holds:
+                value_limits.settle(conn, call.step_id, happened=error is None, now=now)
             if call.approval_id is not None:
                 settle_approval(conn, call.approval_id, "done", result)
             elif intent.idempotency_key is not None:
@@ -404,6 +425,7 @@ def record_outcome(
                         RELEASE_IDEMPOTENCY, {"k_agent": call.agent_id, "k_key": intent.idempotency_key}
                     )
             journal.finish(conn, call.step_id, failed=error is not None, now=now)
+            _cache_effects(conn, call, outcome, now)
             write_step(
                 conn,
                 run,
@@ -420,6 +442,7 @@ def record_outcome(
                 duration_ms=outcome.duration_ms,
                 cost_micros=spent,
                 data_classes=classes_of(call.tool.spec, outcome.result) if error is None else None,
+                cached_from=outcome.cached_from,
             )
             if error is not None:
                 broken = sequence_broken(conn, call.runtime.manifest, run_id=run.id, tool=call.tool.spec.name)
@@ -446,6 +469,26 @@ def record_outcome(
     # The agent gets the tool's answer as the tool gave it, less the injected credential; the
     # database (and an idempotent replay) keeps the redacted form.
     return result.model_copy(update={"result": outcome.returned_result})
+
+
+def _cache_effects(conn: Connection, call: Call, outcome: Outcome, now: float) -> None:
+    """A fresh answer of a cached read is kept; a write the manifest names marks what it spoiled
+    (failed or not: a failed write may still have changed something upstream)."""
+    if outcome.cached:
+        return
+    tool = call.tool.spec.name
+    if outcome.error is None:
+        cache.store(
+            conn,
+            call.runtime,
+            call.run,
+            tool,
+            call.intent.arguments,
+            outcome.stored_result,
+            step_id=call.step_id,
+            fetched_at=now - outcome.duration_ms / 1000,
+        )
+    cache.invalidate(conn, call.runtime, call.run, tool, call.intent.arguments, now=now)
 
 
 def settle_approval(

@@ -52,6 +52,7 @@ from interlock._internal.gateway.records import (
     write_step,
 )
 from interlock._internal.gateway.statements import ADD_COST, DONE_IDEMPOTENCY
+from interlock._internal.limits import value_limits
 from interlock._internal.limits.budgets import Scope, settle
 from interlock._internal.manifest.models import Limits
 from interlock._internal.runs.state import open_handoff, set_state
@@ -115,6 +116,7 @@ def _recover_one(engine: Engine, step_id: str, now: float) -> bool:
         scopes = _scopes(row["scopes"])
         if scopes:
             settle(conn, scopes, reserved_micros=cost, actual_micros=cost)
+        value_limits.settle(conn, step_id, happened=True, now=now)  # may have happened: counted
         message = (
             f"the call to {row['tool']} was in flight when its process stopped; whether it happened "
             f"is unknown (upstream idempotency key {row['upstream_key']}). A person resolves it."
@@ -370,6 +372,8 @@ def _settle_resolution(conn: Connection, run: Run, row: Any, action: str, result
         scopes = _scopes(row["scopes"])
         if scopes:
             settle(conn, scopes, reserved_micros=0, actual_micros=-cost)
+    if action == "not_happened":  # counted when it became unknown; it did not happen
+        value_limits.give_back(conn, row["id"], now=time.time())
     conn.execute(
         update(t.steps)
         .where(t.steps.c.id == row["id"])

@@ -16,6 +16,7 @@ from interlock._internal.gateway.models import ActionStatus, Reason, Run
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.gateway.statements import COUNT_REPEATS, INSERT_IDEMPOTENCY, INT_MAX, RESERVE
 from interlock._internal.ids import new_id
+from interlock._internal.limits import value_limits
 from interlock._internal.limits.budgets import BudgetRefused, reserve, scopes_for, usd_to_micros
 from interlock._internal.limits.locks import acquire as lock_acquire
 from interlock._internal.limits.locks import lock_key
@@ -39,6 +40,7 @@ def reserve_and_journal(
     lease_margin_s: float,
     approval_id: str | None = None,
     claim_key: bool = True,
+    cached: bool = False,
 ) -> Call | Verdict:
     """Take what the action needs before it runs, all or nothing, and journal the call.
 
@@ -47,7 +49,8 @@ def reserve_and_journal(
     every budget scope, the agent's idempotency key (unless ``claim_key`` is False: an approved
     action's key already holds its request), and the journal row ``executing`` with its lease and
     the ``execution.started`` audit event. Returns the :class:`Call` to make, or the verdict that
-    refused it.
+    refused it. A ``cached`` answer (:mod:`.cache`) takes the same limits but costs nothing and
+    journals no upstream call, since none is made.
     """
     tool = verdict.tool
     assert tool is not None
@@ -71,7 +74,7 @@ def reserve_and_journal(
         )
         return refusal(verdict, reason, "denied")
     budget = manifest.budgets.per_run
-    cost = usd_to_micros(spec.cost_usd)
+    cost = 0 if cached else usd_to_micros(spec.cost_usd)
     now = time.time()
     scopes = scopes_for(manifest, run_id=run.id, agent_id=agent_id, now=now)
     params = {
@@ -103,6 +106,22 @@ def reserve_and_journal(
                 reserve(conn, scopes, cost_micros=cost)
             except BudgetRefused as exc:
                 raise _Refused(refusal(verdict, exc.reason, "limited", stop_run=True)) from None
+            holds = 0
+            if manifest.budgets.value_limits:
+                try:
+                    holds = value_limits.reserve(
+                        conn,
+                        manifest,
+                        spec,
+                        intent.arguments,
+                        workflow=run.workflow,
+                        agent_id=agent_id,
+                        run_id=run.id,
+                        step_id=step_id,
+                        now=now,
+                    )
+                except value_limits.ValueRefused as exc:
+                    raise _Refused(refusal(verdict, exc.reason, "limited")) from None
             if run.package_id is not None:
                 over = package_stage.reserve(
                     conn, run.package_id, spec.name, intent.arguments, cost_micros=cost, now=now
@@ -131,23 +150,24 @@ def reserve_and_journal(
                 idempotency_key=intent.idempotency_key,
                 approval_id=approval_id,
             )
-            journal.begin(
-                conn,
-                step_id=step_id,
-                run_id=run.id,
-                workflow=run.workflow,
-                agent_id=agent_id,
-                decision=decision,
-                key=upstream,
-                seq=seq,
-                idempotency_key=intent.idempotency_key,
-                approval_id=approval_id,
-                arguments=intent.arguments,
-                scopes=[(s.scope, s.key, s.period) for s in scopes],
-                cost_micros=cost,
-                lease_s=spec.timeout_s + lease_margin_s,
-                now=now,
-            )
+            if not cached:
+                journal.begin(
+                    conn,
+                    step_id=step_id,
+                    run_id=run.id,
+                    workflow=run.workflow,
+                    agent_id=agent_id,
+                    decision=decision,
+                    key=upstream,
+                    seq=seq,
+                    idempotency_key=intent.idempotency_key,
+                    approval_id=approval_id,
+                    arguments=intent.arguments,
+                    scopes=[(s.scope, s.key, s.period) for s in scopes],
+                    cost_micros=cost,
+                    lease_s=spec.timeout_s + lease_margin_s,
+                    now=now,
+                )
     except _Refused as refused:
         return refused.verdict
     except StorageError as exc:
@@ -170,6 +190,7 @@ def reserve_and_journal(
         cost_micros=cost,
         upstream_key=upstream,
         approval_id=approval_id,
+        value_holds=holds,
     )
 
 

@@ -151,6 +151,26 @@ class Destination(Strict):
     recipient: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+class CacheInvalidation(Strict):
+    """A write that makes cached answers of this tool stale. ``arguments`` maps each argument of
+    the cache key to the write's argument holding the same record (``{ticket_id: ticket_id}``);
+    without it the write makes every cached answer of the tool stale."""
+
+    tool: Name
+    arguments: dict[str, str] | None = None
+
+
+class ToolCache(Strict):
+    """Serve an idempotent read from a stored answer for ``ttl_s`` seconds. ``scope: run`` keeps
+    answers to one run, ``workflow`` shares them across the workflow's runs (per environment);
+    ``key`` lists the arguments that form the key (default: all of them)."""
+
+    ttl_s: float = Field(gt=0, le=30 * 86_400)
+    scope: Literal["run", "workflow"] = "run"
+    key: list[str] | None = None
+    invalidated_by: list[CacheInvalidation] = Field(default_factory=list)
+
+
 class ToolSpec(Strict):
     name: Name
     description: str = ""
@@ -181,6 +201,8 @@ class ToolSpec(Strict):
     # traces keep it. Off by default: most workflows need the tool's real answer (an e-mail address
     # to reply to, an id to act on).
     redact_results: bool = False
+    # Idempotent reads only: answers served from storage for a while (see ToolCache).
+    cache: ToolCache | None = None
     # The arguments that name the record an action is about (a ticket, a customer): the console's
     # "history of this record" finds other actions with the same value. None: every top-level
     # argument named ``*_id``; [] turns the history off for this tool.
@@ -312,6 +334,25 @@ class RunBudget(Limits):
     max_repeats: int | None = Field(default=None, ge=1, le=10_000)
 
 
+class ValueLimit(Strict):
+    """A cap on the sum of an argument (the money an action moves, say) over a calendar window
+    (UTC) in a scope: ``payments.refund`` ``amount`` at most 500 per ``customer_id`` per day."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,120}$")]
+    tool: str | list[str]
+    argument: str = Field(min_length=1, max_length=200)  # a numeric argument path
+    max: float = Field(ge=0, le=10**12)
+    unit: str | None = Field(default=None, max_length=20)  # shown in reasons: USD, EUR, items
+    window: Literal["hour", "day", "week", "month"] = "day"
+    scope: Literal["workflow", "agent", "run"] = "workflow"
+    per: list[str] = Field(default_factory=list)  # argument paths that split the scope
+    when: str | None = None  # only actions whose arguments match count (currency == "USD")
+    description: str | None = None
+
+    def tool_list(self) -> list[str]:
+        return [self.tool] if isinstance(self.tool, str) else list(self.tool)
+
+
 class ModelPrice(Strict):
     """USD per million tokens."""
 
@@ -325,6 +366,8 @@ class Budgets(Strict):
     per_workflow_day: Limits = Limits()
     max_concurrent_runs: int | None = Field(default=None, ge=1, le=1_000_000)
     model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # Caps on the sum of an argument over a window (money moved per customer per day).
+    value_limits: list[ValueLimit] = Field(default_factory=list)
 
 
 class Evaluation(Strict):
@@ -584,6 +627,7 @@ __all__ = [
     "AgentSpec",
     "Baseline",
     "Binding",
+    "CacheInvalidation",
     "CircuitBreakerSpec",
     "CredentialRef",
     "Destination",
@@ -596,5 +640,7 @@ __all__ = [
     "RuleSpec",
     "StopRule",
     "SystemSpec",
+    "ToolCache",
     "ToolSpec",
+    "ValueLimit",
 ]

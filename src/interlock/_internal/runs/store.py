@@ -264,6 +264,7 @@ class RunStore:
                     duration_ms=m[t.steps.c.duration_ms],
                     created_at=m[t.steps.c.created_at],
                     data_classes=m[t.steps.c.data_classes],
+                    cached_from=m[t.steps.c.cached_from],
                 )
             )
         return RunView(**run.model_dump(), steps_detail=steps)

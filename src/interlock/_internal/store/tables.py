@@ -165,6 +165,8 @@ steps = Table(
     Column("cost_micros", BigInteger, nullable=False, default=0),
     Column("data_classes", JSONText, nullable=True),  # classes this step brought into its run
     _ts("created_at"),
+    # A read answered from the cache: the step whose upstream call fetched the answer.
+    Column("cached_from", String(64), nullable=True),
     UniqueConstraint("run_id", "seq", name="uq_steps_run_seq"),
 )
 
@@ -286,6 +288,7 @@ __all__ = [
     "audit_events",
     "audit_head",
     "budget_counters",
+    "cache_entries",
     "circuit_breakers",
     "decisions",
     "executions",
@@ -304,6 +307,8 @@ __all__ = [
     "steps",
     "token_failures",
     "tools",
+    "value_counters",
+    "value_holds",
     "webhook_deliveries",
     "work_packages",
     "workflow_versions",
@@ -559,4 +564,52 @@ circuit_breakers = Table(
     _ts("opened_at", nullable=True),
     _ts("trial_until", nullable=True),
     _ts("updated_at"),
+)
+
+
+# Value limits (the sum of an argument over a window): one counter per (workflow, limit, key,
+# period), reserved with a conditional UPDATE like budgets; each action's share is a hold, settled
+# (used) or released with its outcome.
+value_counters = Table(
+    "value_counters",
+    metadata,
+    Column("workflow", String(200), primary_key=True),
+    Column("limit_id", String(120), primary_key=True),
+    Column("key", String(400), primary_key=True),  # the scope and the `per` arguments' values
+    Column("period", String(20), primary_key=True),  # the UTC hour, day, ISO week or month
+    Column("used_micros", BigInteger, nullable=False, default=0),
+    Column("reserved_micros", BigInteger, nullable=False, default=0),
+    _ts("updated_at"),
+)
+value_holds = Table(
+    "value_holds",
+    metadata,
+    Column("step_id", String(64), primary_key=True),
+    Column("limit_id", String(120), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("key", String(400), nullable=False),
+    Column("period", String(20), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("state", String(10), nullable=False),  # reserved | used | released
+    _ts("created_at"),
+)
+
+# Cached answers of idempotent reads, shared by every replica: one row per (tool, scope, record),
+# where scope is the run's id (scope: run) or "" (scope: workflow) and record the hash of the
+# environment and the key arguments. Rows with scope "*" are invalidation marks for one record
+# (or, with record "*", the whole tool): an answer is served only while fresh and fetched after
+# every mark over it, so a read that raced a write is never served after the write.
+cache_entries = Table(
+    "cache_entries",
+    metadata,
+    Column("workflow", String(200), primary_key=True),
+    Column("tool", String(200), primary_key=True),
+    Column("scope", String(64), primary_key=True),
+    Column("record", String(64), primary_key=True),
+    Column("result", JSONText, nullable=True),  # redacted, like every stored result
+    Column("step_id", String(64), nullable=True),  # the step whose call fetched it
+    _ts("fetched_at"),
+    _ts("expires_at"),
+    _ts("invalidated_at", nullable=True),
+    Index("ix_cache_entries_expires_at", "expires_at"),
 )

@@ -56,6 +56,12 @@ class Metrics:
             ["workflow", "model"],
             registry=self.registry,
         )
+        self.cache = Counter(
+            "interlock_cache_requests",
+            "Reads of tools with a cache, by result: hit (answered from the cache) or miss.",
+            ["workflow", "tool", "result"],
+            registry=self.registry,
+        )
         self.escalations = Counter(
             "interlock_escalations",
             "Actions escalated to a person, by reason.",

@@ -191,6 +191,8 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
         carried_out = approvals.get(_approval_of(step) or "")
         approval = requested or carried_out
         status_words = words.STATUS_WORDS.get(step.status, step.status)
+        if step.cached_from is not None:
+            status_words = "Cached"
         if step.status == "pending_approval" and requested is not None and requested["state"] != "pending":
             status_words = "Sent for approval"
         reasons = _reasons(step)
@@ -221,6 +223,7 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
             "reasoning": reasoning,
             "evidence": [{"text": str(e), "href": words.safe_link(e)} for e in step.evidence or []],
             "classes_in": brought,
+            "cached_from": step.cached_from,
             "binding": binding,
             "approval": None
             if approval is None
