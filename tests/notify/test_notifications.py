@@ -278,3 +278,73 @@ def test_settings_accept_targets_from_the_environment(monkeypatch: pytest.Monkey
     settings = Settings()
     assert settings.notifications.targets[0].kind == "slack"
     assert SUPPORT_TRIAGE.is_file()
+
+
+def test_operators_read_what_was_sent_over_rest_and_the_cli(
+    db_url: str, receivers: dict[str, Receiver]
+) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from interlock._internal.cli import main
+    from interlock._internal.server import create_app
+
+    h = Harness(db_url, **settings_for(db_url, receivers))
+    try:
+        h.il.notifications.prime()
+        receivers["ticket"].default = (201, b'{"id": "10001", "key": "OPS-9"}')
+        receivers["slack"].default = (400, b"invalid_payload")  # not retried: recorded as failed
+        run = h.run()
+        assert h.act(run, "payments.refund", REFUND).status == "pending_approval"
+        with transaction(h.il.engine) as conn:
+            append_event(conn, kind="breaker.opened", actor="interlock", data={"upstream": "help-desk"})
+        drain(h.il)
+        ops = h.il.operators
+        _, mine = ops.create("ana", roles=["approver"], workflows=[h.workflow], actor="test")
+        _, other = ops.create("otto", roles=["owner"], workflows=["billing"], actor="test")
+        http = TestClient(create_app(interlock=h.il))
+
+        def listed(token: str, **query: Any) -> Any:
+            r = http.get("/v1/notifications", params=query, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        everything = listed(mine)
+        assert {(d["event"], d["target"]) for d in everything} == {
+            (event, target)
+            for event in ("approval.requested", "breaker.opened")
+            for target in ("hooks", "chat", "jira")
+            if not (target == "jira" and event == "breaker.opened")
+        }
+        assert everything[0]["event"] == "breaker.opened"  # newest first
+        [ticket] = listed(mine, target="jira")
+        assert (ticket["status"], ticket["reference"], ticket["run_id"]) == ("delivered", "OPS-9", run)
+        assert ticket["workflow"] == h.workflow
+        failed = listed(mine, status="failed")
+        assert {d["target"] for d in failed} == {"chat"}
+        assert all(d["last_status_code"] == 400 and d["last_error"] == "HTTP 400" for d in failed)
+        assert [d["event"] for d in listed(mine, run=run, target="hooks")] == ["approval.requested"]
+        # Another workflow's operator sees what concerns everyone, not this workflow's notices.
+        assert {d["event"] for d in listed(other)} == {"breaker.opened"}
+        bad = http.get(
+            "/v1/notifications", params={"status": "lost"}, headers={"Authorization": f"Bearer {mine}"}
+        )
+        assert bad.status_code == 422
+        assert http.get("/v1/notifications").status_code == 401
+
+        runner = CliRunner()
+        main._register()
+        cli = main.app
+        out = runner.invoke(
+            cli, ["notifications", "list", "--db", db_url, "--as", "otto", "--target", "hooks", "--json"]
+        )
+        assert out.exit_code == 0, out.stdout + out.stderr
+        assert [d["event"] for d in json.loads(out.stdout)] == ["breaker.opened"]
+        table = runner.invoke(cli, ["notifications", "list", "--db", db_url, "--status", "delivered"])
+        assert table.exit_code == 0, table.stdout
+        assert "OPS-9" in table.stdout
+        wrong = runner.invoke(cli, ["notifications", "list", "--db", db_url, "--status", "lost"])
+        assert wrong.exit_code != 0
+        assert "status must be one of pending, delivered, failed" in wrong.stdout + wrong.stderr
+    finally:
+        h.close()

@@ -23,6 +23,7 @@ from interlock._internal.api import (
     routes_admin,
     routes_agents,
     routes_approvals,
+    routes_notifications,
     routes_ops,
     routes_packages,
     routes_runs,
@@ -110,6 +111,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     app.include_router(routes_admin.probes)
     app.include_router(routes_ops.router)
     app.include_router(routes_packages.router)
+    app.include_router(routes_notifications.router)
     hooks.extend(mount_extras(app, il))
     app.add_middleware(BodyLimit, max_bytes=il.settings.server.max_body_bytes)
     return app

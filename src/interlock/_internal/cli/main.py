@@ -14,6 +14,8 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here, not at module import, so `interlock --help` stays fast.
+    if app.registered_commands:  # once per process, however many callers ask
+        return
     from interlock._internal.cli import (
         agents,
         approvals,
@@ -24,6 +26,7 @@ def _register() -> None:
         evals,
         graph,
         init,
+        notifications,
         operators,
         ops,
         packages,
@@ -58,6 +61,7 @@ def _register() -> None:
     app.command("pauses")(ops.pauses)
     app.add_typer(ops.handoffs_app, name="handoffs")
     app.add_typer(packages.app, name="packages")
+    app.add_typer(notifications.app, name="notifications")
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
@@ -161,5 +162,73 @@ class Notifier(Outbox):
         with reading(self.engine) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def history(
+        self,
+        *,
+        run_id: str | None = None,
+        status: str | None = None,
+        event_kind: str | None = None,
+        target: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 200,
+    ) -> list[Delivery]:
+        """Deliveries, newest event first: what was sent where, how often, and how it ended."""
+        query = select(_d).order_by(_d.c.event_seq.desc(), _d.c.target).limit(limit)
+        for column, value in (
+            (_d.c.run_id, run_id),
+            (_d.c.status, status),
+            (_d.c.event_kind, event_kind),
+            (_d.c.target, target),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if before_seq is not None:
+            query = query.where(_d.c.event_seq < before_seq)
+        with reading(self.engine) as conn:
+            return [Delivery.from_row(dict(r)) for r in conn.execute(query).mappings()]
 
-__all__ = ["Notifier", "delivery_id"]
+
+class Delivery(BaseModel):
+    """One notice to one target: the record an operator reads to see who was told what."""
+
+    id: str
+    target: str
+    kind: str = Field(description="webhook, slack or ticket")
+    event: str = Field(description="The audit event's kind, e.g. approval.requested")
+    event_seq: int = Field(description="The audit event's sequence number")
+    workflow: str | None
+    run_id: str | None
+    title: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    reference: str | None = Field(description="What a ticket system answered with (its issue key)")
+    created_at: float
+    delivered_at: float | None
+    next_attempt_at: float | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Delivery:
+        payload = row["payload"] if isinstance(row["payload"], dict) else {}
+        return cls(
+            id=row["id"],
+            target=row["target"],
+            kind=row["kind"],
+            event=row["event_kind"],
+            event_seq=int(row["event_seq"]),
+            workflow=payload.get("workflow"),
+            run_id=row["run_id"],
+            title=str(payload.get("title") or row["event_kind"]),
+            status=row["status"],
+            attempts=int(row["attempts"]),
+            last_status_code=row["last_status_code"],
+            last_error=row["last_error"],
+            reference=row["response"],
+            created_at=float(row["created_at"]),
+            delivered_at=row["delivered_at"],
+            next_attempt_at=row["next_attempt_at"],
+        )
+
+
+__all__ = ["Delivery", "Notifier", "delivery_id"]
