@@ -15,7 +15,11 @@ own copy of the public key vouches for. It checks, and names every failure it fi
 - that every step, decision, approval and the run itself have the audit events that record them,
   and that the copies in the tables agree with what those events hashed (decision, tool, argument
   hash, result hash, manifest and policy version);
-- that each manifest and policy text hashes to the version the decisions name.
+- that each manifest and policy text hashes to the version the decisions name;
+- that the work package the run was started with, if any, is signed by the package key and
+  names the run's workflow, agent and environment (``package_evidence.py``).
+
+docs/audit-format.md specifies the bundle for verifiers written elsewhere.
 
 Payloads are stored redacted, so stored arguments match the argument hash only when redaction
 changed nothing; the export says which ones were redacted or purged and the verifier holds the
@@ -53,6 +57,7 @@ from interlock._internal.audit.keys import (
     verify_signature,
     verify_signature_bytes,
 )
+from interlock._internal.audit.package_evidence import check_package, package_public_key
 from interlock._internal.runs.retention import is_marker
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import (
@@ -106,16 +111,21 @@ def export_bundle(
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
     witnesses: Sequence[Witness] = (),
+    package_key: Ed25519PublicKey | None = None,
 ) -> dict[str, Any]:
     """Build and sign the evidence bundle of one run.
 
-    Writes a fresh checkpoint when none by ``key`` covers the run's last event. Raises
-    :class:`NotFound` for an unknown run and :class:`AuditIntegrityError` when the stored events do
-    not hash or prove against the checkpoint (the log was altered; run ``interlock audit verify``).
+    Writes a fresh checkpoint when none by ``key`` covers the run's last event. ``package_key`` is
+    the work-package public key: when the run was started with a package, the bundle names it so
+    that the package's signature can be checked offline. Raises :class:`NotFound` for an unknown
+    run and :class:`AuditIntegrityError` when the stored events do not hash or prove against the
+    checkpoint (the log was altered; run ``interlock audit verify``).
     """
     say = progress or (lambda _msg: None)
     say("reading the run")
     records = _read_run(engine, run_id)
+    if records["package"] is not None:
+        records["package"]["public_key"] = None if package_key is None else package_public_key(package_key)
     versions = [_version(v) for v in records.pop("workflow_versions")]
     checkpoint, events = _prove(engine, key, records.pop("events"), say, witnesses)
     result_hashes = _result_hashes(events)
@@ -334,11 +344,17 @@ class BundleReport:
         }
 
 
-def verify_bundle(bundle: Any, public_key: Ed25519PublicKey) -> BundleReport:
-    """Check a bundle against the trusted public key, offline. Never raises for a bad bundle."""
+def verify_bundle(
+    bundle: Any, public_key: Ed25519PublicKey, *, package_key: Ed25519PublicKey | None = None
+) -> BundleReport:
+    """Check a bundle against the trusted public key, offline. Never raises for a bad bundle.
+
+    ``package_key``: the work-package public key, when the auditor holds it; the bundle's own
+    copy of it (covered by the bundle signature) is checked against it.
+    """
     report = BundleReport()
     try:
-        _Verifier(bundle, public_key, report).run()
+        _Verifier(bundle, public_key, report, package_key).run()
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         report.problems.append(f"malformed bundle: {type(exc).__name__}: {exc}")
     return report
@@ -354,11 +370,18 @@ def load_bundle(path: str | Path) -> Any:
 
 
 class _Verifier:
-    def __init__(self, bundle: Any, public: Ed25519PublicKey, report: BundleReport) -> None:
+    def __init__(
+        self,
+        bundle: Any,
+        public: Ed25519PublicKey,
+        report: BundleReport,
+        package_key: Ed25519PublicKey | None = None,
+    ) -> None:
         if not isinstance(bundle, dict):
             raise TypeError("a bundle is a JSON object")
         self.b = bundle
         self.public = public
+        self.package_key = package_key
         self.r = report
         self.fail = report.problems.append
         self.bodies: list[dict[str, Any]] = []
@@ -387,6 +410,19 @@ class _Verifier:
         self._events(checkpoint)
         self._records()
         self._versions()
+        self._package()
+
+    def _package(self) -> None:
+        package, run = self.b.get("package"), self.b["run"]
+        if package is None:
+            if run.get("package_id") is not None:
+                self.fail(
+                    f"run {run['id']}: started with package {run['package_id']}, which is not in the bundle"
+                )
+            return
+        problems, warnings = check_package(package, run, trusted=self.package_key)
+        self.r.problems.extend(problems)
+        self.r.warnings.extend(warnings)
 
     def _events(self, checkpoint: Checkpoint) -> None:
         run_id = self.r.run_id

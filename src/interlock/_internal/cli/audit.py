@@ -225,6 +225,7 @@ def export(
     """Write a signed evidence bundle of one run, verifiable offline with `interlock audit verify-bundle`."""
     from interlock._internal.audit.evidence import bundle_bytes, export_bundle
     from interlock._internal.audit.witness import witnesses_from_settings
+    from interlock._internal.packages.signing import PackageKey
 
     settings = load_settings(db)
     try:
@@ -236,6 +237,7 @@ def export(
                 key,
                 progress=lambda msg: status.update(msg + "…"),
                 witnesses=witnesses_from_settings(settings.audit),
+                package_key=PackageKey.from_seed(settings.packages.signing_seed).public,
             )
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +263,14 @@ def export(
         )
 
 
+def _key_text(value: str) -> str:
+    """The key itself, or the text of the file it names (a key is never a path that exists)."""
+    candidate = Path(value)
+    if len(value) < 4096 and "\n" not in value and candidate.is_file():
+        return candidate.read_text(encoding="utf-8")
+    return value
+
+
 @app.command("verify-bundle")
 def verify_bundle(
     file: Annotated[Path, typer.Argument(help="The evidence bundle (JSON).", show_default=False)],
@@ -272,26 +282,34 @@ def verify_bundle(
             show_default=False,
         ),
     ],
+    package_key: Annotated[
+        str | None,
+        typer.Option(
+            "--package-key",
+            help=(
+                "The trusted work-package public key (as --public-key), when the run was started "
+                "with a package; without it the key the bundle names is used."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify an evidence bundle offline (no database): signatures, hashes, proofs and versions."""
+    """Verify an evidence bundle offline (no database): signatures, hashes, proofs, versions and
+    the work package."""
     from interlock._internal.audit.evidence import load_bundle
     from interlock._internal.audit.evidence import verify_bundle as check
     from interlock._internal.audit.keys import load_public_key
 
     try:
-        key_text = public_key
-        candidate = Path(public_key)
-        # A key is never a path that exists, so a readable file named here is the key's file.
-        if len(public_key) < 4096 and "\n" not in public_key and candidate.is_file():
-            key_text = candidate.read_text(encoding="utf-8")
-        trusted = load_public_key(key_text)
+        trusted = load_public_key(_key_text(public_key))
+        trusted_package = None if package_key is None else load_public_key(_key_text(package_key))
         bundle = load_bundle(file)
     except OSError as exc:
         fail(f"cannot read the public key file: {exc.strerror}", as_json=as_json, error_code="config_error")
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
-    report = check(bundle, trusted)
+    report = check(bundle, trusted, package_key=trusted_package)
     if as_json:
         print_json(report.as_dict())
         if not report.ok:
