@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import Harness
+from interlock import __version__
 from interlock._internal.identity.signin_links import SignInLinks
 from interlock._internal.server import create_app
 from interlock._internal.ui.console import CSP
@@ -212,7 +213,12 @@ def test_every_console_response_carries_the_security_headers(console: Console) -
         assert response.headers["x-content-type-options"] == "nosniff"
     page = client.get("/ui/approvals")
     assert page.headers["cache-control"] == "no-store"
-    assert "<script" not in page.text
+    # One script, from the console's own static files, with nothing inline (the CSP forbids it).
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", page.text, re.S)
+    assert scripts == [""]
+    assert re.findall(r"<script\b[^>]*>", page.text) == [
+        f'<script src="/ui/static/console.js?v={__version__}" defer>'
+    ]
     assert " style=" not in page.text
     missing = client.get("/ui/no-such-page")
     assert missing.status_code == 404

@@ -3,7 +3,9 @@
 =======================================  ========================  ==========================================
 route                                    caller                    notes
 =======================================  ========================  ==========================================
-``GET  /v1/approvals``                   operator (any role)       filters: workflow, state, min_age_s, risk
+``GET  /v1/approvals``                   operator (any role)       filters: workflow, state, min_age_s, risk,
+                                                                   agent, tool, q; offset and limit page,
+                                                                   ``X-Total-Count`` counts every match
 ``GET  /v1/approvals/{id}``              operator, or the agent    operators get the full view; the agent
                                          whose run it is           its decision and outcome. ``?wait=N``
                                                                    (≤ 30 s) answers as soon as the state or
@@ -26,17 +28,18 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from interlock._internal.api.deps import ALL_ROLES, CallerDep, InterlockDep, OperatorDep, require_any_role
-from interlock._internal.api.schemas import WorkflowQuery, error_responses
+from interlock._internal.api.schemas import TOTAL_HEADER, WorkflowQuery, error_responses, text_filter
 from interlock._internal.approvals.models import AgentApprovalView, ApprovalView
 from interlock._internal.approvals.service import MAX_COMMENT_CHARS
 from interlock._internal.identity.operators import Operator
 from interlock._internal.identity.tokens import AgentPrincipal
 from interlock._internal.manifest.models import Trait
+from interlock._internal.permissions import may_view
 from interlock._internal.service import Interlock
 from interlock.exceptions import InterlockError, NotFound
 
@@ -88,24 +91,44 @@ def _visible(interlock: Interlock, caller: AgentPrincipal | Operator, approval_i
 @router.get(
     "/approvals",
     response_model=list[ApprovalView],
-    summary="List approvals",
+    summary="List and search approvals",
     responses=error_responses(401, 422),
 )
 def list_approvals(
     operator: OperatorDep,
     interlock: InterlockDep,
+    response: Response,
     workflow: WorkflowQuery = None,
     state: StateQuery = "pending",
     min_age_s: Annotated[
         float | None, Query(ge=0, le=10**9, description="Only those waiting at least this long.")
     ] = None,
     risk: Annotated[Trait | None, Query(description="Only those with this risk trait.")] = None,
+    agent: Annotated[str | None, text_filter("Only this agent's.")] = None,
+    tool: Annotated[str | None, text_filter("Only this tool's.")] = None,
+    q: Annotated[str | None, text_filter("Text in the id, agent, tool or arguments.")] = None,
+    offset: Annotated[int, Query(ge=0, le=10**7, description="Skip this many (pagination).")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[ApprovalView]:
-    """Approvals on the workflows the operator holds a role for; pending ones oldest first."""
-    return interlock.approvals.list(
-        workflow=workflow, state=state, older_than_s=min_age_s, risk=risk, operator=operator, limit=limit
+    """Approvals on the workflows the operator holds a role for; pending ones oldest first, others
+    newest first. Every filter and the page are applied after that permission filter, inside the
+    query: ``X-Total-Count`` is how many match in all, so ``offset`` pages through exactly them."""
+    workflows: list[str] | None = None if operator.workflows is None else list(operator.workflows)
+    if workflow is not None:
+        workflows = [workflow] if may_view(operator, workflow) else []
+    views, total = interlock.approvals.search(
+        workflows=workflows,
+        state=state,
+        agent=agent,
+        tool=tool,
+        text=q,
+        risk=risk,
+        older_than_s=min_age_s,
+        offset=offset,
+        limit=limit,
     )
+    response.headers[TOTAL_HEADER] = str(total)
+    return views
 
 
 @router.get(

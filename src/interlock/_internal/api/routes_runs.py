@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from interlock._internal.api.deps import (
@@ -38,20 +38,25 @@ from interlock._internal.api.deps import (
     CallerDep,
     InterlockDep,
     MetricsDep,
+    OperatorDep,
     require_any_role,
 )
 from interlock._internal.api.errors import error_body, retry_after_header
 from interlock._internal.api.schemas import (
+    TOTAL_HEADER,
     ActionErrorResponse,
     ActionRequest,
     ErrorResponse,
     FinishRunRequest,
     RunIdPath,
     StartRunRequest,
+    WorkflowQuery,
     error_responses,
+    text_filter,
 )
 from interlock._internal.gateway.models import ActionResult, ModelCall, ModelCallResult, Run, RunView
 from interlock._internal.identity.operators import Operator
+from interlock._internal.permissions import visible_workflows
 from interlock.exceptions import ArgumentsInvalid, InterlockError, NotFound
 
 router = APIRouter(prefix="/v1", tags=["runs"])
@@ -216,6 +221,39 @@ def finish_run(
 ) -> Run:
     """The agent ends its run as ``completed`` or ``failed``; its locks and concurrency slot free up."""
     return interlock.finish_run(token, run_id, state=body.state, reason=body.reason)
+
+
+@router.get(
+    "/runs",
+    response_model=list[Run],
+    summary="List and search runs",
+    responses=error_responses(401, 422),
+)
+def list_runs(
+    operator: OperatorDep,
+    interlock: InterlockDep,
+    response: Response,
+    workflow: WorkflowQuery = None,
+    agent: Annotated[str | None, text_filter("Only this agent's.")] = None,
+    tool: Annotated[str | None, text_filter("Only runs with a step on this tool.")] = None,
+    state: Annotated[
+        str | None, Query(pattern=r"^(running|completed|failed|escalated|stopped)$", description="Run state.")
+    ] = None,
+    q: Annotated[str | None, text_filter("Text in the run id, agent or trigger.")] = None,
+    offset: Annotated[int, Query(ge=0, le=10**7, description="Skip this many (pagination).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[Run]:
+    """Runs of the loaded workflows the operator holds a role for, newest first. Every filter and
+    the page are applied after that permission filter, inside the query: ``X-Total-Count`` is how
+    many match in all, so ``offset`` pages through exactly them."""
+    names = visible_workflows(interlock, operator)
+    if workflow is not None:
+        names = [workflow] if workflow in names else []
+    runs, total = interlock.runs.search(
+        workflows=names, agent=agent, tool=tool, state=state, text=q, offset=offset, limit=limit
+    )
+    response.headers[TOTAL_HEADER] = str(total)
+    return runs
 
 
 @router.get(

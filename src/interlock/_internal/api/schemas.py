@@ -38,6 +38,15 @@ RunIdPath = Annotated[str, Path(pattern=r"^[^\x00]{1,200}$", description="A run 
 WorkflowQuery = Annotated[str | None, Query(pattern=_NAME, description="Only this workflow's.")]
 
 
+def text_filter(description: str) -> Any:
+    """A free-text query filter (at most 200 characters, no NUL) for list endpoints."""
+    return Query(max_length=200, pattern=r"^[^\x00]*$", description=description)
+
+
+# A list endpoint's page is in the body; how many match in all (after permissions) is in this header.
+TOTAL_HEADER = "X-Total-Count"
+
+
 # Strings other than free JSON may end up in a text column, where PostgreSQL refuses U+0000;
 # refusing it in the request keeps SQLite and PostgreSQL answering alike (free JSON keeps it).
 _NO_NUL = r"^[^\x00]*$"
@@ -257,6 +266,7 @@ class Readiness(BaseModel):
 
 
 __all__ = [
+    "TOTAL_HEADER",
     "ActionErrorResponse",
     "ActionRequest",
     "AgentCreated",
@@ -281,4 +291,5 @@ __all__ = [
     "WorkflowState",
     "WorkflowSummary",
     "error_responses",
+    "text_filter",
 ]

@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy import String, and_, exists, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from interlock._internal.approvals.models import (
     STATES,
@@ -185,6 +186,82 @@ class ApprovalService:
         if self.webhooks.enabled and state in (None, "pending"):
             self.notify_pending()
         return self._views(rows[:limit], now)
+
+    def search(
+        self,
+        *,
+        workflows: Sequence[str] | None,
+        state: str | None = "pending",
+        agent: str | None = None,
+        tool: str | None = None,
+        text: str | None = None,
+        risk: str | None = None,
+        older_than_s: float | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[ApprovalView], int]:
+        """One page of approvals and how many match, every filter inside the query: ``workflows``
+        are the caller's permitted ones (None: no restriction), so a page and the total only count
+        what the caller may see. Pending ones oldest first, others newest first. ``text`` looks in
+        the approval id, agent, tool and the (redacted) arguments; ``risk`` is a risk trait."""
+        if state in _ANY_STATE:
+            state = None
+        if state is not None and state not in STATES:
+            raise ArgumentsInvalid(f"unknown state {state!r}; states are {', '.join(STATES)}", field="state")
+        if not 1 <= limit <= 1000:
+            raise ArgumentsInvalid("limit must be between 1 and 1000", field="limit")
+        if offset < 0:
+            raise ArgumentsInvalid("offset must not be negative", field="offset")
+        now = self._clock()
+        if state in (None, "pending", "expired"):
+            self.expire_due(now)
+        a = t.approvals.c
+        where: builtins.list[ColumnElement[bool]] = []
+        if workflows is not None:
+            where.append(a.workflow.in_(builtins.list(workflows)))
+        if state is not None:
+            where.append(a.state == state)
+        if agent:
+            where.append(a.agent_id == agent)
+        if tool:
+            where.append(a.tool == tool)
+        if older_than_s is not None:
+            where.append(a.created_at <= now - older_than_s)
+        if risk:
+            # A decision's risk is a list of trait names, so the quoted name matches exactly.
+            risks = type_coerce(t.decisions.c.risk, String)
+            quoted = f'%"{_like(risk)}"%'
+            where.append(exists().where(t.decisions.c.id == a.decision_id, risks.like(quoted, escape="\\")))
+        if text:
+            needle = f"%{_like(text.lower())}%"
+            where.append(
+                or_(
+                    func.lower(a.id).like(needle, escape="\\"),
+                    func.lower(a.agent_id).like(needle, escape="\\"),
+                    func.lower(a.tool).like(needle, escape="\\"),
+                    func.lower(type_coerce(a.arguments, String)).like(needle, escape="\\"),
+                )
+            )
+        order = (a.created_at, a.id) if state == "pending" else (a.created_at.desc(), a.id)
+        query = select(t.approvals).where(*where).order_by(*order).offset(offset).limit(limit)
+        with reading(self.engine) as conn:
+            counted = conn.execute(select(func.count()).select_from(t.approvals).where(*where)).scalar()
+            rows = conn.execute(query).mappings().all()
+        total = int(counted or 0)
+        if self.webhooks.enabled and state in (None, "pending"):
+            self.notify_pending()
+        return self._views(rows, now), total
+
+    def activity(self, workflows: Sequence[str]) -> tuple[int, str]:
+        """How many approvals of ``workflows`` wait, and a token that changes whenever one is
+        requested or decided there: an inbox polls this instead of reloading its list."""
+        a = t.approvals.c
+        query = select(
+            func.count().filter(a.state == "pending"), func.max(a.created_at), func.max(a.decided_at)
+        ).where(a.workflow.in_(builtins.list(workflows)))
+        with reading(self.engine) as conn:
+            pending, created, decided = conn.execute(query).one()
+        return int(pending or 0), f"{int(pending or 0)}:{created or 0:.6f}:{decided or 0:.6f}"
 
     # ---- deciding ----------------------------------------------------------------------------
 
@@ -753,6 +830,10 @@ def _view(row: RowMapping, votes: builtins.list[Vote], run: RunSummary | None, n
         outcome=None if row["outcome"] is None else ActionResult.model_validate(row["outcome"]),
         run=run,
     )
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def clean_comment(comment: str | None) -> str | None:

@@ -5,10 +5,11 @@ or retry now with the same upstream key (see :mod:`interlock._internal.gateway.r
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from interlock._internal.runs.state import set_state
@@ -60,6 +61,17 @@ class HandoffStore:
             query = query.where(t.handoffs.c.state == state)
         with reading(self.engine) as conn:
             return [Handoff(**r) for r in conn.execute(query).mappings()]
+
+    def activity(self, workflows: Sequence[str]) -> tuple[int, str]:
+        """How many handoffs of ``workflows`` are open, and a token that changes whenever one is
+        opened or resolved there (the console's live inbox polls it)."""
+        h = t.handoffs.c
+        query = select(
+            func.count().filter(h.state == "open"), func.max(h.created_at), func.max(h.resolved_at)
+        ).where(h.workflow.in_(list(workflows)))
+        with reading(self.engine) as conn:
+            waiting, created, resolved = conn.execute(query).one()
+        return int(waiting or 0), f"{int(waiting or 0)}:{created or 0:.6f}:{resolved or 0:.6f}"
 
     def get(self, handoff_id: str) -> Handoff:
         with reading(self.engine) as conn:

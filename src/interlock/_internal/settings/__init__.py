@@ -195,6 +195,9 @@ class ServerSettings(BaseModel):
     # Console sessions end after this long without a request, and at most after session_ttl_s.
     session_idle_s: int = Field(default=1800, ge=60, le=86_400)
     session_ttl_s: int = Field(default=8 * 3600, ge=300, le=7 * 86_400)
+    # The console's approvals and handoffs lists ask this often whether they changed (a small
+    # JSON request), and reload only the list when they did.
+    console_refresh_s: float = Field(default=10.0, ge=0.5, le=3600)
     # /oauth/token: after this many failed attempts for one client id, answer 429 for
     # token_backoff_s, doubling with each further failure (up to token_backoff_max_s).
     token_failures_allowed: int = Field(default=5, ge=1, le=1000)

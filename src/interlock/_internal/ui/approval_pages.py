@@ -22,7 +22,7 @@ AGE_CHOICES: tuple[tuple[str, str, int | None], ...] = (
     ("4h", "older than 4 hours", 4 * 3600),
     ("24h", "older than 1 day", 86_400),
 )
-STATE_CHOICES = ("pending", "approved", "rejected", "expired", "cancelled")
+STATE_CHOICES = ("pending", "approved", "rejected", "expired", "cancelled", "all")
 TRAITS = ("money", "external", "irreversible", "pii", "bulk", "write")
 
 
@@ -37,6 +37,9 @@ def decided_by_text(value: Any) -> str:
     return words.value_text(value)
 
 
+PAGE_SIZE = 50
+
+
 def inbox(
     interlock: Interlock,
     operator: Operator,
@@ -45,10 +48,27 @@ def inbox(
     state: str,
     older_than_s: int | None,
     risk: str | None,
-) -> list[dict[str, Any]]:
-    """The rows the operator may see; pending ones oldest first, so what waited longest is on top."""
-    views = interlock.approvals.list(
-        workflow=workflow, state=state, older_than_s=older_than_s, risk=risk, operator=operator, limit=500
+    agent: str = "",
+    tool: str = "",
+    text: str = "",
+    page: int = 1,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the approvals the operator may see, and how many match. The permission filter
+    is part of the search, so pages and counts never include, or skip over, what they may not
+    see. Pending ones oldest first, so what waited longest is on top."""
+    names = visible_workflows(interlock, operator)
+    if workflow is not None and workflow not in names:
+        return [], 0
+    views, total = interlock.approvals.search(
+        workflows=[workflow] if workflow else names,
+        state=state,
+        agent=agent or None,
+        tool=tool or None,
+        text=text or None,
+        risk=risk,
+        older_than_s=older_than_s,
+        offset=(max(page, 1) - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
     )
     now = time.time()
     return [
@@ -56,6 +76,7 @@ def inbox(
             "id": v.id,
             "workflow": v.workflow,
             "agent": v.agent_id,
+            "tool": v.tool,
             "action": words.describe_action(v.verb, v.tool, v.arguments),
             "age": words.age(v.created_at, now),
             "created": words.iso_time(v.created_at),
@@ -66,7 +87,21 @@ def inbox(
         }
         for v in views
         if may_view(operator, v.workflow)
-    ]
+    ], total
+
+
+def live(interlock: Interlock, operator: Operator) -> dict[str, dict[str, Any]]:
+    """What the inbox pages poll: how many approvals wait and handoffs are open on the workflows
+    the operator may see, each with a token that changes when the list would."""
+    names = visible_workflows(interlock, operator)
+    if not names:
+        return {"approvals": {"waiting": 0, "version": "0"}, "handoffs": {"waiting": 0, "version": "0"}}
+    waiting, version = interlock.approvals.activity(names)
+    open_, handed = interlock.handoffs.activity(names)
+    return {
+        "approvals": {"waiting": waiting, "version": version},
+        "handoffs": {"waiting": open_, "version": handed},
+    }
 
 
 def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
@@ -252,11 +287,13 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
 
 __all__ = [
     "AGE_CHOICES",
+    "PAGE_SIZE",
     "STATE_CHOICES",
     "TRAITS",
     "approval_page",
     "decided_by_text",
     "inbox",
+    "live",
     "outcome_of",
     "record_history",
     "record_keys",

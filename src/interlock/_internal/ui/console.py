@@ -71,6 +71,8 @@ class Console:
             interlock.settings.identity.signing_seed, ttl_s=server.session_ttl_s, idle_s=server.session_idle_s
         )
         self.public_https = (interlock.settings.server.public_url or "").lower().startswith("https://")
+        # How often an inbox page asks whether its list changed (static/console.js).
+        self.refresh_ms = int(server.console_refresh_s * 1000)
         self.env = Environment(
             loader=FileSystemLoader(str(TEMPLATES)),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -90,13 +92,15 @@ class Console:
         record, token_hash = found
         return record.principal(), credential_fingerprint(token_hash)
 
-    def signed_in(self, request: Request) -> SignedIn:
-        """The operator behind the request's session cookie, checked against the database now."""
+    def signed_in(self, request: Request, *, refresh: bool = True) -> SignedIn:
+        """The operator behind the request's session cookie, checked against the database now.
+        ``refresh=False`` for requests a page makes on its own (live refresh), which must not keep
+        an unattended session from idling out."""
         session = self.signer.read(request.cookies.get(SESSION_COOKIE))
         found = None if session is None else self.active_operator(session.operator_id)
         if session is None or found is None or not hmac.compare_digest(found[1], session.token_fingerprint):
             raise AuthenticationError("sign in to use the console", code=SIGN_IN_REQUIRED)
-        if time.time() - session.seen_at >= SESSION_REFRESH_S:
+        if refresh and time.time() - session.seen_at >= SESSION_REFRESH_S:
             # The idle clock restarts; SecurityHeaders puts the cookie on whatever response follows.
             cookie, session = self.signer.refresh(session)
             carrier = Response()
@@ -234,11 +238,23 @@ def get_console(request: Request) -> Console:
 ConsoleDep = Annotated[Console, Depends(get_console)]
 
 
+LIVE_HEADER = "x-interlock-live"
+
+
 def signed_in(request: Request, console: ConsoleDep) -> SignedIn:
-    return console.signed_in(request)
+    # A list reloaded by the page's live refresh (static/console.js) is not the person's doing.
+    return console.signed_in(request, refresh=request.headers.get(LIVE_HEADER) != "1")
 
 
 SignedDep = Annotated[SignedIn, Depends(signed_in)]
+
+
+def watching(request: Request, console: ConsoleDep) -> SignedIn:
+    """:func:`signed_in` for a page's own polling: it does not restart the idle clock."""
+    return console.signed_in(request, refresh=False)
+
+
+WatchingDep = Annotated[SignedIn, Depends(watching)]
 IdPath = Annotated[str, fastapi.Path(min_length=1, max_length=200)]
 Text = Annotated[str, Form(max_length=_MAX_TEXT)]
 Short = Annotated[str, Query(max_length=200)]
@@ -246,6 +262,7 @@ Short = Annotated[str, Query(max_length=200)]
 
 __all__ = [
     "CSP",
+    "LIVE_HEADER",
     "SECURITY_HEADERS",
     "SIGN_IN_REQUIRED",
     "STATIC",
@@ -258,9 +275,11 @@ __all__ = [
     "SignedDep",
     "SignedIn",
     "Text",
+    "WatchingDep",
     "base",
     "get_console",
     "safe_next",
     "see_other",
     "signed_in",
+    "watching",
 ]

@@ -28,6 +28,7 @@ from interlock._internal.runs.handoffs import Handoff
 from interlock._internal.service import Interlock
 from interlock._internal.telemetry.redaction import MASK
 from interlock._internal.ui import words
+from interlock._internal.ui.approval_pages import live
 from interlock._internal.ui.console import (
     Console,
     ConsoleDep,
@@ -227,6 +228,8 @@ def handoffs(
         states=STATE_CHOICES,
         switches=_switches(il, signed.operator),
         error="",
+        live=live(il, signed.operator),
+        refresh_ms=console.refresh_ms,
     )
 
 

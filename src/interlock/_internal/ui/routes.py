@@ -1,4 +1,6 @@
-"""The operator console, mounted at ``/ui``: server-rendered pages and plain forms, no JavaScript.
+"""The operator console, mounted at ``/ui``: server-rendered pages and plain forms; one small static
+script (``static/console.js``) refreshes the approvals and handoffs lists, and every page works
+without it.
 
     app.mount(UI_PATH, create_console(interlock))
 
@@ -15,16 +17,23 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interlock._internal import permissions as access
 from interlock._internal.http_status import status_for
 from interlock._internal.service import Interlock
-from interlock._internal.ui import ops_pages, signin
+from interlock._internal.ui import approval_pages, ops_pages, signin
 from interlock._internal.ui.admin_pages import agents_page, workflow_page, workflows_list
-from interlock._internal.ui.approval_pages import AGE_CHOICES, STATE_CHOICES, TRAITS, approval_page, inbox
+from interlock._internal.ui.approval_pages import (
+    AGE_CHOICES,
+    STATE_CHOICES,
+    TRAITS,
+    approval_page,
+    inbox,
+    live,
+)
 from interlock._internal.ui.console import (
     STATIC,
     Console,
@@ -35,6 +44,7 @@ from interlock._internal.ui.console import (
     SignedDep,
     SignedIn,
     Text,
+    WatchingDep,
     base,
     get_console,
     see_other,
@@ -66,6 +76,10 @@ def approvals_inbox(
     age: Short = "",
     risk: Short = "",
     state: Short = "pending",
+    agent: Short = "",
+    tool: Short = "",
+    q: Short = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
     names = access.visible_workflows(console.interlock, signed.operator)
     ages = {key: seconds for key, _, seconds in AGE_CHOICES}
@@ -74,15 +88,24 @@ def approvals_inbox(
         "age": age if age in ages else "",
         "risk": risk if risk in TRAITS else "",
         "state": state if state in STATE_CHOICES else "pending",
+        "agent": agent.strip(),
+        "tool": tool.strip(),
+        "q": q.strip(),
     }
-    items = inbox(
+    items, total = inbox(
         console.interlock,
         signed.operator,
         workflow=filters["workflow"] or None,
         state=filters["state"],
         older_than_s=ages[filters["age"]],
         risk=filters["risk"] or None,
+        agent=filters["agent"],
+        tool=filters["tool"],
+        text=filters["q"],
+        page=page,
     )
+    pages = max(1, -(-total // approval_pages.PAGE_SIZE))
+    query = "&".join(f"{k}={quote(v)}" for k, v in filters.items() if v)
     return console.render(
         request,
         "inbox.html",
@@ -94,7 +117,19 @@ def approvals_inbox(
         ages=AGE_CHOICES,
         traits=TRAITS,
         states=STATE_CHOICES,
+        total=total,
+        page=min(page, pages),
+        pages=pages,
+        query=query,
+        live=live(console.interlock, signed.operator),
+        refresh_ms=console.refresh_ms,
     )
+
+
+@router.get("/live")
+def live_counts(console: ConsoleDep, signed: WatchingDep) -> JSONResponse:
+    """What the inbox pages poll (see static/console.js); polling does not keep a session alive."""
+    return JSONResponse(live(console.interlock, signed.operator))
 
 
 @router.get("/approvals/{approval_id}")
