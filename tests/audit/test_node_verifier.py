@@ -7,7 +7,7 @@ database before a properly signed export), a forged work package. Interlock's ow
 must agree with it on each.
 
 Node.js is needed; without it these tests are skipped, unless ``INTERLOCK_REQUIRE_NODE=1`` (as CI
-sets), which makes that a failure.
+sets), which makes that a failure (see ``tests/independent_verifier.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,38 +25,16 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from conftest import Harness
+from independent_verifier import need_node, node_verify
 from interlock._internal.audit.evidence import bundle_bytes, verify_bundle
 from interlock._internal.audit.keys import AuditKey
 from interlock._internal.cli.audit import app
 from interlock._internal.packages.models import PackageRequest
 from interlock._internal.packages.signing import PackageKey
 
-VERIFIER = Path(__file__).parent / "node_verifier" / "verify.mjs"
 AUDIT_SEED = "node-verifier-audit-seed-0123456789"
 PACKAGE_SEED = "node-verifier-package-seed-0123456789"
 runner = CliRunner()
-
-
-def need_node() -> None:
-    if shutil.which("node") is not None:
-        return
-    message = "the independent bundle verifier needs Node.js (`node` is not on PATH)"
-    if os.environ.get("INTERLOCK_REQUIRE_NODE") == "1":
-        pytest.fail(message + " (INTERLOCK_REQUIRE_NODE=1)")
-    pytest.skip(message)
-
-
-def node_verify(bundle: Path, key_hex: str, *extra: str) -> dict[str, Any]:
-    done = subprocess.run(
-        ["node", str(VERIFIER), str(bundle), "--public-key", key_hex, *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode in (0, 1), done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    assert report["ok"] == (done.returncode == 0)
-    return report
 
 
 @dataclass

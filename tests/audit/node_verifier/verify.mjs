@@ -3,7 +3,10 @@
 // node:fs, node:process). Section numbers below refer to that document.
 //
 //   node verify.mjs BUNDLE.json --public-key HEX [--package-key HEX] [--consistency FILE.json]
+//   node verify.mjs --public-key HEX --consistency FILE.json
 //
+// FILE.json is what `interlock audit consistency --from M --json` prints: two checkpoints and the
+// RFC 9162 proof that the later extends the earlier.
 // Prints {"ok", "problems", "warnings", "events", "checkpoint_seq", "consistency"} as JSON and
 // exits 0 when the bundle verifies, 1 when it does not, 2 on a usage error.
 
@@ -505,16 +508,21 @@ function main(args) {
     if (args[i].startsWith("--")) options[args[i].slice(2)] = args[++i];
     else positional.push(args[i]);
   }
-  if (positional.length !== 1 || typeof options["public-key"] !== "string") {
-    process.stderr.write("usage: node verify.mjs BUNDLE.json --public-key HEX [--package-key HEX] [--consistency FILE]\n");
+  const bundleless = positional.length === 0 && options.consistency !== undefined;
+  if ((positional.length !== 1 && !bundleless) || typeof options["public-key"] !== "string") {
+    process.stderr.write(
+      "usage: node verify.mjs [BUNDLE.json] --public-key HEX [--package-key HEX] [--consistency FILE]\n",
+    );
     return 2;
   }
-  let report;
-  try {
-    const bundle = JSON.parse(readFileSync(positional[0], "utf8"));
-    report = verifyBundle(bundle, options["public-key"], options["package-key"]);
-  } catch (err) {
-    report = { ok: false, problems: [`malformed bundle: ${err.message}`], warnings: [], events: 0, checkpoint_seq: null };
+  let report = { ok: true, problems: [], warnings: [], events: 0, checkpoint_seq: null };
+  if (!bundleless) {
+    try {
+      const bundle = JSON.parse(readFileSync(positional[0], "utf8"));
+      report = verifyBundle(bundle, options["public-key"], options["package-key"]);
+    } catch (err) {
+      report = { ok: false, problems: [`malformed bundle: ${err.message}`], warnings: [], events: 0, checkpoint_seq: null };
+    }
   }
   if (options.consistency !== undefined) {
     try {
