@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from interlock._internal.audit.canonical import HASH_FORMAT, canonical_json, sha256_hex
 from interlock._internal.store.engine import reading, transaction
+from interlock._internal.store.hot import Conn
 from interlock._internal.store.tables import audit_events, audit_head
 from interlock.exceptions import AuditIntegrityError, ConflictError, StorageError
 
@@ -92,7 +93,7 @@ def event_hash(prev_hash: str, body: str) -> str:
 
 
 def append_event(
-    conn: Connection,
+    conn: Conn,
     *,
     kind: str,
     actor: str | None,
@@ -172,7 +173,7 @@ def append_event_tx(
         return append_event(conn, kind=kind, actor=actor, workflow=workflow, run_id=run_id, data=data)
 
 
-def _seed_tip(conn: Connection) -> tuple[int, str]:
+def _seed_tip(conn: Conn) -> tuple[int, str]:
     """Create the tip record for an empty chain (databases built without migration 0002).
 
     A missing tip beside existing events is never repaired here: restarting at genesis would fork

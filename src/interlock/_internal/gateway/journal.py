@@ -24,12 +24,13 @@ import logging
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Decision
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import insert_ignore, transaction
+from interlock._internal.store.engine import transaction
+from interlock._internal.store.hot import Conn, InsertIgnore
 from interlock.exceptions import ConflictError
 
 log = logging.getLogger("interlock.journal")
@@ -37,6 +38,7 @@ log = logging.getLogger("interlock.journal")
 KEY_PREFIX = "il1-"
 
 _E = t.executions
+_INSERT = InsertIgnore(_E)
 FINISH = (
     update(_E)
     .where(_E.c.id == bindparam("e_id"), _E.c.state == "executing")
@@ -92,7 +94,7 @@ def upstream_key(
 
 
 def begin(
-    conn: Connection,
+    conn: Conn,
     *,
     step_id: str,
     run_id: str,
@@ -118,9 +120,8 @@ def begin(
     tool = decision.tool or ""
     args_hash = decision.args_hash or ""
     decision_json = decision.model_dump(mode="json")
-    fresh = insert_ignore(
+    fresh = _INSERT.run(
         conn,
-        _E,
         {
             "id": step_id,
             "run_id": run_id,
@@ -139,7 +140,9 @@ def begin(
             "scopes": [list(s) for s in scopes] or None,
             "cost_micros": cost_micros,
             "lease_expires_at": lease,
+            "resolution": None,
             "created_at": now,
+            "finished_at": None,
         },
     )
     if not fresh:
@@ -184,7 +187,7 @@ def begin(
     )
 
 
-def finish(conn: Connection, step_id: str, *, failed: bool, now: float) -> None:
+def finish(conn: Conn, step_id: str, *, failed: bool, now: float) -> None:
     """Close a journaled call with its recorded outcome (in the outcome's transaction)."""
     conn.execute(FINISH, {"e_id": step_id, "e_state": "failed" if failed else "done", "e_now": now})
 
@@ -202,12 +205,12 @@ def mark_unrecorded(engine: Engine, step_id: str) -> None:
         log.warning("could not mark call %s as executed-unrecorded", step_id, exc_info=True)
 
 
-def find(conn: Connection, step_id: str) -> dict[str, Any] | None:
+def find(conn: Conn, step_id: str) -> dict[str, Any] | None:
     row = conn.execute(select(_E).where(_E.c.id == step_id)).mappings().first()
     return dict(row) if row is not None else None
 
 
-def in_flight_for_approval(conn: Connection, approval_id: str) -> bool:
+def in_flight_for_approval(conn: Conn, approval_id: str) -> bool:
     """True when an approved action's call was journaled (it may have reached the upstream)."""
     return (
         conn.execute(select(_E.c.id).where(and_(_E.c.approval_id == approval_id)).limit(1)).first()

@@ -67,7 +67,7 @@ from interlock._internal.limits.budgets import DEFAULT_WARN_RATIO
 from interlock._internal.limits.ratelimit import RateLimiter
 from interlock._internal.packages.stage import gate as work_package
 from interlock._internal.runs.store import RunStore, run_from_row
-from interlock._internal.store.engine import reading
+from interlock._internal.store.hot import hot_read
 from interlock._internal.telemetry.metrics import Metrics
 from interlock._internal.telemetry.tracing import Tracing
 from interlock.exceptions import (
@@ -227,12 +227,15 @@ class Pipeline:
         claims = self.tokens.verify(token)
         if "\x00" in run_id:
             raise NotFound("unknown run", code="unknown_run")
-        with reading(self.engine) as conn:
-            row = conn.execute(LOAD_RUN_AND_AGENT, {"run_id": run_id, "agent_id": claims.agent_id}).first()
-        if row is None:
+        with hot_read(self.engine) as conn:
+            m = (
+                conn.execute(LOAD_RUN_AND_AGENT, {"run_id": run_id, "agent_id": claims.agent_id})
+                .mappings()
+                .first()
+            )
+        if m is None:
             authenticate_agent(token, tokens=self.tokens, store=self.agents)
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
-        m = row._mapping
         agent_row = auth_row(AgentColumns(m)) if m["a_id"] is not None else None
         principal = admit_agent(claims, agent_row, tokens=self.tokens, store=self.agents)
         run, paused = _run_from(m)
@@ -240,7 +243,7 @@ class Pipeline:
 
     def load_run(self, run_id: str) -> tuple[Run, Paused]:
         """The run and, when its workflow, agent or environment is paused, why (one query)."""
-        with reading(self.engine) as conn:
+        with hot_read(self.engine) as conn:
             row = conn.execute(LOAD_RUN, {"run_id": run_id}).mappings().first()
         if row is None:
             raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
@@ -248,7 +251,7 @@ class Pipeline:
 
     def replay(self, agent_id: str, intent: Intent) -> ActionResult | None:
         """The stored answer for an idempotency key already used, if any."""
-        with reading(self.engine) as conn:
+        with hot_read(self.engine) as conn:
             row = (
                 conn.execute(FIND_IDEMPOTENCY, {"k_agent": agent_id, "k_key": intent.idempotency_key})
                 .mappings()

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import canonical_json, hash_value
 from interlock._internal.audit.chain import append_event
@@ -37,7 +37,7 @@ from interlock._internal.limits.stop_rules import sequence_broken
 from interlock._internal.manifest.models import RuleSpec
 from interlock._internal.runs.state import open_handoff, set_state
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import transaction
+from interlock._internal.store.hot import Conn, hot_write
 from interlock._internal.telemetry.redaction import mask_secrets, redact
 from interlock.exceptions import StorageError
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 
 def create_approval(
-    conn: Connection,
+    conn: Conn,
     run: Run,
     agent_id: str,
     intent: Intent,
@@ -140,7 +140,7 @@ def create_approval(
 
 
 def write_step(
-    conn: Connection,
+    conn: Conn,
     run: Run,
     agent_id: str,
     intent: Intent,
@@ -246,7 +246,7 @@ def write_step(
 
 
 def store_outcome(
-    conn: Connection,
+    conn: Conn,
     agent_id: str,
     intent: Intent,
     run_id: str,
@@ -300,7 +300,7 @@ def safe_redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     return redact(value, extra_secrets=secrets)
 
 
-def bump_steps(conn: Connection, run_id: str) -> int:
+def bump_steps(conn: Conn, run_id: str) -> int:
     """Take the run's next step number."""
     return int(conn.execute(BUMP_STEPS, {"run_id": run_id}).scalar_one())
 
@@ -320,7 +320,7 @@ def record_decision(
     approval_id: str | None = None
     stored_args = safe_redact(intent.arguments)
     now = time.time()
-    with transaction(engine) as conn:
+    with hot_write(engine) as conn:
         seq = bump_steps(conn, run.id)
         if decision.decision == "require_approval" and runtime is not None and verdict.tool is not None:
             approval_id = create_approval(
@@ -396,7 +396,7 @@ def record_outcome(
         # Lock order in every transaction: the run row, then budget rows, then the audit tip
         # (appended last). Reservations take the same order, so concurrent actions never deadlock.
         # (SQLite locks the whole file per transaction, so there a zero-cost update is skipped.)
-        with transaction(engine) as conn:
+        with hot_write(engine) as conn:
             if spent or not sqlite:
                 conn.execute(ADD_COST, {"run_id": run.id, "c_cost": spent})
             if call.scopes:
@@ -471,7 +471,7 @@ def record_outcome(
     return result.model_copy(update={"result": outcome.returned_result})
 
 
-def _cache_effects(conn: Connection, call: Call, outcome: Outcome, now: float) -> None:
+def _cache_effects(conn: Conn, call: Call, outcome: Outcome, now: float) -> None:
     """A fresh answer of a cached read is kept; a write the manifest names marks what it spoiled
     (failed or not: a failed write may still have changed something upstream)."""
     if outcome.cached:
@@ -492,7 +492,7 @@ def _cache_effects(conn: Connection, call: Call, outcome: Outcome, now: float) -
 
 
 def settle_approval(
-    conn: Connection, approval_id: str, execution: str | None, result: ActionResult | None
+    conn: Conn, approval_id: str, execution: str | None, result: ActionResult | None
 ) -> None:
     """Store what became of an approved action on the approval, and under the agent's idempotency
     key when it executed (the key still answers ``pending_approval`` until then)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from interlock._internal.gateway import journal
@@ -24,7 +24,7 @@ from interlock._internal.limits.ratelimit import RateLimited, RateLimiter
 from interlock._internal.limits.stop_rules import check_history
 from interlock._internal.packages import stage as package_stage
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import transaction
+from interlock._internal.store.hot import Conn, hot_write
 from interlock.exceptions import ConflictError, StorageError
 
 
@@ -84,7 +84,7 @@ def reserve_and_journal(
     }
     step_id = new_id("stp")
     try:
-        with transaction(engine) as conn:
+        with hot_write(engine) as conn:
             if budget.max_repeats is not None:
                 repeats = conn.execute(
                     COUNT_REPEATS, {"r_run": run.id, "r_tool": spec.name, "r_hash": args_hash}
@@ -208,7 +208,7 @@ def refusal(
     return Verdict(decision, status, verdict.tool, stop_run=stop_run, retry_after=retry_after)
 
 
-def _refuse_caps(conn: Connection, run: Run, runtime: WorkflowRuntime, verdict: Verdict) -> Verdict:
+def _refuse_caps(conn: Conn, run: Run, runtime: WorkflowRuntime, verdict: Verdict) -> Verdict:
     budget = runtime.manifest.budgets.per_run
     row = conn.execute(select(t.runs.c.state, t.runs.c.steps).where(t.runs.c.id == run.id)).one()
     if row[0] != "running":

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import and_, bindparam, select, update
-from sqlalchemy.engine import Connection
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Reason
 from interlock._internal.manifest.models import Limits, Manifest
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import insert_ignore
+from interlock._internal.store.hot import Conn, InsertIgnore
 
 MICROS = 1_000_000
 _NO_LIMIT = 2**62
@@ -30,6 +29,7 @@ _PK = and_(
     _b.c.scope == bindparam("b_scope"), _b.c.key == bindparam("b_key"), _b.c.period == bindparam("b_period")
 )
 
+_INSERT = InsertIgnore(_b)
 _RESERVE = (
     update(_b)
     .where(
@@ -123,11 +123,10 @@ class BudgetRefused(Exception):
         self.reason = reason
 
 
-def _ensure(conn: Connection, scope: Scope, now: float) -> None:
+def _ensure(conn: Conn, scope: Scope, now: float) -> None:
     """Create the scope's row if it is missing."""
-    insert_ignore(
+    _INSERT.run(
         conn,
-        _b,
         {
             "scope": scope.scope,
             "key": scope.key,
@@ -138,12 +137,13 @@ def _ensure(conn: Connection, scope: Scope, now: float) -> None:
             "used_steps": 0,
             "used_tool_calls": 0,
             "updated_at": now,
+            "warned_at": None,
         },
     )
 
 
 def reserve(
-    conn: Connection, scopes: list[Scope], *, cost_micros: int, steps: int = 1, tool_calls: int = 1
+    conn: Conn, scopes: list[Scope], *, cost_micros: int, steps: int = 1, tool_calls: int = 1
 ) -> None:
     """Reserve in every scope or raise :class:`BudgetRefused` (the caller's transaction rolls back)."""
     now = time.time()
@@ -172,7 +172,7 @@ def reserve(
 
 
 def settle(
-    conn: Connection, scopes: list[Scope], *, reserved_micros: int, actual_micros: int, tokens: int = 0
+    conn: Conn, scopes: list[Scope], *, reserved_micros: int, actual_micros: int, tokens: int = 0
 ) -> None:
     """Turn a reservation into spend (``actual_micros`` may be 0: released on failure)."""
     now = time.time()
@@ -190,7 +190,7 @@ def settle(
 
 
 def warn_nearly_spent(
-    conn: Connection,
+    conn: Conn,
     scopes: list[Scope],
     *,
     workflow: str,
@@ -245,7 +245,7 @@ def warn_nearly_spent(
     return announced
 
 
-def charge(conn: Connection, scopes: list[Scope], *, cost_micros: int, tokens: int) -> Reason | None:
+def charge(conn: Conn, scopes: list[Scope], *, cost_micros: int, tokens: int) -> Reason | None:
     """Charge spend that already happened (a model call). Returns the first limit now passed."""
     now = time.time()
     over: Reason | None = None
@@ -276,7 +276,7 @@ def _reason(scope: Scope, limit: str, used: float) -> Reason:
     )
 
 
-def _explain(conn: Connection, scope: Scope, *, cost_micros: int, steps: int, calls: int) -> Reason:
+def _explain(conn: Conn, scope: Scope, *, cost_micros: int, steps: int, calls: int) -> Reason:
     row = conn.execute(_READ, scope.params()).mappings().one()
     lim = scope.limits
     if lim.max_cost_usd is not None and row["used_micros"] + row[
@@ -291,7 +291,7 @@ def _explain(conn: Connection, scope: Scope, *, cost_micros: int, steps: int, ca
     return _reason(scope, f"max_tokens={lim.max_tokens}", row["used_tokens"])
 
 
-def usage(conn: Connection, *, scope: str, key: str, period: str = "") -> dict[str, float]:
+def usage(conn: Conn, *, scope: str, key: str, period: str = "") -> dict[str, float]:
     row = conn.execute(_READ, {"b_scope": scope, "b_key": key, "b_period": period}).mappings().first()
     if row is None:
         return {"cost_usd": 0.0, "reserved_usd": 0.0, "tokens": 0, "steps": 0, "tool_calls": 0}

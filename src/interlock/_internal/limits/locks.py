@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from interlock._internal.manifest.models import ToolSpec
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import transaction
+from interlock._internal.store.hot import Conn
 
 _l = t.resource_locks
 
@@ -58,5 +59,5 @@ def acquire(engine: Engine, key: str, *, run_id: str, hold_s: float, wait_s: flo
         delay = min(delay * 2, 0.25)
 
 
-def release_run(conn: Connection, run_id: str) -> None:
+def release_run(conn: Conn, run_id: str) -> None:
     conn.execute(delete(_l).where(_l.c.run_id == run_id))

@@ -9,11 +9,11 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.engine import Connection
 
 from interlock._internal.gateway.models import Reason
 from interlock._internal.manifest.models import Manifest, StopRule
 from interlock._internal.store import tables as t
+from interlock._internal.store.hot import Conn
 
 _MISSING = object()
 
@@ -128,7 +128,7 @@ _EXECUTED = select(t.steps.c.tool, t.steps.c.result).where(
 )
 
 
-def check_history(conn: Connection, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
+def check_history(conn: Conn, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
     """Conflicting records: the outputs of the declared source tools disagree on the declared key."""
     for rule in manifest.stop_rules:
         if rule.kind != "conflicting_records" or not rule.key or not rule.sources or not _applies(rule, tool):
@@ -165,7 +165,7 @@ def applies(rule: StopRule, tool: str) -> bool:
     return _applies(rule, tool)
 
 
-def sequence_broken(conn: Connection, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
+def sequence_broken(conn: Conn, manifest: Manifest, *, run_id: str, tool: str) -> Reason | None:
     """A tool failed after an earlier tool of its declared sequence changed something."""
     for rule in manifest.stop_rules:
         if rule.kind != "sequence_failure" or tool not in rule.sequence:

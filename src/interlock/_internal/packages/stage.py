@@ -17,13 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from interlock._internal.gateway.decide import Intent, Verdict
 from interlock._internal.gateway.models import Reason
 from interlock._internal.packages.models import BUDGET_KEY, CALLS, MICRO, ArgumentBound, ToolGrant, micros
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading
+from interlock._internal.store.hot import Conn
 
 _LOAD = select(t.work_packages.c.state, t.work_packages.c.expires_at, t.work_packages.c.claims).where(
     t.work_packages.c.id == bindparam("p_id")
@@ -114,7 +115,7 @@ def _outside(bound: ArgumentBound, value: Any) -> str | None:
 
 
 def reserve(
-    conn: Connection, package_id: str, tool: str, arguments: Any, *, cost_micros: int, now: float
+    conn: Conn, package_id: str, tool: str, arguments: Any, *, cost_micros: int, now: float
 ) -> Reason | None:
     """Take this action's share of every cumulative bound, all or nothing (the caller's transaction
     rolls back on a refusal). Returns why it was refused, or None."""

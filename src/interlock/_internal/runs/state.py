@@ -6,20 +6,20 @@ import time
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.engine import Connection
 
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway.models import Reason
 from interlock._internal.ids import new_id
 from interlock._internal.limits.locks import release_run
 from interlock._internal.store import tables as t
+from interlock._internal.store.hot import Conn
 
 TERMINAL = ("completed", "failed", "stopped")
 STATES = ("running", "escalated", *TERMINAL)
 
 
 def set_state(
-    conn: Connection,
+    conn: Conn,
     run_id: str,
     state: str,
     *,
@@ -55,7 +55,7 @@ def set_state(
 
 
 def open_handoff(
-    conn: Connection,
+    conn: Conn,
     *,
     run_id: str,
     workflow: str,

@@ -142,7 +142,7 @@ _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakK
 _LOCKS_GUARD = threading.Lock()
 
 
-def _write_lock(engine: Engine) -> threading.RLock | None:
+def write_lock(engine: Engine) -> threading.RLock | None:
     # SQLite has one writer at a time. Threads that find its lock taken back off and sleep, which
     # turns contention into long tails; queueing this process's writers on a lock of our own
     # hands the file lock over at once (other processes still wait on SQLite's busy handler).
@@ -158,7 +158,7 @@ def _write_lock(engine: Engine) -> threading.RLock | None:
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A write transaction; SQLAlchemy errors become :class:`StorageError`."""
-    lock = _write_lock(engine)
+    lock = write_lock(engine)
     try:
         if lock is None:
             with engine.begin() as conn:
@@ -167,7 +167,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             with lock, engine.begin() as conn:
                 yield conn
     except SQLAlchemyError as exc:
-        raise StorageError(f"database error: {exc.__class__.__name__}: {_short(exc)}") from exc
+        raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
 
 
 @contextmanager
@@ -177,10 +177,10 @@ def reading(engine: Engine) -> Iterator[Connection]:
             conn.execution_options(interlock_read_only=True)
             yield conn
     except SQLAlchemyError as exc:
-        raise StorageError(f"database error: {exc.__class__.__name__}: {_short(exc)}") from exc
+        raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
 
 
-def _short(exc: SQLAlchemyError) -> str:
+def short_error(exc: SQLAlchemyError) -> str:
     text = str(getattr(exc, "orig", None) or exc)
     return text.splitlines()[0][:300] if text else ""
 

@@ -1,0 +1,402 @@
+"""The hot path's SQL: Core statements compiled once per dialect, run on the driver's connection.
+
+A statement through SQLAlchemy's ``Connection`` costs some 20-30 µs of Python before the driver
+sees it (cache key, parameter processing, result set-up, events), and a transaction two more for
+``BEGIN`` and ``COMMIT``: with a dozen statements that was most of an action. The pipeline's
+statements are built once (``gateway/statements.py`` and the modules it calls), so here each is
+compiled once per dialect, into its SQL text, parameter names and constants, and the type
+processors of its parameters and result columns; executing it then only binds values and calls the
+driver. sqlite3 keeps compiled statements per connection, keyed by their text; psycopg prepares a
+statement on the server after its fifth use on a connection. Both are "prepared once".
+
+:func:`hot_write` is a write transaction like :func:`~.engine.transaction` (on SQLite it queues on
+the same in-process lock and takes the write lock with ``BEGIN IMMEDIATE``); :func:`hot_read` runs
+single-statement reads in autocommit (each statement its own snapshot; no ``BEGIN``, no ``COMMIT``,
+one round trip on PostgreSQL). Errors are SQLAlchemy's (``IntegrityError`` and so on, with the
+driver's error as ``orig``) inside the block and :class:`StorageError` outside it, as with the
+ordinary helpers, so stage functions run unchanged on either kind of connection (:data:`Conn`).
+
+A statement built anew on every call still works here, compiled each time (slow, and never
+cached); the hot path's statements are module-level constants.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Union, cast
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+from interlock._internal.store.engine import short_error, write_lock
+from interlock.exceptions import StorageError
+
+_Processor = Callable[[Any], Any]
+_POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
+
+
+class _Compiled:
+    """One statement compiled for one dialect."""
+
+    __slots__ = (
+        "binds",
+        "columns",
+        "constants",
+        "expanding",
+        "keys",
+        "positional",
+        "processors",
+        "resolved",
+        "results",
+        "sql",
+    )
+
+    def __init__(
+        self, statement: ClauseElement, dialect: Dialect, column_keys: list[str] | None = None
+    ) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=column_keys))
+        self.sql: str = compiled.string
+        self.positional = bool(dialect.positional)
+        # Names in placeholder order (positional) or as they appear (named).
+        self.binds: tuple[str, ...] = tuple(
+            compiled.positiontup if compiled.positiontup is not None else compiled.bind_names.values()
+        )
+        escaped = compiled.escaped_bind_names
+        if escaped:  # pragma: no cover - the pipeline's bind names need no escaping
+            raise ValueError(f"bind names need escaping: {dict(escaped)}")
+        self.constants: dict[str, Any] = {}
+        self.expanding: frozenset[str] = frozenset()
+        expanding = set()
+        for bind, name in compiled.bind_names.items():
+            if bind.expanding:
+                expanding.add(name)
+            if not bind.required:
+                self.constants[name] = bind.effective_value
+        self.expanding = frozenset(expanding)
+        processors = compiled._bind_processors
+        # (A sequence of processors is for tuple-valued binds, which the pipeline does not use.)
+        self.processors: dict[str, _Processor] = {
+            k: cast(_Processor, v) for k, v in processors.items() if v is not None
+        }
+        columns = getattr(statement, "exported_columns", None)
+        self.columns = tuple(columns) if columns is not None else ()
+        self.keys: tuple[str, ...] | None = tuple(columns.keys()) if columns is not None else None
+        self.results: tuple[_Processor | None, ...] | None = None
+        self.resolved = False
+
+    def resolve_results(self, description: Any, dialect: Dialect) -> None:
+        """The result columns' processors, from the driver's type codes (asked on first use)."""
+        if len(description) != len(self.columns):  # pragma: no cover - statements are plain
+            raise ValueError(f"{len(description)} result columns, expected {len(self.columns)}")
+        procs = [
+            c.type.dialect_impl(dialect).result_processor(dialect, d[1])
+            for c, d in zip(self.columns, description, strict=True)
+        ]
+        self.results = tuple(procs) if any(p is not None for p in procs) else None
+        self.resolved = True
+
+    def bind(self, params: Mapping[str, Any] | None) -> tuple[str, Any]:
+        values = {**self.constants, **params} if params else self.constants
+        procs = self.processors
+        if self.expanding:
+            return self._expand(values)
+        if self.positional:
+            out = []
+            for name in self.binds:
+                value = values[name]
+                proc = procs.get(name)
+                out.append(proc(value) if proc is not None and value is not None else value)
+            return self.sql, tuple(out)
+        named = {}
+        for name in self.binds:
+            value = values[name]
+            proc = procs.get(name)
+            named[name] = proc(value) if proc is not None and value is not None else value
+        return self.sql, named
+
+    def _expand(self, values: Mapping[str, Any]) -> tuple[str, Any]:
+        """Render ``IN`` lists bound at execution (``bindparam(..., expanding=True)``)."""
+        procs = self.processors
+        if self.positional:
+            out: list[Any] = []
+            for name in self.binds:
+                value = values[name]
+                proc = procs.get(name)
+                if name in self.expanding:
+                    out.extend(proc(v) if proc is not None and v is not None else v for v in value)
+                else:
+                    out.append(proc(value) if proc is not None and value is not None else value)
+
+            def placeholders(m: re.Match[str]) -> str:
+                n = len(values[m.group(1)])
+                return ", ".join("?" * n) if n else "NULL"
+
+            return _POSTCOMPILE.sub(placeholders, self.sql), tuple(out)
+        named: dict[str, Any] = {}
+        for name in self.binds:
+            value = values[name]
+            proc = procs.get(name)
+            if name in self.expanding:
+                for i, v in enumerate(value):
+                    named[f"{name}__{i}"] = proc(v) if proc is not None and v is not None else v
+            else:
+                named[name] = proc(value) if proc is not None and value is not None else value
+
+        def named_placeholders(m: re.Match[str]) -> str:
+            name = m.group(1)
+            n = len(values[name])
+            return ", ".join(f"%({name}__{i})s" for i in range(n)) if n else "NULL"
+
+        return _POSTCOMPILE.sub(named_placeholders, self.sql), named
+
+
+_CACHE: dict[str, weakref.WeakKeyDictionary[ClauseElement, Any]] = {}
+_CACHE_GUARD = threading.Lock()
+
+
+def compiled_for(
+    statement: ClauseElement, dialect: Dialect, params: Mapping[str, Any] | None = None
+) -> _Compiled:
+    """The statement compiled for the dialect, once per statement object and dialect (an INSERT
+    without explicit values once per set of columns given, as SQLAlchemy compiles it)."""
+    cache = _CACHE.get(dialect.name)
+    if cache is None:
+        with _CACHE_GUARD:
+            cache = _CACHE.setdefault(dialect.name, weakref.WeakKeyDictionary())
+    found = cache.get(statement)
+    if getattr(statement, "is_insert", False):
+        keys = frozenset(params or ())
+        by_keys = found if found is not None else {}
+        compiled = by_keys.get(keys)
+        if compiled is None:
+            compiled = _Compiled(statement, dialect, sorted(keys))
+            with _CACHE_GUARD:
+                by_keys[keys] = compiled
+                cache[statement] = by_keys
+        return cast(_Compiled, compiled)
+    if found is None:
+        found = _Compiled(statement, dialect)
+        with _CACHE_GUARD:
+            cache[statement] = found
+    return cast(_Compiled, found)
+
+
+class HotResult:
+    """What a statement gave back: every row, fetched at once, and the row count."""
+
+    __slots__ = ("_keys", "_rows", "rowcount")
+
+    def __init__(self, rows: list[tuple[Any, ...]], keys: tuple[str, ...] | None, rowcount: int) -> None:
+        self._rows = rows
+        self._keys = keys or ()
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows)
+
+    def first(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> tuple[Any, ...]:
+        if len(self._rows) != 1:
+            raise _NoResult(f"expected one row, got {len(self._rows)}")
+        return self._rows[0]
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return list(self._rows)
+
+    def mappings(self) -> _Mappings:
+        return _Mappings([dict(zip(self._keys, row, strict=True)) for row in self._rows])
+
+
+class _Mappings:
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._rows)
+
+    def first(self) -> dict[str, Any] | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> dict[str, Any]:
+        if len(self._rows) != 1:
+            raise _NoResult(f"expected one row, got {len(self._rows)}")
+        return self._rows[0]
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._rows)
+
+
+class _NoResult(SQLAlchemyError):
+    """``one()`` found no row or several (SQLAlchemy's own ``NoResultFound`` is its subclass too)."""
+
+
+class HotTx:
+    """A transaction (or, for reads, an autocommit session) on one pooled driver connection.
+
+    Duck-types the part of SQLAlchemy's ``Connection`` the pipeline's stage functions use:
+    ``execute(statement, params)`` returning rows with ``first``, ``one``, ``scalar_one``,
+    ``mappings``, ``rowcount`` and iteration, and ``dialect``."""
+
+    __slots__ = ("_cursor", "_driver", "_fairy", "dialect")
+
+    def __init__(self, fairy: Any, dialect: Dialect) -> None:
+        self._fairy = fairy
+        self._driver = fairy.driver_connection
+        self._cursor = self._driver.cursor()
+        self.dialect = dialect
+
+    def execute(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> HotResult:
+        compiled = compiled_for(statement, self.dialect, parameters)
+        sql, params = compiled.bind(parameters)
+        cursor = self._cursor
+        try:
+            cursor.execute(sql, params)
+            description = cursor.description
+            rows: list[tuple[Any, ...]] = cursor.fetchall() if description is not None else []
+        except self.dialect.loaded_dbapi.Error as exc:
+            invalidated = self.dialect.is_disconnect(exc, self._driver, cursor)
+            if invalidated:
+                self._fairy.invalidate(exc)
+            raise DBAPIError.instance(
+                sql,
+                params,
+                exc,
+                self.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=invalidated,
+                dialect=self.dialect,
+            ) from exc
+        if description is not None and not compiled.resolved:
+            compiled.resolve_results(description, self.dialect)
+        results = compiled.results
+        if results is not None and rows:
+            rows = [
+                tuple(v if p is None else p(v) for p, v in zip(results, row, strict=True)) for row in rows
+            ]
+        return HotResult(rows, compiled.keys, cursor.rowcount)
+
+
+class InsertIgnore:
+    """``INSERT … ON CONFLICT DO NOTHING`` into a table, built once per dialect; :meth:`run` says
+    whether a row was written (RETURNING, not rowcount: psycopg reports -1 for it)."""
+
+    __slots__ = ("_by_dialect",)
+
+    def __init__(self, table: Table) -> None:
+        from sqlalchemy import bindparam
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        values = {c.name: bindparam(c.name, type_=c.type) for c in table.columns}
+        key = tuple(table.primary_key.columns)
+        self._by_dialect: dict[str, Any] = {
+            name: dialect.insert(table).values(values).on_conflict_do_nothing().returning(*key)
+            for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+        }
+
+    def run(self, conn: Conn, values: Mapping[str, Any]) -> bool:
+        """Insert the row unless its key exists; every column must be given."""
+        return conn.execute(self._by_dialect[conn.dialect.name], values).first() is not None
+
+
+# The stage functions take either kind of connection.
+Conn = Union[Connection, HotTx]  # noqa: UP007 - a runtime alias, read by mypy
+
+
+@contextmanager
+def hot_write(engine: Engine) -> Iterator[HotTx]:
+    """A write transaction on the driver's connection; commits when the block ends normally."""
+    dialect = engine.dialect
+    sqlite = dialect.name == "sqlite"
+    lock = write_lock(engine)
+    if lock is not None:
+        lock.acquire()
+    try:
+        try:
+            fairy = engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
+        try:
+            driver: Any = fairy.driver_connection
+            try:
+                if sqlite:
+                    driver.execute("BEGIN IMMEDIATE")
+                tx = HotTx(fairy, dialect)
+            except dialect.loaded_dbapi.Error as exc:
+                _rollback(fairy, driver, sqlite=sqlite)
+                raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+            try:
+                yield tx
+                if sqlite:
+                    driver.execute("COMMIT")
+                else:
+                    driver.commit()
+            except BaseException as exc:
+                _rollback(fairy, driver, sqlite=sqlite)
+                if isinstance(exc, SQLAlchemyError):
+                    raise StorageError(
+                        f"database error: {exc.__class__.__name__}: {short_error(exc)}"
+                    ) from exc
+                if isinstance(exc, dialect.loaded_dbapi.Error):
+                    raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+                raise
+        finally:
+            fairy.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rollback(fairy: Any, driver: Any, *, sqlite: bool) -> None:
+    try:
+        if sqlite:
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
+        else:
+            driver.rollback()
+    except Exception as exc:  # the connection is unusable; the pool must not hand it out again
+        fairy.invalidate(exc)
+
+
+@contextmanager
+def hot_read(engine: Engine) -> Iterator[HotTx]:
+    """Reads in autocommit: each statement is its own snapshot, and nothing else is sent."""
+    dialect = engine.dialect
+    sqlite = dialect.name == "sqlite"
+    try:
+        fairy = engine.raw_connection()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
+    driver: Any = fairy.driver_connection
+    try:
+        if not sqlite:
+            driver.autocommit = True
+        yield HotTx(fairy, dialect)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
+    finally:
+        try:
+            if not sqlite and fairy.is_valid:
+                driver.autocommit = False
+        except Exception as exc:
+            fairy.invalidate(exc)
+        fairy.close()
+
+
+__all__ = ["Conn", "HotResult", "HotTx", "InsertIgnore", "compiled_for", "hot_read", "hot_write"]

@@ -1,0 +1,144 @@
+"""The hot path's SQL (``store/hot.py``) gives what SQLAlchemy gives, on SQLite and PostgreSQL:
+the same rows (JSON, booleans, floats decoded), the same errors (an integrity error is still one),
+all-or-nothing transactions, and connections handed back as they were taken."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from interlock._internal.gateway.statements import INSERT_IDEMPOTENCY, LOAD_RUN_AND_AGENT
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading, transaction
+from interlock._internal.store.hot import InsertIgnore, hot_read, hot_write
+from interlock.exceptions import StorageError
+
+PAUSED = select(t.workflows.c.name, t.workflows.c.paused).where(t.workflows.c.name == bindparam("w"))
+RUN_IN = select(t.runs.c.id).where(t.runs.c.id.in_(bindparam("ids", expanding=True))).order_by(t.runs.c.id)
+STEPS_OF = select(t.runs.c.steps).where(t.runs.c.id == bindparam("run_id"))
+BUMP = update(t.runs).where(t.runs.c.id == bindparam("run_id")).values(steps=t.runs.c.steps + 1)
+
+
+def _seed(engine: Engine) -> None:
+    now = time.time()
+    with transaction(engine) as conn:
+        conn.execute(
+            t.workflows.insert().values(
+                name="wf", paused=True, paused_reason="maintenance", updated_at=now
+            )
+        )
+        for i in (1, 2, 3):
+            conn.execute(
+                t.runs.insert().values(
+                    id=f"run_{i}",
+                    workflow="wf",
+                    workflow_version_id="wf@1",
+                    agent_id="bot",
+                    environment="production",
+                    state="running",
+                    trigger={"kind": "manual", "n": i, "nested": {"x": [1.5, None]}},
+                    steps=0,
+                    tool_calls=0,
+                    cost_micros=0,
+                    started_at=now + i / 10,
+                )
+            )
+
+
+def test_rows_match_sqlalchemy(engine: Engine) -> None:
+    _seed(engine)
+    params = {"run_id": "run_2", "agent_id": "bot"}
+    with reading(engine) as conn:
+        expected = dict(conn.execute(LOAD_RUN_AND_AGENT, params).mappings().one())
+        expected_paused = conn.execute(PAUSED, {"w": "wf"}).one()
+    with hot_read(engine) as hot:
+        got = hot.execute(LOAD_RUN_AND_AGENT, params).mappings().one()
+        got_paused = hot.execute(PAUSED, {"w": "wf"}).one()
+        missing = hot.execute(LOAD_RUN_AND_AGENT, {"run_id": "nope", "agent_id": "bot"}).mappings().first()
+    assert got == expected
+    assert got["trigger"] == {"kind": "manual", "n": 2, "nested": {"x": [1.5, None]}}
+    assert isinstance(got["started_at"], float)
+    assert tuple(got_paused) == tuple(expected_paused) == ("wf", True)
+    assert got_paused[1] is True
+    assert missing is None
+
+
+def test_in_lists_bound_at_execution(engine: Engine) -> None:
+    _seed(engine)
+    with hot_read(engine) as hot:
+        assert [r[0] for r in hot.execute(RUN_IN, {"ids": ["run_3", "run_1", "x"]})] == ["run_1", "run_3"]
+        assert hot.execute(RUN_IN, {"ids": ["run_2"]}).all() == [("run_2",)]
+        assert hot.execute(RUN_IN, {"ids": []}).all() == []
+
+
+def test_write_commits_or_rolls_back_as_a_whole(engine: Engine) -> None:
+    _seed(engine)
+    with hot_write(engine) as hot:
+        assert hot.execute(BUMP, {"run_id": "run_1"}).rowcount == 1
+        assert hot.execute(BUMP, {"run_id": "missing"}).rowcount == 0
+    with pytest.raises(RuntimeError), hot_write(engine) as hot:
+        hot.execute(BUMP, {"run_id": "run_1"})
+        raise RuntimeError("stage failed")
+    with reading(engine) as conn:
+        assert conn.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 1
+
+
+def test_integrity_error_is_storage_error_caused_by_integrity_error(engine: Engine) -> None:
+    _seed(engine)
+    row = {
+        "agent_id": "bot",
+        "key": "k1",
+        "run_id": "run_1",
+        "args_hash": "h",
+        "state": "in_flight",
+        "created_at": time.time(),
+    }
+    with hot_write(engine) as hot:
+        hot.execute(INSERT_IDEMPOTENCY, row)
+    with pytest.raises(StorageError) as caught, hot_write(engine) as hot:
+        hot.execute(BUMP, {"run_id": "run_1"})
+        hot.execute(INSERT_IDEMPOTENCY, row)
+    assert isinstance(caught.value.__cause__, IntegrityError)
+    with reading(engine) as conn:  # the bump before the failing insert rolled back with it
+        assert conn.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 0
+    # The connection went back to the pool usable, in either kind of transaction.
+    for _ in range(3):
+        with hot_write(engine) as hot:
+            hot.execute(BUMP, {"run_id": "run_2"})
+        with transaction(engine) as conn:
+            conn.execute(BUMP, {"run_id": "run_2"})
+    with hot_read(engine) as hot:
+        assert hot.execute(STEPS_OF, {"run_id": "run_2"}).scalar_one() == 6
+
+
+def test_insert_ignore_says_whether_it_wrote(engine: Engine) -> None:
+    insert = InsertIgnore(t.audit_head)
+    with hot_write(engine) as hot:
+        hot.execute(t.audit_head.delete())
+        assert insert.run(hot, {"id": 7, "seq": 0, "hash": "0" * 64}) is True
+        assert insert.run(hot, {"id": 7, "seq": 5, "hash": "1" * 64}) is False
+    with transaction(engine) as conn:  # the same statement on an ordinary connection
+        assert insert.run(conn, {"id": 8, "seq": 0, "hash": "0" * 64}) is True
+    with hot_read(engine) as hot:
+        rows = hot.execute(select(t.audit_head).order_by(t.audit_head.c.id)).all()
+    assert rows == [(7, 0, "0" * 64), (8, 0, "0" * 64)]
+
+
+def test_reads_leave_the_connection_transactional(engine: Engine) -> None:
+    """A read runs in autocommit; the connection it used must write in transactions again."""
+    _seed(engine)
+    for _ in range(engine.pool.size() + 2):  # type: ignore[attr-defined]
+        with hot_read(engine) as hot:
+            hot.execute(STEPS_OF, {"run_id": "run_3"})
+    with pytest.raises(RuntimeError), hot_write(engine) as hot:
+        hot.execute(BUMP, {"run_id": "run_3"})
+        raise RuntimeError
+    with pytest.raises(RuntimeError), transaction(engine) as conn:
+        conn.execute(BUMP, {"run_id": "run_3"})
+        raise RuntimeError
+    with hot_read(engine) as hot:
+        assert hot.execute(STEPS_OF, {"run_id": "run_3"}).scalar_one() == 0
