@@ -23,13 +23,23 @@ STEPS_OF = select(t.runs.c.steps).where(t.runs.c.id == bindparam("run_id"))
 BUMP = update(t.runs).where(t.runs.c.id == bindparam("run_id")).values(steps=t.runs.c.steps + 1)
 
 
+def _bump_then_fail(engine: Engine, *, hot: bool) -> None:
+    with hot_write(engine) if hot else transaction(engine) as conn:
+        conn.execute(BUMP, {"run_id": "run_3" if not hot else "run_1"})
+        raise RuntimeError("stage failed")
+
+
+def _bump_and_insert(engine: Engine, row: dict[str, object]) -> None:
+    with hot_write(engine) as hot:
+        hot.execute(BUMP, {"run_id": "run_1"})
+        hot.execute(INSERT_IDEMPOTENCY, row)
+
+
 def _seed(engine: Engine) -> None:
     now = time.time()
     with transaction(engine) as conn:
         conn.execute(
-            t.workflows.insert().values(
-                name="wf", paused=True, paused_reason="maintenance", updated_at=now
-            )
+            t.workflows.insert().values(name="wf", paused=True, paused_reason="maintenance", updated_at=now)
         )
         for i in (1, 2, 3):
             conn.execute(
@@ -80,9 +90,8 @@ def test_write_commits_or_rolls_back_as_a_whole(engine: Engine) -> None:
     with hot_write(engine) as hot:
         assert hot.execute(BUMP, {"run_id": "run_1"}).rowcount == 1
         assert hot.execute(BUMP, {"run_id": "missing"}).rowcount == 0
-    with pytest.raises(RuntimeError), hot_write(engine) as hot:
-        hot.execute(BUMP, {"run_id": "run_1"})
-        raise RuntimeError("stage failed")
+    with pytest.raises(RuntimeError):
+        _bump_then_fail(engine, hot=True)
     with reading(engine) as conn:
         assert conn.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 1
 
@@ -99,9 +108,8 @@ def test_integrity_error_is_storage_error_caused_by_integrity_error(engine: Engi
     }
     with hot_write(engine) as hot:
         hot.execute(INSERT_IDEMPOTENCY, row)
-    with pytest.raises(StorageError) as caught, hot_write(engine) as hot:
-        hot.execute(BUMP, {"run_id": "run_1"})
-        hot.execute(INSERT_IDEMPOTENCY, row)
+    with pytest.raises(StorageError) as caught:
+        _bump_and_insert(engine, row)
     assert isinstance(caught.value.__cause__, IntegrityError)
     with reading(engine) as conn:  # the bump before the failing insert rolled back with it
         assert conn.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 0
@@ -134,11 +142,10 @@ def test_reads_leave_the_connection_transactional(engine: Engine) -> None:
     for _ in range(engine.pool.size() + 2):  # type: ignore[attr-defined]
         with hot_read(engine) as hot:
             hot.execute(STEPS_OF, {"run_id": "run_3"})
-    with pytest.raises(RuntimeError), hot_write(engine) as hot:
-        hot.execute(BUMP, {"run_id": "run_3"})
-        raise RuntimeError
-    with pytest.raises(RuntimeError), transaction(engine) as conn:
-        conn.execute(BUMP, {"run_id": "run_3"})
-        raise RuntimeError
+    with pytest.raises(RuntimeError):
+        _bump_then_fail(engine, hot=False)
+    with pytest.raises(RuntimeError):
+        _bump_then_fail(engine, hot=True)
     with hot_read(engine) as hot:
         assert hot.execute(STEPS_OF, {"run_id": "run_3"}).scalar_one() == 0
+        assert hot.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 0
