@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, exists, or_, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import hash_value
 from interlock._internal.gateway.models import Run
@@ -26,6 +26,7 @@ from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.manifest.models import Manifest, ToolCache
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore, reading
+from interlock._internal.store.hot import Conn
 
 MARK = "*"  # the scope of invalidation marks, and the record of a tool-wide mark
 
@@ -160,7 +161,7 @@ def lookup(engine: Engine, runtime: WorkflowRuntime, run: Run, tool: str, argume
     return Hit(result=row[0], step_id=row[1])
 
 
-def _upsert(conn: Connection, statement: Any, params: dict[str, Any], row: dict[str, Any]) -> None:
+def _upsert(conn: Conn, statement: Any, params: dict[str, Any], row: dict[str, Any]) -> None:
     if conn.execute(statement, params).rowcount:
         return
     if not insert_ignore(conn, _C, row):
@@ -168,7 +169,7 @@ def _upsert(conn: Connection, statement: Any, params: dict[str, Any], row: dict[
 
 
 def store(
-    conn: Connection,
+    conn: Conn,
     runtime: WorkflowRuntime,
     run: Run,
     tool: str,
@@ -201,7 +202,7 @@ def store(
 
 
 def invalidate(
-    conn: Connection, runtime: WorkflowRuntime, run: Run, tool: str, arguments: Any, *, now: float
+    conn: Conn, runtime: WorkflowRuntime, run: Run, tool: str, arguments: Any, *, now: float
 ) -> int:
     """Mark what the write ``tool`` with these arguments made stale (in its outcome's transaction).
     Returns how many marks were set."""

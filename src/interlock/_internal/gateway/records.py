@@ -491,9 +491,7 @@ def _cache_effects(conn: Conn, call: Call, outcome: Outcome, now: float) -> None
     cache.invalidate(conn, call.runtime, call.run, tool, call.intent.arguments, now=now)
 
 
-def settle_approval(
-    conn: Conn, approval_id: str, execution: str | None, result: ActionResult | None
-) -> None:
+def settle_approval(conn: Conn, approval_id: str, execution: str | None, result: ActionResult | None) -> None:
     """Store what became of an approved action on the approval, and under the agent's idempotency
     key when it executed (the key still answers ``pending_approval`` until then)."""
     values: dict[str, Any] = {"execution": execution, "lease_expires_at": None}

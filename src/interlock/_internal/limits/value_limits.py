@@ -26,7 +26,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
-from sqlalchemy.engine import Connection
 
 from interlock._internal.audit.canonical import canonical_json, sha256_hex
 from interlock._internal.gateway.models import Reason
@@ -34,6 +33,7 @@ from interlock._internal.manifest.conditions import Condition, parse_condition
 from interlock._internal.manifest.models import Manifest, ToolSpec, ValueLimit
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import insert_ignore
+from interlock._internal.store.hot import Conn
 
 MICROS = 1_000_000
 CODE = "value_limit_exceeded"
@@ -245,13 +245,13 @@ def _params(workflow: str, b: Bucket) -> dict[str, Any]:
     return {"v_workflow": workflow, "v_limit": b.limit.id, "v_key": b.key, "v_period": b.period}
 
 
-def _used(conn: Connection, workflow: str, b: Bucket) -> int:
+def _used(conn: Conn, workflow: str, b: Bucket) -> int:
     row = conn.execute(_READ, _params(workflow, b)).first()
     return 0 if row is None else int(row[0]) + int(row[1])
 
 
 def reserve(
-    conn: Connection,
+    conn: Conn,
     manifest: Manifest,
     spec: ToolSpec,
     arguments: Any,
@@ -304,9 +304,7 @@ def reserve(
     return len(limits)
 
 
-def _move(
-    conn: Connection, step_id: str, *, state: str, new: str, used: int, reserved: int, now: float
-) -> None:
+def _move(conn: Conn, step_id: str, *, state: str, new: str, used: int, reserved: int, now: float) -> None:
     holds = conn.execute(_HOLDS, {"h_step": step_id, "h_state": state}).mappings().all()
     for hold in sorted(holds, key=lambda h: h["limit_id"]):
         amount = int(hold["amount_micros"])
@@ -326,7 +324,7 @@ def _move(
         conn.execute(_MARK, {"h_step": step_id, "h_state": state, "h_new": new})
 
 
-def settle(conn: Connection, step_id: str, *, happened: bool, now: float) -> None:
+def settle(conn: Conn, step_id: str, *, happened: bool, now: float) -> None:
     """The step's reserved holds become use (it executed, or may have) or are released (it failed)."""
     if happened:
         _move(conn, step_id, state="reserved", new="used", used=1, reserved=1, now=now)
@@ -334,13 +332,13 @@ def settle(conn: Connection, step_id: str, *, happened: bool, now: float) -> Non
         _move(conn, step_id, state="reserved", new="released", used=0, reserved=1, now=now)
 
 
-def give_back(conn: Connection, step_id: str, *, now: float) -> None:
+def give_back(conn: Conn, step_id: str, *, now: float) -> None:
     """A person confirmed the step's call did not happen: what it used is released."""
     _move(conn, step_id, state="used", new="released", used=-1, reserved=0, now=now)
 
 
 def headroom(
-    conn: Connection,
+    conn: Conn,
     manifest: Manifest,
     spec: ToolSpec,
     arguments: Any,

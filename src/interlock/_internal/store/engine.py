@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
@@ -16,6 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from interlock._internal.settings import DatabaseSettings
 from interlock.exceptions import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from interlock._internal.store.hot import Conn
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -185,7 +188,7 @@ def short_error(exc: SQLAlchemyError) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+def insert_ignore(conn: Conn, table: Any, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on either engine; True when a row was written."""
     from sqlalchemy.dialects import postgresql, sqlite
 

@@ -231,15 +231,15 @@ class _Mappings:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self._rows)
 
-    def first(self) -> dict[str, Any] | None:
+    def first(self) -> Any:
         return self._rows[0] if self._rows else None
 
-    def one(self) -> dict[str, Any]:
+    def one(self) -> Any:
         if len(self._rows) != 1:
             raise _NoResult(f"expected one row, got {len(self._rows)}")
         return self._rows[0]
 
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> list[Any]:
         return list(self._rows)
 
 
