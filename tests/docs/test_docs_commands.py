@@ -146,6 +146,7 @@ class Doc:
     items: list[Command | FileBlock | PythonBlock]  # in reading order
     not_run: list[str]
     skipped: list[Skipped] = field(default_factory=list)  # blocks marked norun="reason"
+    shown: list[tuple[str, int, list[str]]] = field(default_factory=list)  # other blocks: lang, line, body
 
 
 _FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*(.*)$")
@@ -171,6 +172,7 @@ def read_doc(path: Path) -> Doc:
     items: list[Command | FileBlock | PythonBlock] = []
     not_run: list[str] = []
     skipped: list[Skipped] = []
+    shown: list[tuple[str, int, list[str]]] = []
     i = 0
     while i < len(lines):
         fence = _FENCE.match(lines[i])
@@ -201,8 +203,10 @@ def read_doc(path: Path) -> Doc:
             items.extend(_commands(body, start + 1, readme_style=True))
         elif lang in PYTHONS:
             items.append(PythonBlock("\n".join(body) + "\n", start + 1))
+        else:
+            shown.append((lang, start, body))
         i = j + 1
-    return Doc(path, items, not_run, skipped)
+    return Doc(path, items, not_run, skipped, shown)
 
 
 def _commands(body: list[str], first_line: int, *, readme_style: bool) -> list[Command]:
@@ -549,7 +553,7 @@ def run_python(block: PythonBlock, ws: Workspace, where: str) -> Outcome:
             else:
                 with approver:
                     exec(code, ws.namespace)
-    except BaseException:  # noqa: BLE001  (SystemExit included: the block must not exit)
+    except BaseException:  # SystemExit included: a block must not exit
         return Outcome(1, printed.getvalue() + traceback.format_exc())
     return Outcome(0, printed.getvalue())
 
@@ -683,6 +687,22 @@ def test_norun_blocks_are_few_and_say_why() -> None:
     assert len(skipped) <= MAX_NORUN_BLOCKS, [f"{_doc_id(d)}:{b.line}" for d, b in skipped]
 
 
+_LOOKS_RUNNABLE = re.compile(r"^(\$ |interlock |curl |python3? |import |from \S+ import )")
+
+
+def test_no_command_or_code_hides_in_a_block_that_is_not_run() -> None:
+    """A block the test does not run (yaml, text, an unlabelled fence…) must not be a command or
+    Python in disguise: label it ``console``/``sh``/``python``, or mark it norun with the reason."""
+    hidden = [
+        f"{_doc_id(doc)}:{line} ({lang or 'no language'}): {text.strip()}"
+        for doc in all_docs()
+        for lang, line, body in doc.shown
+        for text in body
+        if lang not in ("yaml", "toml", "json", "cedar", "dotenv", "js") and _LOOKS_RUNNABLE.match(text)
+    ]
+    assert not hidden, "\n".join(hidden)
+
+
 def test_python_blocks_are_found() -> None:
     """The integration guide's examples are read as Python (a guard against a fence change)."""
     docs = {d.path.name: d for d in all_docs()}
@@ -732,6 +752,10 @@ def test_parser_reads_python_shell_and_norun_blocks(tmp_path: Path) -> None:
     assert second.text == "echo c"
     [skipped] = doc.skipped
     assert (skipped.lang, skipped.reason, skipped.line) == ("sh", "needs a Kubernetes cluster", 10)
+    assert doc.shown == [("yaml", 13, ["not: run"])]
+    assert _LOOKS_RUNNABLE.match("$ interlock pauses")
+    assert _LOOKS_RUNNABLE.match("from interlock import Client")
+    assert not _LOOKS_RUNNABLE.match("  agent ──intent──▶ authenticate")
 
 
 def test_a_python_block_runs_in_the_doc_session_with_the_docs_line_numbers(tmp_path: Path) -> None:

@@ -61,49 +61,53 @@ def judged_actions(
     """``(agent, confidence, outcome)`` of every action of ``workflow`` created in ``[start, end)`` with
     a stated confidence and an outcome that judges it; ``outcome`` is ``undecided`` while a person
     has still to decide."""
-    in_window = and_(
-        runs.c.workflow == workflow,
-        steps.c.created_at >= start,
-        steps.c.created_at < end,
-        steps.c.confidence.is_not(None),
-        steps.c.kind == "tool",
+    # One statement, one pass over the window's steps: each step with its approval (if it asked
+    # for one) and its handoff (if a stop rule held it), both found through their run_id index.
+    query = (
+        select(
+            steps.c.status,
+            steps.c.confidence,
+            runs.c.agent_id,
+            approvals.c.state.label("approval_state"),
+            approvals.c.outcome.label("approval_outcome"),
+            handoffs.c.state.label("handoff_state"),
+            handoffs.c.resolution.label("handoff_resolution"),
+        )
+        .select_from(
+            steps.join(runs, runs.c.id == steps.c.run_id)
+            .outerjoin(
+                approvals,
+                and_(
+                    approvals.c.run_id == steps.c.run_id,
+                    approvals.c.step_id == steps.c.id,
+                    steps.c.status == "pending_approval",
+                ),
+            )
+            .outerjoin(
+                handoffs,
+                and_(
+                    handoffs.c.run_id == steps.c.run_id,
+                    handoffs.c.step_id == steps.c.id,
+                    steps.c.status == "escalated",
+                ),
+            )
+        )
+        .where(
+            runs.c.workflow == workflow,
+            steps.c.created_at >= start,
+            steps.c.created_at < end,
+            steps.c.confidence.is_not(None),
+            steps.c.kind == "tool",
+            steps.c.status.in_(["executed", "failed", "pending_approval", "escalated"]),
+        )
     )
-    joined = steps.join(runs, runs.c.id == steps.c.run_id)
     with reading(engine) as conn:
-        rows = conn.execute(
-            select(steps.c.id, steps.c.status, steps.c.confidence, runs.c.agent_id)
-            .select_from(joined)
-            .where(in_window, steps.c.status.in_(["executed", "failed", "pending_approval", "escalated"]))
-        ).all()
-        asked = {
-            r.step_id: (r.state, r.outcome)
-            for r in conn.execute(
-                select(approvals.c.step_id, approvals.c.state, approvals.c.outcome)
-                .select_from(
-                    joined.join(
-                        approvals,
-                        and_(approvals.c.run_id == steps.c.run_id, approvals.c.step_id == steps.c.id),
-                    )
-                )
-                .where(in_window, steps.c.status == "pending_approval")
-            )
-        }
-        handed = {
-            r.step_id: (r.state, r.resolution)
-            for r in conn.execute(
-                select(handoffs.c.step_id, handoffs.c.state, handoffs.c.resolution)
-                .select_from(
-                    joined.join(
-                        handoffs,
-                        and_(handoffs.c.run_id == steps.c.run_id, handoffs.c.step_id == steps.c.id),
-                    )
-                )
-                .where(in_window, steps.c.status == "escalated")
-            )
-        }
+        rows = conn.execute(query).all()
     out: list[tuple[str, float, str]] = []
     for row in rows:
-        outcome = _outcome(row.status, asked.get(row.id), handed.get(row.id))
+        asked = None if row.approval_state is None else (row.approval_state, row.approval_outcome)
+        handed = None if row.handoff_state is None else (row.handoff_state, row.handoff_resolution)
+        outcome = _outcome(row.status, asked, handed)
         if outcome is not None:
             out.append((str(row.agent_id), float(row.confidence), outcome))
     return out
