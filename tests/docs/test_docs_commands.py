@@ -595,7 +595,8 @@ def check_output(shown: list[str], printed: str) -> str | None:
         want = _squash(line)
         if not want or want == "…":
             continue
-        pattern = ".*?".join(re.escape(part) for part in want.split("…"))
+        # Spaces around ``…`` are the doc's typography, not output: "a … b" matches "a b" too.
+        pattern = ".*?".join(re.escape(part.strip()) for part in want.split("…"))
         found = re.compile(pattern).search(haystack, pos)
         if found is None:
             return line
@@ -732,6 +733,7 @@ def test_parser_reads_the_conventions(tmp_path: Path) -> None:
     assert doc.not_run == ["make test"]
     assert check_output(["allow x", "…", "policy …abc"], "allow   x\nmore\npolicy 12abc") is None
     assert check_output(["deny"], "allow") == "deny"
+    assert check_output(["… hof_1 … refund … why …"], "hof_1 refund open why") is None
 
 
 def test_parser_reads_python_shell_and_norun_blocks(tmp_path: Path) -> None:
