@@ -101,12 +101,13 @@ def _auth(operation: Any, live: Live) -> dict[str, str]:
 
 # Operations whose bodies are judged beyond the OpenAPI schema: an action's arguments against
 # the tool's own schema, a new agent's environment against the manifest, a work package's tools
-# and argument bounds against the workflow, a token request's `resource` against this server's
+# and argument bounds against the workflow, a rollout's candidate manifest, a token request's `resource` against this server's
 # resources (RFC 8707 invalid_target). A schema-valid request may rightly be refused there.
 _SEMANTIC_422 = {
     ("POST", "/v1/runs/{run_id}/actions"),
     ("POST", "/v1/agents"),
     ("POST", "/v1/packages"),
+    ("POST", "/v1/workflows/{name}/rollout"),
     ("POST", "/oauth/token"),
 }
 _FUZZ = settings(

@@ -18,6 +18,8 @@ create an agent          an admin of the workflow
 revoke an agent          admins and owners of the agent's workflow
 issue or revoke a        admins and owners of the package's workflow
 work package
+start, promote or abort  admins and owners of the workflow (status: any role on it)
+a rollout
 =======================  =====================================================================
 """
 
@@ -39,6 +41,7 @@ AGENT_ADMINS: tuple[str, ...] = ("admin", "owner")
 AGENT_CREATORS: tuple[str, ...] = ("admin",)
 RESOLVERS: tuple[str, ...] = ("owner", "admin", "approver")
 PACKAGE_ISSUERS: tuple[str, ...] = ("admin", "owner")
+ROLLOUT_MANAGERS: tuple[str, ...] = ("admin", "owner")
 
 
 def actor(operator: Operator) -> str:
@@ -122,6 +125,7 @@ __all__ = [
     "PACKAGE_ISSUERS",
     "PAUSERS",
     "RESOLVERS",
+    "ROLLOUT_MANAGERS",
     "actor",
     "has_any_role",
     "may_admin_agents",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +48,8 @@ from interlock._internal.notify.notifier import Notifier
 from interlock._internal.notify.targets import targets_from_settings as notification_targets
 from interlock._internal.packages.service import PackageService
 from interlock._internal.packages.signing import PackageKey
+from interlock._internal.rollouts.model import Rollout
+from interlock._internal.rollouts.service import RolloutService
 from interlock._internal.runs.handoffs import UNKNOWN_RESOLUTIONS, Handoff, HandoffStore, Resolution
 from interlock._internal.runs.store import RunStore
 from interlock._internal.settings import Settings
@@ -186,7 +188,13 @@ class Interlock:
             metrics=self.metrics,
             budget_warn_ratio=self.settings.notifications.budget_warn_ratio,
             lease_margin_s=self.settings.recovery.lease_margin_s,
+            rollouts=self.rollouts,
         )
+
+    @cached_property
+    def rollouts(self) -> RolloutService:
+        """Candidate versions in shadow or as canaries: start, status, promote, abort."""
+        return RolloutService(self)
 
     @cached_property
     def packages(self) -> PackageService:
@@ -277,8 +285,11 @@ class Interlock:
             old.close()
         return runtime
 
-    def _store_version(self, loaded: LoadedManifest, runtime: WorkflowRuntime, *, actor: str) -> None:
-        """Record the version (first replica wins) and make it the workflow's active one."""
+    def _store_version(
+        self, loaded: LoadedManifest, runtime: WorkflowRuntime, *, actor: str, activate: bool = True
+    ) -> None:
+        """Record the version (first replica wins) and, unless ``activate`` is False (a rollout's
+        candidate), make it the workflow's active one."""
         now = time.time()
         with transaction(self.engine) as conn:
             if insert_ignore(
@@ -332,6 +343,8 @@ class Interlock:
                         file=str(loaded.path) if loaded.path else None,
                         field="version",
                     )
+            if not activate:
+                return
             current = conn.execute(
                 select(t.workflows.c.active_version_id).where(t.workflows.c.name == loaded.manifest.name)
             ).first()
@@ -363,6 +376,12 @@ class Interlock:
                         "previous": None if current is None else current[0],
                     },
                 )
+
+    def _serve(self, runtime: WorkflowRuntime) -> None:
+        """Make an already stored and activated version this process's runtime for its workflow
+        (a promoted rollout); the runtime it replaces stays with the rollouts, which close it."""
+        with self._lock:
+            self._runtimes[runtime.name] = runtime
 
     def runtime(self, workflow: str) -> WorkflowRuntime:
         runtime = self._runtimes.get(workflow)
@@ -538,7 +557,7 @@ class Interlock:
         """Start a run. With ``package`` (a signed work package), every action of the run is also
         held to the package's tools and bounds, and the package cannot start another run."""
         principal = authenticate_agent(token, tokens=self.tokens, store=self.agents)
-        runtime = self.runtime(principal.workflow)
+        runtime, rollout = self.rollouts.assignment(principal.workflow, self.runtime(principal.workflow))
         claims = None
         if package is not None:
             claims = self.packages.admit(
@@ -563,6 +582,7 @@ class Interlock:
             max_concurrent=runtime.manifest.budgets.max_concurrent_runs,
             package_id=None if claims is None else str(claims["jti"]),
             on_create=consume if claims is not None else None,
+            assign=None if rollout is None else _assigner(rollout, principal.agent_id, trigger),
         )
 
     def finish_run(
@@ -704,6 +724,8 @@ class Interlock:
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
+        if "rollouts" in self.__dict__:
+            self.rollouts.close()
         if "approvals" in self.__dict__:
             self.approvals.close()  # stops the webhook worker
         if "notifications" in self.__dict__:
@@ -738,6 +760,16 @@ def check_decision(
         environment = spec.environment
     intent = Intent(tool=tool, arguments=arguments, confidence=confidence)
     return evaluate(runtime, agent_id=agent, environment=environment, intent=intent).decision
+
+
+def _assigner(rollout: Rollout, agent_id: str, trigger: Any) -> Callable[[Connection, str], tuple[str, str]]:
+    """The version a new run gets in a running rollout, decided from its id (stable per run)."""
+
+    def assign(_conn: Connection, run_id: str) -> tuple[str, str]:
+        canary = rollout.includes(run_id=run_id, agent_id=agent_id, trigger=trigger)
+        return (rollout.candidate_version_id if canary else rollout.active_version_id), rollout.id
+
+    return assign
 
 
 def _http_upstream_keys(manifest: Manifest) -> set[str]:

@@ -26,6 +26,7 @@ from interlock._internal.api import (
     routes_notifications,
     routes_ops,
     routes_packages,
+    routes_rollouts,
     routes_runs,
 )
 from interlock._internal.api.body_limit import BodyLimit
@@ -112,6 +113,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     app.include_router(routes_ops.router)
     app.include_router(routes_packages.router)
     app.include_router(routes_notifications.router)
+    app.include_router(routes_rollouts.router)
     hooks.extend(mount_extras(app, il))
     app.add_middleware(BodyLimit, max_bytes=il.settings.server.max_body_bytes)
     return app

@@ -32,6 +32,7 @@ def _register() -> None:
         packages,
         purge,
         report,
+        rollout,
         runs,
         serve,
         version,
@@ -62,6 +63,7 @@ def _register() -> None:
     app.add_typer(ops.handoffs_app, name="handoffs")
     app.add_typer(packages.app, name="packages")
     app.add_typer(notifications.app, name="notifications")
+    app.add_typer(rollout.app, name="rollout")
 
 
 def main() -> None:

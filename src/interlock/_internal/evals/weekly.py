@@ -103,9 +103,14 @@ def _ratio(part: int, whole: int) -> float | None:
 
 def _week(conn: Connection, workflow: str, start: float, end: float) -> dict[str, Any]:
     run_rows = conn.execute(
-        select(runs.c.id, runs.c.state, runs.c.started_at, runs.c.ended_at, runs.c.cost_micros).where(
-            runs.c.workflow == workflow, runs.c.started_at >= start, runs.c.started_at < end
-        )
+        select(
+            runs.c.id,
+            runs.c.state,
+            runs.c.started_at,
+            runs.c.ended_at,
+            runs.c.cost_micros,
+            runs.c.workflow_version_id,
+        ).where(runs.c.workflow == workflow, runs.c.started_at >= start, runs.c.started_at < end)
     ).all()
     run_ids = {r.id for r in run_rows}
     escalated_steps = {
@@ -200,6 +205,8 @@ def _week(conn: Connection, workflow: str, start: float, end: float) -> dict[str
         "actions_by_decision": {d: by_decision.get(d, 0) for d in DECISIONS},
         "decisions_by_day": by_day,
         "denial_reasons": dict(denial_reasons),
+        # Which manifest version each run used (a canary rollout runs two at once).
+        "runs_by_version": dict(Counter(str(r.workflow_version_id) for r in run_rows)),
     }
 
 
@@ -287,8 +294,9 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
 
     Keys: ``workflow``, ``week`` and ``previous_week`` (start/end dates), ``figures`` (each with
     ``value``, ``previous``, ``delta``), ``counts``, ``actions_by_decision``, ``decisions_by_day``,
-    ``top_denial_reasons``, ``success_metric``, ``recommendation`` and ``calibration`` (each agent's
-    stated confidence against outcomes this week, see :mod:`interlock._internal.evals.calibration`).
+    ``top_denial_reasons``, ``runs_by_version`` (the manifest version each run started on),
+    ``success_metric``, ``recommendation`` and ``calibration`` (each agent's stated confidence
+    against outcomes this week, see :mod:`interlock._internal.evals.calibration`).
     """
     start, end = week_bounds(week_ending)
     prev_start, prev_end = start - 7 * DAY_S, start
@@ -341,6 +349,14 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
         "top_denial_reasons": [
             {"code": code, "count": n, "previous": int(prev["denial_reasons"].get(code, 0))}
             for code, n in top
+        ],
+        "runs_by_version": [
+            {
+                "version": v,
+                "runs": int(this["runs_by_version"].get(v, 0)),
+                "previous": int(prev["runs_by_version"].get(v, 0)),
+            }
+            for v in sorted({*this["runs_by_version"], *prev["runs_by_version"]})
         ],
         "success_metric": success,
         "thresholds": {

@@ -77,7 +77,7 @@ def _carry_out(p: Pipeline, approval_id: str, row: Any) -> ActionResult | None:
         idempotency_key=row["idempotency_key"],
         reasoning=f"approved: {approval_id}",
     )
-    runtime = p.runtime(run.workflow)
+    runtime = p.runtime_for(run)[0]  # a canary run's approved action is judged by its version
     agent = p.agents.lookup(agent_id)
     if agent is None or not agent.record.active:
         # Revoking an agent withdraws what it asked for, approved or not.

@@ -108,6 +108,7 @@ class Run(BaseModel):
     started_at: float
     ended_at: float | None = None
     package_id: str | None = None
+    rollout_id: str | None = None  # the rollout running when it started (its version: workflow_version)
 
 
 class Step(BaseModel):

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -78,6 +78,10 @@ from interlock.exceptions import (
     TokenScopeError,
 )
 
+if TYPE_CHECKING:
+    from interlock._internal.rollouts.model import Lane
+    from interlock._internal.rollouts.service import RolloutService
+
 log = logging.getLogger("interlock.pipeline")
 
 
@@ -96,7 +100,9 @@ class Pipeline:
         metrics: Metrics | None = None,
         lease_margin_s: float = 30.0,
         budget_warn_ratio: float = DEFAULT_WARN_RATIO,
+        rollouts: RolloutService | None = None,
     ) -> None:
+        self.rollouts = rollouts
         self.budget_warn_ratio = budget_warn_ratio
         self.model_prices = model_prices or {}
         self.sqlite = engine.dialect.name == "sqlite"
@@ -132,7 +138,7 @@ class Pipeline:
                 return replay
         started = time.perf_counter()
         with self.tracing.action(run, intent.tool) as span:
-            result = self._stages(run, paused, principal.agent_id, intent)
+            result, lane = self._stages(run, paused, principal.agent_id, intent)
             if span.is_recording():
                 self.tracing.finish_action(
                     span,
@@ -140,12 +146,28 @@ class Pipeline:
                     arguments=safe_redact(intent.arguments) if self.tracing.capture_payloads else None,
                 )
         self._count(run, result, time.perf_counter() - started)
+        if lane is not None and self.rollouts is not None:
+            # The other version of a running rollout judges the action too: recorded, never enforced.
+            self.rollouts.observe(lane, run, principal.agent_id, intent, result)
         return result
 
-    def _stages(self, run: Run, paused: Paused, agent_id: str, intent: Intent) -> ActionResult:
+    def runtime_for(self, run: Run) -> tuple[WorkflowRuntime, Lane | None]:
+        """The version that decides the run's actions: the workflow's active one, or, for a run
+        started during a rollout, the version the rollout gives it (with the other version to
+        judge in shadow while the rollout runs)."""
+        if run.rollout_id is not None and self.rollouts is not None:
+            lane = self.rollouts.lane(run)
+            if lane is not None:
+                return lane.enforced, lane
+        return self.runtime(run.workflow), None
+
+    def _stages(
+        self, run: Run, paused: Paused, agent_id: str, intent: Intent
+    ) -> tuple[ActionResult, Lane | None]:
         runtime: WorkflowRuntime | None = None
+        lane: Lane | None = None
         try:
-            runtime = self.runtime(run.workflow)
+            runtime, lane = self.runtime_for(run)
             carried = carried_for(self.engine, runtime.flow_tools, run.id, intent.tool)
             c = Checking(runtime, agent_id, run.environment, intent, run.steps, run.tool_calls, carried)
             verdict = (
@@ -160,11 +182,11 @@ class Pipeline:
                 verdict = work_package(self.engine, run.package_id, intent, verdict, now=time.time())
         except Exception as exc:  # fail closed: never execute after an error
             verdict = self.error_verdict(intent, exc)
-            runtime = None
+            runtime, lane = None, None
         if verdict.decision.decision != "allow" or runtime is None:
             # A denial, an escalation, or the approval gate's request for a person.
-            return record_decision(self.engine, run, agent_id, intent, verdict, runtime)
-        return self.carry_out(run, agent_id, intent, verdict, runtime)
+            return record_decision(self.engine, run, agent_id, intent, verdict, runtime), lane
+        return self.carry_out(run, agent_id, intent, verdict, runtime), lane
 
     def carry_out(
         self,

@@ -13,9 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
 from interlock._internal.gateway.models import Reason
 from interlock._internal.limits.stop_rules import applies, records_conflict, sequence_reason
 from interlock._internal.manifest.models import Manifest
+from interlock._internal.store import tables as t
+from interlock._internal.store.engine import reading
 
 # Steps that took a tool call (and count toward loop detection), as the reservation counts them.
 CALLED = frozenset({"executed", "failed"})
@@ -32,6 +37,19 @@ class Prior:
     args_hash: str | None
     status: str
     result: Any = None
+
+
+def prior_steps(engine: Engine, run_id: str, *, before_seq: int | None = None) -> list[Prior]:
+    """A run's recorded tool steps in order, those before ``before_seq`` when given."""
+    s = t.steps
+    query = select(s.c.tool, s.c.args_hash, s.c.status, s.c.result).where(
+        s.c.run_id == run_id, s.c.kind == "tool"
+    )
+    if before_seq is not None:
+        query = query.where(s.c.seq < before_seq)
+    with reading(engine) as conn:
+        rows = conn.execute(query.order_by(s.c.seq)).all()
+    return [Prior(tool=r[0], args_hash=r[1], status=str(r[2]), result=r[3]) for r in rows]
 
 
 def needs_history(manifest: Manifest) -> bool:
@@ -67,6 +85,19 @@ def history_refusal(
     return None
 
 
+def cap_refusal(manifest: Manifest, *, steps_before: int, calls_before: int) -> Reason | None:
+    """The run's step or tool-call cap, as the reservation applies it to the counters before the
+    action (a denial that stops the run)."""
+    budget = manifest.budgets.per_run
+    if budget.max_steps is not None and steps_before >= budget.max_steps:
+        return Reason(code="step_cap_reached", message=f"run reached max_steps={budget.max_steps}")
+    if budget.max_tool_calls is not None and calls_before >= budget.max_tool_calls:
+        return Reason(
+            code="tool_call_cap_reached", message=f"run reached max_tool_calls={budget.max_tool_calls}"
+        )
+    return None
+
+
 def sequence_failure(manifest: Manifest, *, tool: str, history: Sequence[Prior]) -> Reason | None:
     """The ``sequence_failure`` stop rule a failed call of ``tool`` trips, given what executed
     before it in the run, or None."""
@@ -85,7 +116,9 @@ __all__ = [
     "HISTORY_CODES",
     "SEQUENCE_FAILURE",
     "Prior",
+    "cap_refusal",
     "history_refusal",
     "needs_history",
+    "prior_steps",
     "sequence_failure",
 ]

@@ -48,6 +48,7 @@ from interlock._internal.runs.history import (
     HISTORY_CODES,
     SEQUENCE_FAILURE,
     Prior,
+    cap_refusal,
     history_refusal,
     sequence_failure,
 )
@@ -472,7 +473,11 @@ def _replay_step(
         refused = history_refusal(runtime.manifest, tool=tool_name, args_hash=args_hash, history=history)
         if refused is not None:
             now, reasons = "escalate", [refused]
-        elif basis == "policy" and (cap := _cap(runtime, steps_before, calls_before)) is not None:
+        elif (
+            basis == "policy"
+            and (cap := cap_refusal(runtime.manifest, steps_before=steps_before, calls_before=calls_before))
+            is not None
+        ):
             now, reasons = "deny", [cap]
         elif step.get("status") == "failed":
             broken = sequence_failure(runtime.manifest, tool=tool_name, history=history)
@@ -499,17 +504,6 @@ def _replay_step(
         note=note,
         output_problem=output_problem,
     )
-
-
-def _cap(runtime: WorkflowRuntime, steps_before: int, calls_before: int) -> Reason | None:
-    budget = runtime.manifest.budgets.per_run
-    if budget.max_steps is not None and steps_before >= budget.max_steps:
-        return Reason(code="step_cap_reached", message=f"run reached max_steps={budget.max_steps}")
-    if budget.max_tool_calls is not None and calls_before >= budget.max_tool_calls:
-        return Reason(
-            code="tool_call_cap_reached", message=f"run reached max_tool_calls={budget.max_tool_calls}"
-        )
-    return None
 
 
 def _output_problem(tool: Any, step: dict[str, Any]) -> str | None:

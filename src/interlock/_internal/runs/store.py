@@ -43,6 +43,7 @@ def run_from_row(row: RowMapping) -> Run:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         package_id=row.get("package_id"),
+        rollout_id=row.get("rollout_id"),
     )
 
 
@@ -62,9 +63,12 @@ class RunStore:
         max_concurrent: int | None = None,
         package_id: str | None = None,
         on_create: Callable[[Connection, str], None] | None = None,
+        assign: Callable[[Connection, str], tuple[str, str] | None] | None = None,
     ) -> Run:
         """Insert a running run. ``on_create`` runs in the same transaction (a work package is
-        consumed there, so the run and the package's single use commit together)."""
+        consumed there, so the run and the package's single use commit together). ``assign``
+        (a rollout's) may give the run another manifest version and its rollout id, from the
+        run's id, in that transaction too."""
         now = time.time()
         row: dict[str, Any] = {
             "id": new_id("run"),
@@ -85,16 +89,26 @@ class RunStore:
             "started_at": now,
             "ended_at": None,
             "package_id": package_id,
+            "rollout_id": None,
         }
         with transaction(self.engine) as conn:
             if max_concurrent is not None:
                 self._check_concurrency(conn, workflow, max_concurrent, now)
+            chosen = assign(conn, row["id"]) if assign is not None else None
+            if chosen is not None:
+                row["workflow_version_id"], row["rollout_id"] = chosen
             conn.execute(t.runs.insert().values(**row))
             if on_create is not None:
                 on_create(conn, row["id"])
-            data = {"agent": agent_id, "environment": environment, "manifest_version": workflow_version_id}
+            data = {
+                "agent": agent_id,
+                "environment": environment,
+                "manifest_version": row["workflow_version_id"],
+            }
             if package_id is not None:
                 data["package"] = package_id
+            if row["rollout_id"] is not None:
+                data["rollout"] = row["rollout_id"]
             trigger_hash = None if trigger is None else _trigger_hash(trigger)
             if trigger_hash is not None:
                 data["trigger_hash"] = trigger_hash

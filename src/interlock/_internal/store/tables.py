@@ -141,6 +141,7 @@ runs = Table(
     _ts("started_at"),
     _ts("ended_at", nullable=True),
     Column("package_id", String(64), nullable=True),  # the work package the run was started with
+    Column("rollout_id", String(64), nullable=True),  # the rollout running when the run started
 )
 
 steps = Table(
@@ -612,4 +613,58 @@ cache_entries = Table(
     _ts("expires_at"),
     _ts("invalidated_at", nullable=True),
     Index("ix_cache_entries_expires_at", "expires_at"),
+)
+
+# A candidate manifest version on trial beside the active one: in shadow (judged, never enforced)
+# or as a canary (enforced for a share of new runs, or named agents or triggers). ``live`` is 1
+# while it runs and NULL after, so the unique constraint allows one running rollout per workflow.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("candidate_version_id", String(300), nullable=False),
+    Column("active_version_id", String(300), nullable=False),
+    Column("mode", String(20), nullable=False),  # shadow | canary
+    Column("share", Float, nullable=False, default=0.0),
+    Column("agents", JSONText, nullable=False),
+    Column("triggers", JSONText, nullable=False),  # {field: [values]} on the run's trigger
+    Column("max_denial_increase", Float, nullable=True),
+    Column("max_escalation_increase", Float, nullable=True),
+    Column("min_decisions", Integer, nullable=False, default=20),
+    Column("state", String(20), nullable=False),  # running | promoted | aborted
+    Column("live", SmallInteger, nullable=True),
+    # Compared decisions so far, and how many each version denied or escalated (exact counters
+    # every replica updates in the transaction that records a comparison).
+    Column("decisions", BigInteger, nullable=False, default=0),
+    Column("active_denials", BigInteger, nullable=False, default=0),
+    Column("candidate_denials", BigInteger, nullable=False, default=0),
+    Column("active_escalations", BigInteger, nullable=False, default=0),
+    Column("candidate_escalations", BigInteger, nullable=False, default=0),
+    Column("started_by", String(200), nullable=False),
+    _ts("started_at"),
+    Column("ended_by", String(200), nullable=True),
+    _ts("ended_at", nullable=True),
+    Column("end_reason", Text, nullable=True),
+    UniqueConstraint("workflow", "live", name="uq_rollouts_workflow_live"),
+)
+
+# One live action judged by both versions of a rollout: the enforced decision (``arm`` says which
+# version that was) and the other version's, recorded and never enforced.
+rollout_decisions = Table(
+    "rollout_decisions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("rollout_id", String(64), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("step_id", String(64), nullable=True),
+    Column("agent_id", String(200), nullable=False),
+    Column("tool", String(200), nullable=False),
+    Column("arm", String(20), nullable=False),  # active | candidate: the version that was enforced
+    Column("active_decision", String(20), nullable=False),
+    Column("candidate_decision", String(20), nullable=False),
+    Column("active_reasons", JSONText, nullable=False),
+    Column("candidate_reasons", JSONText, nullable=False),
+    _ts("created_at"),
+    Index("ix_rollout_decisions_rollout", "rollout_id", "created_at"),
 )
