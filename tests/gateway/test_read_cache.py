@@ -203,3 +203,23 @@ def test_the_cached_copy_is_the_stored_redacted_form(setup: tuple[Harness, Count
         ).scalar_one()
     assert entry == stored
     assert cached.result == stored
+
+
+def test_the_weekly_review_shows_the_hit_rate(setup: tuple[Harness, Counting]) -> None:
+    from datetime import UTC, datetime
+
+    from interlock._internal.evals.weekly import render_weekly_html, weekly_figures
+
+    h, upstream = setup
+    for _ in range(3):
+        assert h.act(h.run(), "tickets.get", {"ticket_id": "T-1001"}).executed
+    assert h.act(h.run(), "tickets.search", {"query": "refund"}).executed  # not cached: not counted
+    assert gets(upstream) == 1
+    report = weekly_figures(h.il.engine, "support-triage", datetime.now(UTC).date())
+    cache = report["read_cache"]
+    assert (cache["reads"], cache["hits"]) == (3, 2)
+    assert cache["hit_rate"] == pytest.approx(2 / 3)
+    assert cache["previous_hit_rate"] is None
+    assert [c["tool"] for c in cache["tools"]] == ["tickets.get"]
+    html = render_weekly_html(report)
+    assert '<strong id="cache-hit-rate">66.7%</strong>' in html

@@ -39,6 +39,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from interlock._internal.evals.cache_review import read_cache
 from interlock._internal.evals.calibration import calibration, calibration_view
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import approvals, decisions, runs, steps, workflow_versions, workflows
@@ -295,8 +296,10 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
     Keys: ``workflow``, ``week`` and ``previous_week`` (start/end dates), ``figures`` (each with
     ``value``, ``previous``, ``delta``), ``counts``, ``actions_by_decision``, ``decisions_by_day``,
     ``top_denial_reasons``, ``runs_by_version`` (the manifest version each run started on),
-    ``success_metric``, ``recommendation`` and ``calibration`` (each agent's stated confidence
-    against outcomes this week, see :mod:`interlock._internal.evals.calibration`).
+    ``success_metric``, ``recommendation``, ``calibration`` (each agent's stated confidence
+    against outcomes this week, see :mod:`interlock._internal.evals.calibration`) and
+    ``read_cache`` (reads of cached tools answered from the cache, see
+    :mod:`interlock._internal.evals.cache_review`).
     """
     start, end = week_bounds(week_ending)
     prev_start, prev_end = start - 7 * DAY_S, start
@@ -309,6 +312,7 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
         this = _week(conn, workflow, start, end)
         prev = _week(conn, workflow, prev_start, prev_end)
         metric = _success_metric(conn, workflow)
+        cache = read_cache(conn, workflow, start=start, end=end, prev_start=prev_start, prev_end=prev_end)
     figures = {
         name: {
             "value": value,
@@ -367,6 +371,7 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
         },
         "recommendation": recommend(this["figures"], success),
         "calibration": calibration(engine, workflow, start=start, end=end),
+        "read_cache": cache,
     }
 
 
@@ -536,6 +541,7 @@ def render_weekly_html(report: dict[str, Any]) -> str:
             reasons_chart=_reasons_chart(report["top_denial_reasons"]),
             colors=_COLORS,
             calibration=calibration_view(report["calibration"], window="This week"),
+            fmt_rate=lambda v: fmt(v, "rate"),
         )
     except TemplateError as exc:
         raise ConfigError(f"weekly report template: {exc}") from exc

@@ -264,6 +264,7 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
         "policy_reasons": _reasons(package.policy_reasons),
         "rules": list(package.rules),
         "data_classes": list(package.data_classes),
+        "value_limits": _value_limits(package),
         "previous": previous,
         "history": record_history(interlock, operator, view, runtime),
         "requested": words.fmt_time(view.created_at),
@@ -283,6 +284,37 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
         and may_decide(operator, runtime)
         and not voted,
     }
+
+
+def _value_limits(package: Any) -> list[dict[str, Any]]:
+    """What is left under each value limit the action counts against, as the package recorded it
+    when the action was asked (the limit is checked again, atomically, when it executes)."""
+    extra = package.model_extra or {}
+    out = []
+    for item in extra.get("value_limits") or []:
+        if not isinstance(item, dict):
+            continue
+        unit = f" {item.get('unit')}" if item.get("unit") else ""
+
+        def amount(key: str, unit: str = unit, item: dict[str, Any] = item) -> str:
+            value = item.get(key)
+            return f"{value:,.2f}".rstrip("0").rstrip(".") + unit if isinstance(value, int | float) else "?"
+
+        out.append(
+            {
+                "id": str(item.get("id", "")),
+                "limit": str(item.get("limit", "")),
+                "description": str(item.get("description") or ""),
+                "scope": str(item.get("scope", "")),
+                "period": str(item.get("period", "")),
+                "max": amount("max"),
+                "used": amount("used"),
+                "headroom": amount("headroom"),
+                "amount": amount("amount"),
+                "fits": bool(item.get("fits")),
+            }
+        )
+    return out
 
 
 __all__ = [
