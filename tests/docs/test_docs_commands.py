@@ -704,6 +704,64 @@ def test_no_command_or_code_hides_in_a_block_that_is_not_run() -> None:
     assert not hidden, "\n".join(hidden)
 
 
+_INLINE = re.compile(r"`(interlock(?: [^`]*)?)`")
+
+
+def inline_commands(path: Path) -> list[tuple[int, str]]:
+    """``interlock …`` named in the prose (inline code, outside fenced blocks), with its line."""
+    found: list[tuple[int, str]] = []
+    fence: str | None = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        opened = _FENCE.match(line)
+        if opened:
+            if fence is None:
+                fence = opened.group(2)
+            elif line.strip().startswith(fence):
+                fence = None
+            continue
+        if fence is None:
+            found += [(number, m.group(1)) for m in _INLINE.finditer(line)]
+    return found
+
+
+def unknown_in(command: str) -> str | None:
+    """What in ``interlock …`` the CLI does not have (a command or an option), or None."""
+    import typer
+
+    cmd: Any = typer.main.get_command(_cli_app())  # a group has ``commands`` (typer may bring its own click)
+    try:
+        words = shlex.split(command)[1:]
+    except ValueError:
+        words = command.split()[1:]
+    for word in words:
+        if word.startswith("-"):
+            name = word.split("=", 1)[0]
+            known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+            if name not in known:
+                return f"option {name} of `{cmd.name}`"
+        elif hasattr(cmd, "commands") and word not in ("…", "..."):
+            sub = cmd.commands.get(word)
+            if sub is None:
+                return f"command {word!r} under `{cmd.name}`"
+            cmd = sub
+    return None
+
+
+def test_commands_named_in_the_prose_exist() -> None:
+    """The prose's ``interlock …`` (not run: they stand for a step the reader takes) name commands
+    and options the CLI has today."""
+    problems = [
+        f"{_doc_id(doc)}:{line}: `{text}`: no {missing}"
+        for doc in all_docs()
+        for line, text in inline_commands(doc.path)
+        if (missing := unknown_in(text)) is not None
+    ]
+    assert not problems, "\n".join(problems)
+    assert unknown_in("interlock runs show run_1") == "command 'show' under `runs`"
+    assert unknown_in("interlock handoffs resolve hof_1 --action stop --bogus") == "option --bogus of `resolve`"
+    assert unknown_in("interlock pause environment production …") is None
+
+
 def test_python_blocks_are_found() -> None:
     """The integration guide's examples are read as Python (a guard against a fence change)."""
     docs = {d.path.name: d for d in all_docs()}
