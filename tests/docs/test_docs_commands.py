@@ -758,7 +758,9 @@ def test_commands_named_in_the_prose_exist() -> None:
     ]
     assert not problems, "\n".join(problems)
     assert unknown_in("interlock runs show run_1") == "command 'show' under `runs`"
-    assert unknown_in("interlock handoffs resolve hof_1 --action stop --bogus") == "option --bogus of `resolve`"
+    assert (
+        unknown_in("interlock handoffs resolve hof_1 --action stop --bogus") == "option --bogus of `resolve`"
+    )
     assert unknown_in("interlock pause environment production …") is None
 
 
