@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.approvals.service import ApprovalService
+from interlock._internal.approvals.verifications import VerificationService
 from interlock._internal.approvals.webhooks import targets_from_settings
 from interlock._internal.audit.anchored import verify_with_settings
 from interlock._internal.audit.chain import append_event
@@ -239,6 +240,13 @@ class Interlock:
             runtimes=self.runtime,
             webhooks=targets_from_settings(self.settings),
             public_url=self.settings.server.public_url,
+        )
+
+    @cached_property
+    def verifications(self) -> VerificationService:
+        """Approval requests routed to verifier agents: list, read, give a verdict."""
+        return VerificationService(
+            self.approvals, runtimes=self.runtime, model_prices=self.settings.model_prices
         )
 
     def start(self) -> Interlock:
@@ -611,14 +619,17 @@ class Interlock:
         output_tokens: int,
         cost_usd: float | None = None,
         duration_ms: float | None = None,
+        task: str | None = None,
     ) -> ModelCallResult:
-        """Count a model call against the run's, agent's and workflow's budgets."""
+        """Count a model call against the run's, agent's and workflow's budgets; with ``task``, check
+        the model against that task class's tier (the manifest's ``models``)."""
         call = ModelCall(
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=cost_usd,
             duration_ms=duration_ms,
+            task=task,
         )
         return self.pipeline.record_model_call(token, run_id, call)
 

@@ -28,6 +28,7 @@ from interlock._internal.api import (
     routes_packages,
     routes_rollouts,
     routes_runs,
+    routes_verifications,
 )
 from interlock._internal.api.body_limit import BodyLimit
 from interlock._internal.api.deps import ApiMetrics
@@ -108,6 +109,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     app.include_router(oauth.router)
     app.include_router(routes_runs.router)
     app.include_router(routes_approvals.router)
+    app.include_router(routes_verifications.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_admin.probes)
     app.include_router(routes_ops.router)

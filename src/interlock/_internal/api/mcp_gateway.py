@@ -15,6 +15,9 @@ Then:
 - ``tools/list`` shows the tools of the agent's workflow that policy lets it see
   (:func:`visible_tools`), ``mcp.page_size`` at a time with an opaque cursor; a cursor this
   gateway did not hand out for the current manifest version is a ``-32602`` error;
+- a verifier agent (the manifest's ``verification.verifiers``) also sees three tools of
+  Interlock's own, ``interlock.verifications.list``, ``.get`` and ``.verdict``: the requests
+  routed to it, each with its decision package, and its verdict (see :mod:`.mcp_verifier`);
 - ``tools/call`` of a tool the agent cannot see, because it does not exist or because policy
   hides it, is the same ``-32602`` protocol error ("Unknown tool"): the two are
   indistinguishable. A visible tool's call submits an :class:`Intent` to the one pipeline. A
@@ -82,6 +85,8 @@ from starlette.types import Receive, Scope, Send
 
 from interlock import __version__
 from interlock._internal.api.mcp_events import ResumableSessionManager
+from interlock._internal.api.mcp_verifier import NAMES as VERIFIER_TOOLS
+from interlock._internal.api.mcp_verifier import call_verifier_tool, verifier_tools
 from interlock._internal.api.oauth import (
     MCP_PATH,
     canonical_url,
@@ -152,17 +157,24 @@ def _catalogue(runtime: WorkflowRuntime | None, principal: AgentPrincipal) -> _C
     found: _Catalogue | None = runtime.memo.get(key)
     if found is None:
         specs = visible_tools(runtime, principal.agent_id, environment=principal.environment)
-        tools = tuple(
-            types.Tool(
-                name=spec.name,
-                description=spec.description or None,
-                input_schema=spec.input_schema,
-                annotations=_annotations(spec),
+        # A verifier agent also sees the tools that read and decide the requests routed to it.
+        extra = verifier_tools(runtime, principal)
+        taken = {tool.name for tool in extra}
+        tools = (
+            tuple(
+                types.Tool(
+                    name=spec.name,
+                    description=spec.description or None,
+                    input_schema=spec.input_schema,
+                    annotations=_annotations(spec),
+                )
+                for spec in specs
+                if spec.name not in taken
             )
-            for spec in specs
+            + extra
         )
         found = runtime.memo[key] = _Catalogue(
-            version=runtime.version_id, tools=tools, names=frozenset(spec.name for spec in specs)
+            version=runtime.version_id, tools=tools, names=frozenset(tool.name for tool in tools)
         )
     return found
 
@@ -519,6 +531,18 @@ class McpGateway:
         runtime = self._runtime(caller.principal)
         if params.name not in _catalogue(runtime, caller.principal).names:
             raise _unknown_tool(params.name)
+        if params.name in VERIFIER_TOOLS and params.name in {
+            t.name for t in verifier_tools(runtime, caller.principal)
+        }:
+            try:
+                return await call_verifier_tool(
+                    self.interlock, caller.principal, params.name, params.arguments or {}
+                )
+            except (StorageError, ConfigError) as exc:
+                log.warning("MCP tools/call %s failed on the server: %s", params.name, exc)
+                return _error_result(exc.code, "the server could not take this action now; retry shortly")
+            except InterlockError as exc:
+                return _error_result(exc.code, exc.message)
         meta: Mapping[str, Any] = params.meta or {}
         try:
             intent = _intent(params.name, params.arguments or {}, meta)

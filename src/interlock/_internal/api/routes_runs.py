@@ -198,7 +198,9 @@ def report_model_call(
     """Count a model call's tokens and cost against the run's, agent's and workflow's budgets.
 
     The cost is ``cost_usd`` when given, else priced from the manifest's or the server's price
-    table; a call that passes a budget is recorded and stops the run (``run_state``, ``reasons``)."""
+    table; a call that passes a budget is recorded and stops the run (``run_state``, ``reasons``).
+    With ``task``, the model is checked against that task class's tier: off tier, it is flagged
+    (``model_off_tier``) or refused (``model_refused``: recorded, and the run stops)."""
     return interlock.report_model_call(
         token,
         run_id,
@@ -207,6 +209,7 @@ def report_model_call(
         output_tokens=body.output_tokens,
         cost_usd=body.cost_usd,
         duration_ms=body.duration_ms,
+        task=body.task,
     )
 
 

@@ -36,6 +36,31 @@ class Vote(BaseModel):
     created_at: float
 
 
+VerdictKind = Literal["approve", "reject", "escalate"]
+VerificationState = Literal["awaiting", "settled", "escalated"]
+
+
+class VerdictView(BaseModel):
+    """A verifier agent's verdict on an approval: recorded like a vote, bound to the argument hash
+    it judged, with whether policy let it settle the approval alone and what it cost."""
+
+    verifier: str
+    verdict: VerdictKind
+    args_hash: str
+    reasoning: str | None = None
+    settles: bool = Field(description="Policy let the verifier settle the approval alone.")
+    code: str = Field(
+        description="Why it settles or not: settle_permitted, settle_forbidden, no_settle_rule, …"
+    )
+    policy_ids: list[str] = Field(default_factory=list)
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    step_id: str | None = None
+    created_at: float
+
+
 class RunSummary(BaseModel):
     """The run the action belongs to, enough to judge it in context."""
 
@@ -106,6 +131,11 @@ class ApprovalView(BaseModel):
     )
     outcome: ActionResult | None = None
     run: RunSummary | None = None
+    verifier: str | None = Field(default=None, description="The verifier agent the request was routed to.")
+    verification: VerificationState | None = Field(
+        default=None, description="awaiting the verifier, settled by it, or escalated to a person."
+    )
+    verdict: VerdictView | None = None
 
     @property
     def settled(self) -> bool:
@@ -154,6 +184,9 @@ __all__ = [
     "ApprovalState",
     "ApprovalView",
     "RunSummary",
+    "VerdictKind",
+    "VerdictView",
+    "VerificationState",
     "Vote",
     "VoteKind",
 ]

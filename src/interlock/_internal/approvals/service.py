@@ -40,6 +40,7 @@ from interlock._internal.approvals.models import (
     ApprovalPackage,
     ApprovalView,
     RunSummary,
+    VerdictView,
     Vote,
 )
 from interlock._internal.approvals.webhooks import WebhookDispatcher, WebhookTarget
@@ -603,8 +604,10 @@ class ApprovalService:
         now: float,
         comment: str | None = None,
         via: str | None = None,
+        verifier: str | None = None,
     ) -> None:
-        """pending → rejected | expired | cancelled, with what the agent is told and the record."""
+        """pending → rejected | expired | cancelled, with what the agent is told and the record.
+        ``verifier`` names the verifier agent that settled a rejection (it is no operator)."""
         if state == "rejected":
             who = decided_by[0]
             reason = Reason(
@@ -655,10 +658,11 @@ class ApprovalService:
                 "approval": row["id"],
                 "tool": row["tool"],
                 "args_hash": row["args_hash"],
-                "operator": decided_by[0] if decided_by else None,
+                "operator": decided_by[0] if decided_by and verifier is None else None,
                 "comment": comment,
                 "reason": reason.code,
                 "via": via,
+                **({"verifier": verifier, "decided_by": decided_by} if verifier is not None else {}),
                 **_package_tag(conn, row["run_id"]),
             },
         )
@@ -769,7 +773,27 @@ class ApprovalService:
         run_ids = sorted({r["run_id"] for r in rows})
         votes: dict[str, builtins.list[Vote]] = {}
         runs: dict[str, RunSummary] = {}
+        verdicts: dict[str, VerdictView] = {}
         with reading(self.engine) as conn:
+            if any(r["verifier"] is not None for r in rows):
+                for v in conn.execute(
+                    select(t.approval_verdicts).where(t.approval_verdicts.c.approval_id.in_(ids))
+                ).mappings():
+                    verdicts[v["approval_id"]] = VerdictView(
+                        verifier=v["verifier"],
+                        verdict=v["verdict"],
+                        args_hash=v["args_hash"],
+                        reasoning=v["reasoning"],
+                        settles=v["settles"],
+                        code=v["code"],
+                        policy_ids=list(v["policy_ids"] or []),
+                        model=v["model"],
+                        input_tokens=v["input_tokens"],
+                        output_tokens=v["output_tokens"],
+                        cost_usd=v["cost_micros"] / MICROS,
+                        step_id=v["step_id"],
+                        created_at=v["created_at"],
+                    )
             for v in conn.execute(
                 select(t.approval_votes)
                 .where(t.approval_votes.c.approval_id.in_(ids))
@@ -797,10 +821,19 @@ class ApprovalService:
                     cost_usd=r["cost_micros"] / MICROS,
                     started_at=r["started_at"],
                 )
-        return [_view(row, votes.get(row["id"], []), runs.get(row["run_id"]), now) for row in rows]
+        return [
+            _view(row, votes.get(row["id"], []), runs.get(row["run_id"]), now, verdicts.get(row["id"]))
+            for row in rows
+        ]
 
 
-def _view(row: RowMapping, votes: builtins.list[Vote], run: RunSummary | None, now: float) -> ApprovalView:
+def _view(
+    row: RowMapping,
+    votes: builtins.list[Vote],
+    run: RunSummary | None,
+    now: float,
+    verdict: VerdictView | None = None,
+) -> ApprovalView:
     package = ApprovalPackage.model_validate(row["package"] or {})
     pending = row["state"] == "pending"
     return ApprovalView(
@@ -829,6 +862,9 @@ def _view(row: RowMapping, votes: builtins.list[Vote], run: RunSummary | None, n
         execution=row["execution"],
         outcome=None if row["outcome"] is None else ActionResult.model_validate(row["outcome"]),
         run=run,
+        verifier=row["verifier"],
+        verification=row["verification"],
+        verdict=verdict,
     )
 
 

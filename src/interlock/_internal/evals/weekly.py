@@ -10,6 +10,8 @@ started in; steps, decisions and approvals to the week they were created in. The
 - **denial rate** — ``deny`` decisions ÷ all decisions;
 - **cost per completed task** — ``cost_micros`` summed over completed runs ÷ completed runs, in USD;
 - **approval latency** — median ``decided_at - created_at`` of approvals approved or rejected;
+- **model spend per tier** — model calls by tier, and what the same tokens would have cost a tier
+  up (:mod:`interlock._internal.evals.model_spend`);
 - **success rate** — runs completed without an escalation ÷ runs no longer running. This stands in
   for the manifest's success metric, which Interlock cannot observe directly; its ``target`` (a
   ratio, or a percentage when ``unit`` is ``%``/``percent`` or the target is above 1) is the bar.
@@ -41,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.evals.cache_review import read_cache
 from interlock._internal.evals.calibration import calibration, calibration_view
+from interlock._internal.evals.model_spend import model_spend, routing_of
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import approvals, decisions, runs, steps, workflow_versions, workflows
 from interlock.exceptions import ArgumentsInvalid, ConfigError, NotFound
@@ -211,6 +214,18 @@ def _week(conn: Connection, workflow: str, start: float, end: float) -> dict[str
     }
 
 
+def _active_manifest(conn: Connection, workflow: str) -> Any:
+    """The workflow's active manifest as parsed YAML, or None."""
+    text = conn.execute(
+        select(workflow_versions.c.manifest)
+        .select_from(
+            workflows.join(workflow_versions, workflow_versions.c.id == workflows.c.active_version_id)
+        )
+        .where(workflows.c.name == workflow)
+    ).scalar()
+    return None if text is None else yaml.safe_load(text)
+
+
 def _success_metric(conn: Connection, workflow: str) -> dict[str, Any] | None:
     text = conn.execute(
         select(workflow_versions.c.manifest)
@@ -296,10 +311,10 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
     Keys: ``workflow``, ``week`` and ``previous_week`` (start/end dates), ``figures`` (each with
     ``value``, ``previous``, ``delta``), ``counts``, ``actions_by_decision``, ``decisions_by_day``,
     ``top_denial_reasons``, ``runs_by_version`` (the manifest version each run started on),
-    ``success_metric``, ``recommendation``, ``calibration`` (each agent's stated confidence
-    against outcomes this week, see :mod:`interlock._internal.evals.calibration`) and
-    ``read_cache`` (reads of cached tools answered from the cache, see
-    :mod:`interlock._internal.evals.cache_review`).
+    ``success_metric``, ``model_tiers`` (spend per model tier and the cost a tier up),
+    ``recommendation``, ``calibration`` (each agent's stated confidence against outcomes this
+    week, see :mod:`interlock._internal.evals.calibration`) and ``read_cache`` (reads of cached
+    tools answered from the cache, see :mod:`interlock._internal.evals.cache_review`).
     """
     start, end = week_bounds(week_ending)
     prev_start, prev_end = start - 7 * DAY_S, start
@@ -313,6 +328,7 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
         prev = _week(conn, workflow, prev_start, prev_end)
         metric = _success_metric(conn, workflow)
         cache = read_cache(conn, workflow, start=start, end=end, prev_start=prev_start, prev_end=prev_end)
+        tiers = model_spend(conn, workflow, start, end, routing_of(_active_manifest(conn, workflow)))
     figures = {
         name: {
             "value": value,
@@ -363,6 +379,7 @@ def weekly_figures(engine: Engine, workflow: str, week_ending: date) -> dict[str
             for v in sorted({*this["runs_by_version"], *prev["runs_by_version"]})
         ],
         "success_metric": success,
+        "model_tiers": tiers,
         "thresholds": {
             "pause_error_rate": PAUSE_ERROR_RATE,
             "pause_escalation_rate": PAUSE_ESCALATION_RATE,

@@ -79,6 +79,12 @@ class ModelCall(BaseModel):
     output_tokens: int = Field(ge=0, le=10**9)
     cost_usd: float | None = Field(default=None, ge=0, le=1_000_000)
     duration_ms: float | None = Field(default=None, ge=0)
+    task: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$",
+        description="The task class (extraction, classification, planning, ...): the call is checked "
+        "against that class's model tier in the manifest's models.",
+    )
 
 
 class ModelCallResult(BaseModel):

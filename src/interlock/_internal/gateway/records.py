@@ -66,6 +66,10 @@ def create_approval(
     quorum = max([r.quorum for r in matched if r.quorum] or [manifest.approvals.quorum])
     approval_id = new_id("apr")
     spec = tool.spec
+    # Propose, then verify: a request a verifier covers goes to that agent first. A verifier never
+    # judges its own proposals.
+    found = manifest.verification.verifier_for(decision.policy_ids) if manifest.verification else None
+    verifier = found.agent if found is not None and found.agent != agent_id else None
     package = {
         "action": f"{spec.verb} via {spec.name}",
         "tool": spec.name,
@@ -117,6 +121,8 @@ def create_approval(
             quorum=quorum,
             expires_at=now + expires,
             created_at=now,
+            verifier=verifier,
+            verification=None if verifier is None else "awaiting",
         )
     )
     append_event(
@@ -134,6 +140,7 @@ def create_approval(
             "quorum": quorum,
             "expires_at": now + expires,
             **({"package": run.package_id} if run.package_id is not None else {}),
+            **({"verifier": verifier} if verifier is not None else {}),
         },
     )
     return approval_id

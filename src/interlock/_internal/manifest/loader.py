@@ -35,6 +35,7 @@ from interlock._internal.manifest.conditions import field_kind, parse_condition
 from interlock._internal.manifest.cost_checks import CostChecks
 from interlock._internal.manifest.imports import Imported, read_imports
 from interlock._internal.manifest.models import TRAITS, VERBS, Manifest, ToolSpec
+from interlock._internal.manifest.routing_checks import RoutingChecks
 from interlock._internal.manifest.system_checks import SystemChecks
 from interlock.exceptions import ManifestError
 
@@ -568,6 +569,7 @@ class _Checker:
         self.check_stop_rules()
         SystemChecks(self, self.own_systems, self.imported_systems).run()
         CostChecks(self).run()
+        RoutingChecks(self).run()
         for index, policy in enumerate(self.m.policies):
             if not (self.base_dir / policy).is_file():
                 self.fail(f"policy file '{policy}' not found next to the manifest", "policies", index)

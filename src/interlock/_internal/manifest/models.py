@@ -40,6 +40,23 @@ Verb = Literal[
     "execute",
 ]
 Trait = Literal["write", "bulk", "pii", "money", "irreversible", "external"]
+# The verb a verifier agent holds: it judges other agents' flagged actions (see Verification).
+# It is a role's verb only, never a tool's.
+VERIFY = "verify"
+RoleVerb = Literal[
+    "read",
+    "draft",
+    "create",
+    "update",
+    "send",
+    "publish",
+    "approve",
+    "refund",
+    "invite",
+    "delete",
+    "execute",
+    "verify",
+]
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$"
 Name = Annotated[str, Field(pattern=_NAME)]
@@ -66,7 +83,7 @@ class AgentSpec(Strict):
 class RoleGrant(Strict):
     """What a role may attempt at all; rules then decide allow / approval / forbid."""
 
-    verbs: list[Verb] = Field(default_factory=list)
+    verbs: list[RoleVerb] = Field(default_factory=list)
     tools: list[str] = Field(default_factory=list)
     description: str | None = None
 
@@ -370,6 +387,113 @@ class Budgets(Strict):
     value_limits: list[ValueLimit] = Field(default_factory=list)
 
 
+# ---- verification: verifier agents settle or check flagged actions (propose, then verify) --------
+
+VerdictKind = Literal["approve", "reject"]
+
+
+class VerifierSpec(Strict):
+    """A verifier agent and the approval requests routed to it.
+
+    ``rules`` names the ``require_approval`` rules whose requests go to this verifier before a
+    person sees them; omitted, every request of the workflow does (the first verifier that
+    matches gets it)."""
+
+    agent: Name
+    rules: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,120}$")]] | None = None
+    description: str | None = None
+
+
+class SettleRule(Strict):
+    """What a verifier may settle alone (``settle``) or never (``never_settle``); compiled to Cedar
+    policies on the verb ``verify`` (``settle:<id>`` permits, ``never-settle:<id>`` forbids)."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,120}$")]
+    tool: str | list[str] | None = None
+    verb: Verb | list[Verb] | None = None
+    trait: Trait | list[Trait] | None = None
+    when: str | None = None
+    # Only these verdicts (default: both approve and reject).
+    verdict: VerdictKind | list[VerdictKind] | None = None
+    # Only these verifier agents (default: any verifier).
+    verifiers: list[Name] | None = None
+    description: str | None = None
+
+    def tool_list(self) -> list[str]:
+        return [] if self.tool is None else [self.tool] if isinstance(self.tool, str) else list(self.tool)
+
+    def verb_list(self) -> list[str]:
+        return [] if self.verb is None else [self.verb] if isinstance(self.verb, str) else list(self.verb)
+
+    def trait_list(self) -> list[str]:
+        return [] if self.trait is None else [self.trait] if isinstance(self.trait, str) else list(self.trait)
+
+    def verdict_list(self) -> list[str]:
+        if self.verdict is None:
+            return []
+        return [self.verdict] if isinstance(self.verdict, str) else list(self.verdict)
+
+
+class Verification(Strict):
+    """Verifier gates: a flagged action goes to a verifier agent before (or instead of) a person.
+
+    A verifier's verdict settles the approval only where policy lets it (a ``settle`` rule
+    permits and no forbid fires on the verb ``verify``); anywhere else the verdict is recorded
+    as advice and the approval waits for a person."""
+
+    verifiers: list[VerifierSpec] = Field(default_factory=list)
+    settle: list[SettleRule] = Field(default_factory=list)
+    never_settle: list[SettleRule] = Field(default_factory=list)
+
+    def verifier_for(self, policy_ids: list[str]) -> VerifierSpec | None:
+        """The verifier a request that matched these ``review:<rule>`` policies goes to."""
+        rules = {p.split(":", 1)[1] for p in policy_ids if p.startswith("review:")}
+        for verifier in self.verifiers:
+            if verifier.rules is None or rules & set(verifier.rules):
+                return verifier
+        return None
+
+    def verifier(self, agent_id: str) -> VerifierSpec | None:
+        for verifier in self.verifiers:
+            if verifier.agent == agent_id:
+                return verifier
+        return None
+
+
+# ---- model routing: tiers of models for classes of model tasks -----------------------------------
+
+
+class ModelTier(Strict):
+    """One tier: the models allowed in it and their prices (USD per million tokens). The first
+    model listed is the tier's reference price (what the weekly review compares against)."""
+
+    name: Name
+    models: dict[Annotated[str, Field(min_length=1, max_length=200)], ModelPrice] = Field(min_length=1)
+    description: str | None = None
+
+
+class ModelRouting(Strict):
+    """Which models each task class may use. ``tiers`` go from cheapest to strongest; ``tasks``
+    maps a task class (extraction, classification, planning, ...) to its tier. A reported model
+    call outside its class's tier is flagged (``on_unlisted: flag``) or refused, which stops the
+    run (``refuse``)."""
+
+    tiers: list[ModelTier] = Field(min_length=1)
+    tasks: dict[Name, Name] = Field(default_factory=dict)
+    on_unlisted: Literal["flag", "refuse"] = "flag"
+
+    def tier(self, name: str) -> ModelTier | None:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        return None
+
+    def next_tier(self, name: str) -> ModelTier | None:
+        names = [t.name for t in self.tiers]
+        index = names.index(name) if name in names else -1
+        return self.tiers[index + 1] if 0 <= index < len(self.tiers) - 1 else None
+
+
 class Evaluation(Strict):
     golden_set: str
     threshold: float = Field(default=1.0, ge=0, le=1)
@@ -597,6 +721,10 @@ class Manifest(Strict):
     pause_owners: list[Name] = Field(default_factory=list)
     retention_days: int | None = Field(default=None, ge=1, le=36_500)
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
+    # Verifier gates (propose, then verify).
+    verification: Verification | None = None
+    # Model tiers for task classes.
+    models: ModelRouting | None = None
 
     def tool(self, name: str) -> ToolSpec | None:
         for spec in self.tools:
@@ -624,6 +752,7 @@ __all__ = [
     "DEFAULT_DATA_CLASSES",
     "TRAITS",
     "VERBS",
+    "VERIFY",
     "AgentSpec",
     "Baseline",
     "Binding",
@@ -635,12 +764,17 @@ __all__ = [
     "HttpUpstream",
     "Manifest",
     "McpUpstream",
+    "ModelRouting",
+    "ModelTier",
     "PythonUpstream",
     "RoleGrant",
     "RuleSpec",
+    "SettleRule",
     "StopRule",
     "SystemSpec",
     "ToolCache",
     "ToolSpec",
     "ValueLimit",
+    "Verification",
+    "VerifierSpec",
 ]

@@ -6,7 +6,9 @@ prefix of their ``@id``:
 - ``grant:*`` — one ``forbid … unless`` listing what each role may attempt at all;
 - ``forbid:*`` — forbid rules; in Cedar, forbid always wins over permit;
 - ``allow:*`` — permits that let an action run without a person;
-- ``review:*`` — permits that let an action run only after approval.
+- ``review:*`` — permits that let an action run only after approval;
+- ``settle:*`` and ``never-settle:*`` — permits and forbids on the verb ``verify``: what a verifier
+  agent may settle alone (see :mod:`interlock._internal.policy.verify`).
 
 Cedar answers Allow with every satisfied permit as a reason; a ``review:`` reason among them means
 approval is required. Deny with no reasons is deny-by-default. Users' own ``.cedar`` files join the
@@ -27,7 +29,7 @@ import cedarpy
 from interlock._internal.audit.canonical import sha256_hex
 from interlock._internal.manifest.conditions import parse_condition
 from interlock._internal.manifest.loader import LoadedManifest
-from interlock._internal.manifest.models import VERBS, Manifest, RuleSpec, ToolSpec
+from interlock._internal.manifest.models import VERBS, VERIFY, Manifest, RuleSpec, SettleRule, ToolSpec
 from interlock._internal.policy.cedar_values import record_attributes
 from interlock._internal.policy.slices import PolicySlices
 from interlock.exceptions import PolicyError
@@ -78,21 +80,30 @@ def _uid(kind: str, ident: str) -> str:
     return f"{NS}::{kind}::{_q(ident)}"
 
 
+def uses_verify(manifest: Manifest) -> bool:
+    """Whether the manifest speaks of the verb ``verify`` at all. Only then does the compiled
+    policy carry the action, so every other manifest compiles to exactly what it did before."""
+    return manifest.verification is not None or any(VERIFY in g.verbs for g in manifest.roles.values())
+
+
+def _args_record(tools: list[ToolSpec]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    conflicts: set[str] = set()
+    for tool in tools:
+        for name, typ in record_attributes(tool.input_schema).items():
+            if name in args and args[name] != typ:
+                conflicts.add(name)
+            args.setdefault(name, typ)
+    for name in conflicts:
+        # Two tools type the argument differently; Cedar needs one type.
+        del args[name]
+    return args
+
+
 def cedar_schema(manifest: Manifest) -> dict[str, Any]:
     actions: dict[str, Any] = {}
     for verb in VERBS:
-        args: dict[str, Any] = {}
-        conflicts: set[str] = set()
-        for tool in manifest.tools:
-            if tool.verb != verb:
-                continue
-            for name, typ in record_attributes(tool.input_schema).items():
-                if name in args and args[name] != typ:
-                    conflicts.add(name)
-                args.setdefault(name, typ)
-        for name in conflicts:
-            # Two tools with this verb type the argument differently; Cedar needs one type.
-            del args[name]
+        args = _args_record([tool for tool in manifest.tools if tool.verb == verb])
         actions[verb] = {
             "appliesTo": {
                 "principalTypes": ["Agent"],
@@ -100,6 +111,24 @@ def cedar_schema(manifest: Manifest) -> dict[str, Any]:
                 "context": {
                     "type": "Record",
                     "attributes": {**CONTEXT_ATTRS, "args": {"type": "Record", "attributes": args}},
+                },
+            }
+        }
+    if uses_verify(manifest):
+        # A verifier judging another agent's action: the action's own context, plus the verb
+        # it would perform and the verdict being weighed; its arguments as every tool types them.
+        actions[VERIFY] = {
+            "appliesTo": {
+                "principalTypes": ["Agent"],
+                "resourceTypes": ["Tool"],
+                "context": {
+                    "type": "Record",
+                    "attributes": {
+                        **CONTEXT_ATTRS,
+                        "verb": {"type": "String"},
+                        "verdict": {"type": "String"},
+                        "args": {"type": "Record", "attributes": _args_record(list(manifest.tools))},
+                    },
                 },
             }
         }
@@ -232,6 +261,42 @@ def _rule_policies(kind: str, prefix: str, index: int, rule: RuleSpec, manifest:
     return out
 
 
+def _settle_policies(kind: str, index: int, rule: SettleRule, manifest: Manifest) -> list[str]:
+    """One ``settle:`` permit or ``never-settle:`` forbid on the verb ``verify``."""
+    prefix = "settle" if kind == "settle" else "never-settle"
+    effect = "permit" if kind == "settle" else "forbid"
+    field = f"verification.{kind}[{index}]"
+    base: list[str] = []
+    verbs = rule.verb_list()
+    if verbs:
+        base.append("[" + ", ".join(_q(v) for v in verbs) + "].contains(context.verb)")
+    traits = rule.trait_list()
+    if traits:
+        base.append("context.risk.containsAny([" + ", ".join(_q(t) for t in traits) + "])")
+    verdicts = rule.verdict_list()
+    if verdicts:
+        base.append("[" + ", ".join(_q(v) for v in verdicts) + "].contains(context.verdict)")
+    if rule.verifiers:
+        base.append("(" + " || ".join(f"principal == {_uid('Agent', a)}" for a in rule.verifiers) + ")")
+    tools = rule.tool_list()
+    targets: list[ToolSpec | None] = [manifest.tool(t) for t in tools] if tools else [None]
+    out = []
+    for tool in targets:
+        conds = list(base)
+        resource = "resource" if tool is None else f"resource == {_uid('Tool', tool.name)}"
+        if rule.when is not None:
+            if tool is None:
+                raise PolicyError("a rule with 'when' must name its tool", field=field)
+            try:
+                conds.append("(" + parse_condition(rule.when, tool.input_schema).to_cedar() + ")")
+            except ValueError as exc:
+                raise PolicyError(str(exc), field=f"{field}.when") from exc
+        when = f"\nwhen {{ {' && '.join(conds)} }}" if conds else ""
+        action = f"action == {_uid('Action', VERIFY)}"
+        out.append(f"@id({_q(f'{prefix}:{rule.id}')})\n{effect} (principal, {action}, {resource}){when};")
+    return out
+
+
 def generated_policies(manifest: Manifest) -> list[str]:
     policies = [_grant_policy(manifest)]
     for prefix, kind, rules in (
@@ -241,6 +306,10 @@ def generated_policies(manifest: Manifest) -> list[str]:
     ):
         for i, rule in enumerate(rules):
             policies.extend(_rule_policies(kind, prefix, i, rule, manifest))
+    if manifest.verification is not None:
+        for kind in ("never_settle", "settle"):
+            for i, settle in enumerate(getattr(manifest.verification, kind)):
+                policies.extend(_settle_policies(kind, i, settle, manifest))
     return policies
 
 

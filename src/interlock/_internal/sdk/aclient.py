@@ -126,14 +126,17 @@ class AsyncClient:
         output_tokens: int,
         cost_usd: float | None = None,
         duration_ms: float | None = None,
+        task: str | None = None,
     ) -> ModelCallResult:
-        """Count a model call against the run's, agent's and workflow's budgets."""
+        """Count a model call against the run's, agent's and workflow's budgets; ``task`` names its
+        task class, checked against the manifest's model tiers."""
         body = model_call_body(
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=cost_usd,
             duration_ms=duration_ms,
+            task=task,
         )
         call = Call("POST", f"/v1/runs/{path_id(run_id)}/model-calls", json=body)
         result: ModelCallResult = parse_model(await self.send(call), ModelCallResult)

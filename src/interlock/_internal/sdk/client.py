@@ -113,13 +113,21 @@ def action_call(
 
 
 def model_call_body(
-    *, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None, duration_ms: float | None
+    *,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float | None,
+    duration_ms: float | None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens}
     if cost_usd is not None:
         body["cost_usd"] = cost_usd
     if duration_ms is not None:
         body["duration_ms"] = duration_ms
+    if task is not None:
+        body["task"] = task
     return body
 
 
@@ -438,14 +446,17 @@ class Client:
         output_tokens: int,
         cost_usd: float | None = None,
         duration_ms: float | None = None,
+        task: str | None = None,
     ) -> ModelCallResult:
-        """Count a model call against the run's, agent's and workflow's budgets."""
+        """Count a model call against the run's, agent's and workflow's budgets; ``task`` names its
+        task class, checked against the manifest's model tiers."""
         body = model_call_body(
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=cost_usd,
             duration_ms=duration_ms,
+            task=task,
         )
         call = Call("POST", f"/v1/runs/{path_id(run_id)}/model-calls", json=body)
         result: ModelCallResult = parse_model(self.send(call), ModelCallResult)

@@ -228,7 +228,12 @@ approvals = Table(
     Column("outcome", JSONText, nullable=True),  # the ActionResult once executed (redacted)
     # While ``executing``: when the claim lapses if its process died before journaling the call.
     _ts("lease_expires_at", nullable=True),
+    # The verifier agent the request was routed to, and where verification stands:
+    # None (no verifier) | awaiting | settled | escalated (a person decides).
+    Column("verifier", String(200), nullable=True),
+    Column("verification", String(20), nullable=True),
     Index("ix_approvals_state", "state"),
+    Index("ix_approvals_verifier", "verifier", "verification"),
 )
 
 idempotency = Table(
@@ -283,6 +288,7 @@ token_failures = Table(
 __all__ = [
     "JSONText",
     "agents",
+    "approval_verdicts",
     "approval_votes",
     "approvals",
     "audit_checkpoints",
@@ -419,6 +425,27 @@ approval_votes = Table(
     Column("operator_id", String(200), primary_key=True),
     Column("vote", String(10), nullable=False),  # approve | reject
     Column("comment", Text, nullable=True),
+    _ts("created_at"),
+)
+
+# A verifier agent's verdict on an approval routed to it: one per approval, bound to the hash of
+# the arguments it judged, with whether policy let it settle the approval and its model cost.
+approval_verdicts = Table(
+    "approval_verdicts",
+    metadata,
+    Column("approval_id", String(64), primary_key=True),
+    Column("verifier", String(200), nullable=False),
+    Column("verdict", String(10), nullable=False),  # approve | reject | escalate
+    Column("args_hash", String(64), nullable=False),
+    Column("reasoning", Text, nullable=True),  # redacted
+    Column("settles", Boolean, nullable=False),
+    Column("code", String(40), nullable=False),  # why it settles or not (policy/verify.py)
+    Column("policy_ids", JSONText, nullable=False),
+    Column("model", String(200), nullable=True),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("step_id", String(64), nullable=True),  # the run step that carries its cost
     _ts("created_at"),
 )
 

@@ -212,6 +212,47 @@ def record_history(
     }
 
 
+VERIFICATION_WORDS = {
+    "awaiting": "The request waits for the verifier's verdict. You may decide it now all the same.",
+    "settled": "The verifier settled this request: policy lets it decide requests like this alone.",
+    "escalated": "The verifier may not settle this request alone (or asked for a person): you decide.",
+}
+SETTLE_WORDS = {
+    "settle_permitted": "policy lets a verifier settle this alone",
+    "settle_forbidden": "policy says a person must decide this",
+    "no_settle_rule": "no rule lets a verifier settle this alone",
+    "not_granted": "the verifier's roles do not grant the verb verify",
+    "escalated_by_verifier": "the verifier asked for a person",
+    "model_refused": "the verifier's model is not allowed for its task",
+    "policy_error": "policy could not judge it, so a person decides",
+}
+
+
+def verifier_of(view: ApprovalView) -> dict[str, Any] | None:
+    """The verifier's part of the package: who, where it stands, its verdict and reasoning."""
+    if view.verifier is None:
+        return None
+    verdict = view.verdict
+    return {
+        "agent": view.verifier,
+        "state": view.verification or "awaiting",
+        "words": VERIFICATION_WORDS.get(view.verification or "awaiting", ""),
+        "verdict": None
+        if verdict is None
+        else {
+            "verdict": verdict.verdict,
+            "reasoning": verdict.reasoning or "",
+            "settles": verdict.settles,
+            "why": SETTLE_WORDS.get(verdict.code, verdict.code),
+            "policy_ids": ", ".join(verdict.policy_ids),
+            "model": verdict.model or "",
+            "cost": f"{verdict.cost_usd:.4f} USD",
+            "at": words.fmt_time(verdict.created_at),
+            "args_hash": verdict.args_hash[:12],
+        },
+    }
+
+
 def approval_page(interlock: Interlock, operator: Operator, approval_id: str) -> dict[str, Any]:
     view = interlock.approvals.get(approval_id)
     if not may_view(operator, view.workflow):
@@ -236,6 +277,8 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
                 "seq": step.seq,
                 "text": "Model call"
                 if step.kind == "model"
+                else "Verifier's verdict"
+                if step.kind == "verification"
                 else words.describe_action(step.verb, step.tool, step.arguments),
                 "status": words.STATUS_WORDS.get(step.status, step.status),
                 "status_code": step.status,
@@ -279,6 +322,7 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
         "decided_at": words.fmt_time(view.decided_at),
         "comment": view.comment or "",
         "outcome": outcome_of(view),
+        "verifier": verifier_of(view),
         "can_decide": view.state == "pending"
         and runtime is not None
         and may_decide(operator, runtime)
@@ -329,4 +373,5 @@ __all__ = [
     "outcome_of",
     "record_history",
     "record_keys",
+    "verifier_of",
 ]

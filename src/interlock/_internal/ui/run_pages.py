@@ -81,6 +81,18 @@ def trigger_text(trigger: Any) -> str:
     return words.clip(words.value_text(trigger), 160)
 
 
+VERIFICATION_STATUS_WORDS = {"settled": "Settled by the verifier", "referred": "Sent to a person"}
+
+
+def _verification_text(step: Step) -> str:
+    """A verifier's verdict in the timeline: who, what verdict, on which action."""
+    data = step.arguments if isinstance(step.arguments, Mapping) else {}
+    who = words.value_text(data.get("verifier", "verifier"))
+    verdict = words.value_text(data.get("verdict", "a verdict"))
+    model = f" (model {words.value_text(data['model'])})" if "model" in data else ""
+    return f"Verifier {who}: {verdict} on {step.tool or 'the request'}{model}"
+
+
 def _upstream(runtime: WorkflowRuntime | None, tool: str | None) -> Any:
     if runtime is None or tool is None:
         return None
@@ -173,9 +185,12 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
     carried: dict[str, dict[str, Any]] = {}  # the run's data classes, with the step that brought each
     tools: Counter[str] = Counter()
     for step in view.steps_detail:
-        model = step.kind == "model"
+        verification = step.kind == "verification"
+        model = step.kind == "model" or verification  # neither reaches a system
         text = (
-            f"Model call: {words.value_text((step.arguments or {}).get('model', 'model'))}"
+            _verification_text(step)
+            if verification
+            else f"Model call: {words.value_text((step.arguments or {}).get('model', 'model'))}"
             if model and isinstance(step.arguments, Mapping)
             else "Model call"
             if model
@@ -193,6 +208,8 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
         status_words = words.STATUS_WORDS.get(step.status, step.status)
         if step.cached_from is not None:
             status_words = "Cached"
+        if verification:
+            status_words = VERIFICATION_STATUS_WORDS.get(step.status, step.status)
         if step.status == "pending_approval" and requested is not None and requested["state"] != "pending":
             status_words = "Sent for approval"
         reasons = _reasons(step)
@@ -208,7 +225,8 @@ def timeline(interlock: Interlock, operator: Operator, run_id: str) -> dict[str,
             "time": words.fmt_time(step.created_at),
             "time_iso": words.iso_time(step.created_at),
             "took": words.duration(step.duration_ms),
-            "kind": "model" if model else "read" if step.verb == "read" else "write",
+            "kind": step.kind if model else "read" if step.verb == "read" else "write",
+            "reasoning_label": "Verifier's reasoning" if verification else "Agent's reasoning",
             "text": text,
             "tool": step.tool or "",
             "system": system or "",
