@@ -25,8 +25,8 @@ from interlock._internal.gateway.models import Run
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.manifest.models import Manifest, ToolCache
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import insert_ignore, reading
-from interlock._internal.store.hot import Conn
+from interlock._internal.store.engine import reading
+from interlock._internal.store.hot import Conn, InsertIgnore
 
 MARK = "*"  # the scope of invalidation marks, and the record of a tool-wide mark
 
@@ -77,6 +77,9 @@ _MARK = (
         ),
     )
 )
+
+
+_INSERT = InsertIgnore(_C)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ def lookup(engine: Engine, runtime: WorkflowRuntime, run: Run, tool: str, argume
 def _upsert(conn: Conn, statement: Any, params: dict[str, Any], row: dict[str, Any]) -> None:
     if conn.execute(statement, params).rowcount:
         return
-    if not insert_ignore(conn, _C, row):
+    if not _INSERT.run(conn, row):
         conn.execute(statement, params)  # another transaction created it meanwhile
 
 
@@ -196,6 +199,7 @@ def store(
         "step_id": step_id,
         "fetched_at": fetched_at,
         "expires_at": expires,
+        "invalidated_at": None,
     }
     _upsert(conn, _STORE, params, row)
     return True

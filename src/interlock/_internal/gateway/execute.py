@@ -17,6 +17,7 @@ from interlock._internal.gateway.records import mask_only, safe_redact
 from interlock._internal.gateway.runtime import ToolRuntime, WorkflowRuntime
 from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.limits.budgets import Scope
+from interlock._internal.limits.value_limits import Hold
 from interlock._internal.telemetry.redaction import redact
 from interlock.exceptions import ConfigError, NotFound, UpstreamError
 
@@ -39,7 +40,7 @@ class Call:
     cost_micros: int
     upstream_key: str
     approval_id: str | None = None
-    value_holds: int = 0  # value-limit holds reserved for this step (limits/value_limits.py)
+    value_holds: tuple[Hold, ...] = ()  # value-limit holds reserved for this step
 
 
 @dataclass

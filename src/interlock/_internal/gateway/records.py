@@ -412,7 +412,9 @@ def record_outcome(
                     conn, call.scopes, workflow=run.workflow, run_id=run.id, ratio=budget_warn_ratio
                 )
             if call.value_holds:
-                value_limits.settle(conn, call.step_id, happened=error is None, now=now)
+                value_limits.settle(
+                    conn, call.step_id, happened=error is None, now=now, holds=call.value_holds
+                )
             if call.approval_id is not None:
                 settle_approval(conn, call.approval_id, "done", result)
             elif intent.idempotency_key is not None:

@@ -106,7 +106,7 @@ def reserve_and_journal(
                 reserve(conn, scopes, cost_micros=cost)
             except BudgetRefused as exc:
                 raise _Refused(refusal(verdict, exc.reason, "limited", stop_run=True)) from None
-            holds = 0
+            holds: tuple[value_limits.Hold, ...] = ()
             if manifest.budgets.value_limits:
                 try:
                     holds = value_limits.reserve(

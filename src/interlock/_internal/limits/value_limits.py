@@ -32,8 +32,7 @@ from interlock._internal.gateway.models import Reason
 from interlock._internal.manifest.conditions import Condition, parse_condition
 from interlock._internal.manifest.models import Manifest, ToolSpec, ValueLimit
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import insert_ignore
-from interlock._internal.store.hot import Conn
+from interlock._internal.store.hot import Conn, InsertIgnore
 
 MICROS = 1_000_000
 CODE = "value_limit_exceeded"
@@ -65,6 +64,8 @@ _SETTLE = (
 )
 _READ = select(_c.c.used_micros, _c.c.reserved_micros).where(_PK)
 _HOLDS = select(_h).where(_h.c.step_id == bindparam("h_step"), _h.c.state == bindparam("h_state"))
+_ENSURE = InsertIgnore(_c)
+_INSERT_HOLD = _h.insert()
 _MARK = (
     update(_h)
     .where(_h.c.step_id == bindparam("h_step"), _h.c.state == bindparam("h_state"))
@@ -83,6 +84,17 @@ class Bucket:
     key: str
     period: str
     where: str  # the scope in words: "for ticket_id T-1001", "for the workflow"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One limit's share of one action, reserved in its counter until the outcome settles it."""
+
+    limit_id: str
+    workflow: str
+    key: str
+    period: str
+    amount_micros: int
 
 
 @dataclass(frozen=True)
@@ -130,17 +142,19 @@ def period(limit: ValueLimit, at: float) -> str:
     return moment.strftime("%Y-%m")
 
 
-_CONDITIONS: dict[tuple[str, str], Condition] = {}
+# Parsed conditions by (text, tool spec): the spec is kept with its condition, so an id is never
+# reused for another spec while its entry lives.
+_CONDITIONS: dict[tuple[str, int], tuple[ToolSpec, Condition]] = {}
 
 
 def _matches(limit: ValueLimit, spec: ToolSpec, arguments: Any) -> bool:
     if limit.when is None:
         return True
-    cache_key = (limit.when, sha256_hex(canonical_json(spec.input_schema)))
-    condition = _CONDITIONS.get(cache_key)
-    if condition is None:
-        condition = _CONDITIONS.setdefault(cache_key, parse_condition(limit.when, spec.input_schema))
-    return bool(condition.evaluate(arguments))
+    found = _CONDITIONS.get((limit.when, id(spec)))
+    if found is None or found[0] is not spec:
+        found = (spec, parse_condition(limit.when, spec.input_schema))
+        _CONDITIONS[(limit.when, id(spec))] = found
+    return bool(found[1].evaluate(arguments))
 
 
 def applicable(manifest: Manifest, spec: ToolSpec, arguments: Any) -> list[ValueLimit]:
@@ -261,20 +275,19 @@ def reserve(
     run_id: str,
     step_id: str,
     now: float,
-) -> int:
+) -> tuple[Hold, ...]:
     """Reserve the action's amount in every limit that applies, or raise :class:`ValueRefused`.
-    Returns how many holds were written (0: no limit applies, nothing to settle)."""
-    limits = applicable(manifest, spec, arguments)
-    for limit in limits:
+    Returns the holds written (none: no limit applies, nothing to settle)."""
+    holds: list[Hold] = []
+    for limit in applicable(manifest, spec, arguments):
         b = bucket(limit, agent_id=agent_id, run_id=run_id, arguments=arguments, at=now)
         amount = micros(_lookup(arguments, limit.argument))
         params = {**_params(workflow, b), "v_amount": amount, "v_max": micros(limit.max), "v_now": now}
         if conn.execute(_RESERVE, params).rowcount != 1:
             # Refused, or the bucket's first use this period: create it and try once more (another
             # replica may have just created it; the retry then sees its row).
-            insert_ignore(
+            _ENSURE.run(
                 conn,
-                _c,
                 {
                     "workflow": workflow,
                     "limit_id": limit.id,
@@ -290,33 +303,48 @@ def reserve(
                 assert refused is not None
                 raise ValueRefused(refused)
         conn.execute(
-            _h.insert().values(
-                step_id=step_id,
-                limit_id=limit.id,
-                workflow=workflow,
-                key=b.key,
-                period=b.period,
-                amount_micros=amount,
-                state="reserved",
-                created_at=now,
-            )
+            _INSERT_HOLD,
+            {
+                "step_id": step_id,
+                "limit_id": limit.id,
+                "workflow": workflow,
+                "key": b.key,
+                "period": b.period,
+                "amount_micros": amount,
+                "state": "reserved",
+                "created_at": now,
+            },
         )
-    return len(limits)
+        holds.append(Hold(limit.id, workflow, b.key, b.period, amount))
+    return tuple(holds)
 
 
-def _move(conn: Conn, step_id: str, *, state: str, new: str, used: int, reserved: int, now: float) -> None:
-    holds = conn.execute(_HOLDS, {"h_step": step_id, "h_state": state}).mappings().all()
-    for hold in sorted(holds, key=lambda h: h["limit_id"]):
-        amount = int(hold["amount_micros"])
+def _move(
+    conn: Conn,
+    step_id: str,
+    *,
+    state: str,
+    new: str,
+    used: int,
+    reserved: int,
+    now: float,
+    holds: tuple[Hold, ...] | None = None,
+) -> None:
+    if holds is None:  # not carried by the caller (recovery): read them
+        rows = conn.execute(_HOLDS, {"h_step": step_id, "h_state": state}).mappings().all()
+        holds = tuple(
+            Hold(r["limit_id"], r["workflow"], r["key"], r["period"], int(r["amount_micros"])) for r in rows
+        )
+    for hold in sorted(holds, key=lambda h: h.limit_id):
         conn.execute(
             _SETTLE,
             {
-                "v_workflow": hold["workflow"],
-                "v_limit": hold["limit_id"],
-                "v_key": hold["key"],
-                "v_period": hold["period"],
-                "v_reserved": amount * reserved,
-                "v_used": amount * used,
+                "v_workflow": hold.workflow,
+                "v_limit": hold.limit_id,
+                "v_key": hold.key,
+                "v_period": hold.period,
+                "v_reserved": hold.amount_micros * reserved,
+                "v_used": hold.amount_micros * used,
                 "v_now": now,
             },
         )
@@ -324,12 +352,15 @@ def _move(conn: Conn, step_id: str, *, state: str, new: str, used: int, reserved
         conn.execute(_MARK, {"h_step": step_id, "h_state": state, "h_new": new})
 
 
-def settle(conn: Conn, step_id: str, *, happened: bool, now: float) -> None:
-    """The step's reserved holds become use (it executed, or may have) or are released (it failed)."""
+def settle(
+    conn: Conn, step_id: str, *, happened: bool, now: float, holds: tuple[Hold, ...] | None = None
+) -> None:
+    """The step's reserved holds become use (it executed, or may have) or are released (it failed).
+    ``holds`` are what :func:`reserve` returned, when the caller still has them."""
     if happened:
-        _move(conn, step_id, state="reserved", new="used", used=1, reserved=1, now=now)
+        _move(conn, step_id, state="reserved", new="used", used=1, reserved=1, now=now, holds=holds)
     else:
-        _move(conn, step_id, state="reserved", new="released", used=0, reserved=1, now=now)
+        _move(conn, step_id, state="reserved", new="released", used=0, reserved=1, now=now, holds=holds)
 
 
 def give_back(conn: Conn, step_id: str, *, now: float) -> None:
@@ -378,6 +409,7 @@ def headroom(
 __all__ = [
     "CODE",
     "Bucket",
+    "Hold",
     "Prior",
     "ValueRefused",
     "applicable",
