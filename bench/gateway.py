@@ -215,11 +215,13 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 
 
 @contextmanager
-def process(cmd: list[str], *, ready_url: str, log: Path, env: dict[str, str], cwd: Path) -> Iterator[int]:
+def process(
+    cmd: list[str], *, ready_url: str, log: Path, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> Iterator[int]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_http(ready_url, proc, log)
+            wait_http(ready_url, proc, log, timeout=timeout)
             yield proc.pid
         finally:
             proc.terminate()

@@ -106,7 +106,8 @@ SHELL_SYNTAX = re.compile(r"[$|&;<>()`*?~]")
 COMMAND_TIMEOUT_S = 120
 # Read now: the workspace clears every INTERLOCK_* variable before the commands run.
 ALL_IN_BASH = os.environ.get("INTERLOCK_DOCS_SUBPROCESS") == "1"
-SERVE_TIMEOUT_S = 30
+# A server with --workers spawns fresh processes that import and load everything: slow on a busy machine.
+SERVE_TIMEOUT_S = 180
 
 
 # ---- reading the docs -------------------------------------------------------------------------

@@ -249,9 +249,11 @@ class Interlock:
             self.approvals, runtimes=self.runtime, model_prices=self.settings.model_prices
         )
 
-    def start(self) -> Interlock:
-        """Migrate the database and load the configured manifests."""
-        self.migrate()
+    def start(self, *, migrate: bool = True) -> Interlock:
+        """Migrate the database (unless ``migrate=False``: a server's workers, whose supervisor
+        migrated it before starting them) and load the configured manifests."""
+        if migrate:
+            self.migrate()
         for path in self._manifests:
             self.load_workflow(path)
         return self

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -60,12 +61,15 @@ def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
     return [gateway.lifespan, housekeeping(interlock)]
 
 
-def create_api(settings: Settings | None = None, *, interlock: Interlock | None = None) -> FastAPI:
+def create_api(
+    settings: Settings | None = None, *, interlock: Interlock | None = None, migrate: bool = True
+) -> FastAPI:
     """Build the HTTP app without the console (see :func:`interlock._internal.server.create_app`).
 
     Without ``interlock`` the app builds one from ``settings`` and owns it: the lifespan runs
-    :meth:`Interlock.start` (migrate, load ``settings.manifests``) before serving and closes it on
-    shutdown. A caller that passes ``interlock`` owns it instead and must have started it.
+    :meth:`Interlock.start` (migrate unless ``migrate=False``, load ``settings.manifests``) before
+    serving and closes it on shutdown. A caller that passes ``interlock`` owns it instead and must
+    have started it.
     """
     if interlock is not None and settings is not None and settings is not interlock.settings:
         raise ValueError("pass settings or interlock, not both")
@@ -76,7 +80,7 @@ def create_api(settings: Settings | None = None, *, interlock: Interlock | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
-            await run_in_threadpool(il.start)
+            await run_in_threadpool(partial(il.start, migrate=migrate))
         try:
             async with AsyncExitStack() as stack:
                 for hook in hooks:

@@ -2,7 +2,12 @@
 recovery of calls whose process died (expired leases become "outcome unknown" for a person), audit
 checkpoints.
 
-Safe on every replica at once: each job is a conditional write that only one replica wins.
+One process runs the periodic jobs at a time: the holder of the ``housekeeping`` leader lease
+(:mod:`interlock._internal.store.leases`), whichever worker of whichever replica took it first; when
+it stops (or dies and its lease expires, after three periods) another takes over. Election saves
+work rather than guarding correctness: each job is a conditional write that only one process wins,
+so two holders for a moment (a tick longer than the lease) do no harm. The webhook and
+notification workers run in every process, each delivery claimed by one.
 """
 
 from __future__ import annotations
@@ -21,20 +26,30 @@ from interlock._internal.audit.witness import witnesses_from_settings
 from interlock._internal.gateway.recovery import recover_expired
 from interlock._internal.runs.retention import purge_payloads
 from interlock._internal.service import Interlock
+from interlock._internal.store.leases import LeaderLease
 
 log = logging.getLogger("interlock.housekeeping")
 
+LEASE = "housekeeping"
+
 
 def housekeeping(
-    interlock: Interlock, *, every_s: float | None = None, retention_every_s: float = 3600.0
+    interlock: Interlock,
+    *,
+    every_s: float | None = None,
+    retention_every_s: float = 3600.0,
+    lease_s: float | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
     """A lifespan hook: start the webhook and notification workers, then every ``every_s``
     (default: the setting ``recovery.housekeeping_every_s``) turn expired leases into
     outcome-unknown handoffs, expire due approvals, run approved actions a lifted pause was
     holding (or whose claim lapsed), write a signed audit checkpoint when enough has happened
     since the last one (published to the configured witnesses), and forget token failures long
-    past; every ``retention_every_s``,
-    purge payloads older than each manifest's ``retention_days``."""
+    past; every ``retention_every_s``, purge payloads older than each manifest's
+    ``retention_days``. Only the holder of the housekeeping lease runs them; the lease lasts
+    ``lease_s`` (default: three periods) unless renewed. ``on_tick`` is called on each tick this
+    process runs the jobs (for tests)."""
     period = every_s if every_s is not None else interlock.settings.recovery.housekeeping_every_s
 
     @asynccontextmanager
@@ -54,7 +69,17 @@ def housekeeping(
             retention_due[0] = now + retention_every_s
             purge_payloads(interlock.engine, actor="interlock:retention", now=now)
 
+        lease = LeaderLease(interlock.engine, LEASE, ttl_s=lease_s or 3 * period)
+
         def tick() -> None:
+            try:
+                if not lease.hold():
+                    return  # another process holds it
+            except Exception:
+                log.warning("housekeeping could not take its lease", exc_info=True)
+                return
+            if on_tick is not None:
+                on_tick()
             jobs = (
                 lambda: recover_expired(interlock.engine),
                 interlock.approvals.expire_due,
@@ -80,5 +105,10 @@ def housekeeping(
             yield
         finally:
             task.cancel()
+            try:
+                # Hand over at once rather than after the lease expires.
+                await run_in_threadpool(lease.release)
+            except Exception:
+                log.warning("housekeeping could not release its lease", exc_info=True)
 
     return hook

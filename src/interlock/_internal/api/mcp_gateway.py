@@ -26,10 +26,11 @@ Then:
   approval, with its id; an executed action returns the tool's result as text plus
   ``structuredContent``.
 
-Streams are resumable: each SSE response to a POST starts with a priming event (an event id and
-``retry: mcp.sse_retry_ms``), and a client whose stream drops reconnects with ``Last-Event-ID`` to
-receive what it missed (:mod:`interlock._internal.api.mcp_events`: per session, in this replica's
-memory).
+Streams are resumable (with one serving process; ``interlock serve --workers N`` answers without
+sessions, since the next request may reach another process): each SSE response to a POST starts
+with a priming event (an event id and ``retry: mcp.sse_retry_ms``), and a client whose stream
+drops reconnects with ``Last-Event-ID`` to receive what it missed
+(:mod:`interlock._internal.api.mcp_events`: per session, in this replica's memory).
 
 Which run a call belongs to, first match wins:
 
@@ -409,6 +410,10 @@ class McpGateway:
         self.session_manager = ResumableSessionManager(
             app=self.server,
             json_response=json_response,
+            # Several worker processes share one port and the kernel hands each connection to any
+            # of them, so a session kept in one worker's memory would be "not found" by the others:
+            # answer every request on its own instead (no Mcp-Session-Id, hence no resumption).
+            stateless=settings.server.workers > 1,
             security_settings=transport_security,
             retry_interval=settings.mcp.sse_retry_ms,
             resume_events=settings.mcp.resume_events,

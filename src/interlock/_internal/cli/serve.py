@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -91,15 +92,30 @@ def serve(
         str | None, typer.Option("--host", help="Interface to listen on (default 127.0.0.1).")
     ] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            max=64,
+            help="Processes serving the port, one per core to use (default: server.workers, 1).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     as_json: Annotated[bool, typer.Option("--json", help="Print the URLs as JSON, then serve.")] = False,
 ) -> None:
-    """Validate the manifests, migrate the database, print the URLs, and serve until stopped."""
+    """Validate the manifests, migrate the database, print the URLs, and serve until stopped
+    (SIGTERM or Ctrl-C: requests in flight finish first)."""
     settings = load_settings(db)
     if manifest:
         settings = settings.model_copy(update={"manifests": list(manifest)})
     host = host or settings.server.host
     port = port or settings.server.port
+    workers = workers or settings.server.workers
+    if workers != settings.server.workers:  # the workers' MCP gateway reads it
+        server = settings.server.model_copy(update={"workers": workers})
+        settings = settings.model_copy(update={"server": server})
     unsafe = settings.default_secrets_in_use()
     if unsafe and not is_loopback(host):
         fail(
@@ -124,7 +140,16 @@ def serve(
     except InterlockError as exc:
         fail_from(exc, as_json=as_json)
     try:
-        _serve(settings, sock, host=host, port=port, log_level=log_level, unsafe=unsafe, as_json=as_json)
+        _serve(
+            settings,
+            sock,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            unsafe=unsafe,
+            as_json=as_json,
+        )
     finally:
         sock.close()
 
@@ -150,17 +175,17 @@ def _serve(
     *,
     host: str,
     port: int,
+    workers: int,
     log_level: str,
     unsafe: list[str],
     as_json: bool,
 ) -> None:
     _preflight(settings, as_json=as_json)
 
-    import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
     from interlock._internal.operations.signin import local_admin_link
-    from interlock._internal.server import MCP_PATH, UI_PATH, create_app
+    from interlock._internal.server import MCP_PATH, UI_PATH, create_app, serve_one, serve_workers
     from interlock._internal.service import Interlock
     from interlock._internal.store.database import database_label
 
@@ -171,7 +196,6 @@ def _serve(
     except InterlockError as exc:
         interlock.close()
         fail_from(exc, as_json=as_json)
-    app = create_app(interlock=interlock)
     url = base_url(settings, host, port)
     urls = {
         "api": f"{url}/v1",
@@ -189,13 +213,15 @@ def _serve(
         urls["ui_sign_in"] = sign_in
     workflows = [{"name": rt.name, "version": rt.manifest.version} for rt in interlock.workflows]
     if as_json:
-        print_json({**urls, "workflows": workflows})
+        print_json({**urls, "workflows": workflows, "workers": workers})
     else:
         names = ", ".join(f"{w['name']} {w['version']}" for w in workflows)
         console.print(f"Interlock serving [bold]{names}[/]", highlight=False)
         for label, key in (("API", "api"), ("MCP", "mcp"), ("console", "ui"), ("OpenAPI", "openapi")):
             console.print(f"  {label:<8} {urls[key]}", highlight=False)
         console.print(f"  database {database_label(settings.database)}", highlight=False, soft_wrap=True)
+        if workers > 1:
+            console.print(f"  workers  {workers} processes on one port", highlight=False)
         if sign_in is not None:
             console.print(
                 f"  sign in  {sign_in}  (local admin; one use, within 10 minutes)",
@@ -207,13 +233,15 @@ def _serve(
                 f"  [yellow]development secrets in use ({', '.join(unsafe)}); fine on loopback only[/]",
                 highlight=False,
             )
+    sys.stdout.flush()  # the URLs now, not when a pipe's buffer fills
+    if workers > 1:
+        # The workers build their own; this process only supervises them.
+        interlock.close()
+        serve_workers(settings, sock, workers=workers, log_level=log_level)
+        return
     try:
         # The socket bound first, before any work: the port cannot be taken in between.
-        # The socket object, not its file descriptor: uvicorn takes a bare descriptor for a Unix
-        # socket and would skip what it does for TCP.
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
-        server.run(sockets=[sock])
-        if not server.started:
+        if not serve_one(create_app(interlock=interlock), sock, log_level=log_level):
             raise SystemExit(STARTUP_FAILURE)
     finally:
         interlock.close()

@@ -190,6 +190,9 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None
+    # Processes serving the one port (`interlock serve --workers`): each is bound by one core's
+    # worth of Python, so up to one per core the machine gives the server.
+    workers: int = Field(default=1, ge=1, le=64)
     # Largest request body /v1 and /oauth accept; larger ones get 413 before anything is parsed.
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
     # Console sessions end after this long without a request, and at most after session_ttl_s.

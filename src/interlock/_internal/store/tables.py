@@ -301,6 +301,7 @@ __all__ = [
     "executions",
     "handoffs",
     "idempotency",
+    "leader_leases",
     "metadata",
     "notification_cursor",
     "notification_deliveries",
@@ -393,6 +394,17 @@ resource_locks = Table(
     metadata,
     Column("key", String(400), primary_key=True),
     Column("run_id", String(64), nullable=False, index=True),
+    _ts("acquired_at"),
+    _ts("expires_at"),
+)
+
+# Leader leases: which process holds a duty every replica could do but one should (housekeeping).
+# A holder renews its row before ``expires_at``; once that passes, any process may take it over.
+leader_leases = Table(
+    "leader_leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(200), nullable=False),
     _ts("acquired_at"),
     _ts("expires_at"),
 )
