@@ -86,7 +86,7 @@ class Interlock:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database)
+        return make_engine(self.settings.database, self.settings.storage)
 
     @cached_property
     def tokens(self) -> TokenService:

@@ -56,7 +56,7 @@ def opened_database(db: str | None, *, as_json: bool, create: bool = False) -> I
     check_database(settings, as_json=as_json, create=create)
     with ExitStack() as stack:
         try:
-            engine = stack.enter_context(opened(settings.database, create=True))
+            engine = stack.enter_context(opened(settings.database, create=True, storage=settings.storage))
         except InterlockError as exc:  # opening it; the command handles its own errors
             fail_from(exc, as_json=as_json)
         yield engine

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from interlock._internal.cli.common import console, err_console, fail_from, load_settings, print_json
+from interlock._internal.cli.common import (
+    check_database,
+    console,
+    err_console,
+    fail_from,
+    load_settings,
+    print_json,
+)
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
@@ -143,3 +150,59 @@ def check(
         raise SystemExit(EXIT_NEWER)
     if not ok:
         raise SystemExit(EXIT_BEHIND)
+
+
+@app.command()
+def keys(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Count stored payloads by the data key id they are encrypted with ("(clear)": not encrypted)."""
+    from interlock._internal.service import Interlock
+    from interlock._internal.store.migrate import upgrade
+    from interlock._internal.store.reencrypt import key_usage
+
+    settings = load_settings(db)
+    check_database(settings, as_json=as_json)
+    il = Interlock(settings)
+    try:
+        upgrade(il.engine)
+        usage = key_usage(il.engine)
+    except InterlockError as exc:
+        fail_from(exc, as_json=as_json)
+    finally:
+        il.close()
+    totals: dict[str, int] = {}
+    for counts in usage.values():
+        for key_id, n in counts.items():
+            totals[key_id] = totals.get(key_id, 0) + n
+    if as_json:
+        print_json({"keys": totals, "columns": usage})
+        return
+    if not totals:
+        console.print("no stored payloads", highlight=False)
+    for key_id, n in sorted(totals.items()):
+        console.print(f"{key_id}: {n} values", highlight=False)
+
+
+@app.command()
+def reencrypt(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Rewrite every stored payload under the current data key (storage.encryption_key_id), after a
+    key rotation; safe beside running servers. Then `interlock db keys` shows the old id unused."""
+    from interlock._internal.service import Interlock
+    from interlock._internal.store.migrate import upgrade
+    from interlock._internal.store.reencrypt import reencrypt as rewrite
+
+    settings = load_settings(db)
+    check_database(settings, as_json=as_json)
+    il = Interlock(settings)
+    try:
+        upgrade(il.engine)
+        with err_console.status("re-encrypting…") as status:
+            done = rewrite(il.engine, progress=lambda column, n: status.update(f"{column}: {n}…"))
+    except InterlockError as exc:
+        fail_from(exc, as_json=as_json)
+    finally:
+        il.close()
+    key_id = il.settings.storage.encryption_key_id
+    if as_json:
+        print_json({"key_id": key_id, "rewritten": done, "total": sum(done.values())})
+        return
+    console.print(f"re-encrypted {sum(done.values())} values under key {key_id}", highlight=False)

@@ -52,6 +52,7 @@ from interlock._internal.manifest.loader import LoadedManifest, load_manifest_te
 from interlock._internal.policy.cedar_values import cedar_type
 from interlock._internal.runs.replay import RUN_BRAKES, reconcile
 from interlock._internal.store import tables as t
+from interlock._internal.store.encryption import text_opener
 from interlock._internal.store.engine import reading
 from interlock._internal.telemetry.redaction import MASK
 from interlock.exceptions import ConfigError
@@ -574,10 +575,12 @@ def _rows(
     else:
         query = select(*columns, null())
     query = _window(query, workflow, since, until).order_by(d.c.created_at, d.c.id)
+    # The arguments' raw text may be encrypted at rest: opened here, the rest reads plain JSON.
+    opened = text_opener(engine, "decisions.arguments")
     with reading(engine) as conn:
         result = conn.execution_options(yield_per=batch_size).execute(query)
         for partition in result.partitions():
-            yield from (tuple(row) for row in partition)
+            yield from ((*row[:7], opened(row[7]), *row[8:]) for row in partition)
 
 
 def _examples(

@@ -56,6 +56,8 @@ class AuditSettings(BaseModel):
 class StorageSettings(BaseModel):
     """Encryption at rest of stored payloads (arguments, results, triggers, approval payloads)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     # key id -> 32-byte AES-256 key as 64 hex digits or URL-safe base64. Keep retired keys here
     # until no payload written with them remains (see docs/security.md, "Rotating the data key").
     encryption_keys: dict[str, SecretStr] = Field(default_factory=dict)

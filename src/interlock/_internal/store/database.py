@@ -16,7 +16,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from interlock._internal.settings import DatabaseSettings
+from interlock._internal.settings import DatabaseSettings, StorageSettings
 from interlock._internal.store.engine import make_engine
 from interlock._internal.store.migrate import upgrade
 from interlock.exceptions import NotFound, StorageError
@@ -77,12 +77,14 @@ def require_database(db: DatabaseSettings) -> None:
 
 
 @contextmanager
-def opened_database(db: DatabaseSettings, *, create: bool = False) -> Iterator[Engine]:
+def opened_database(
+    db: DatabaseSettings, *, create: bool = False, storage: StorageSettings | None = None
+) -> Iterator[Engine]:
     """An engine on the database, brought to the current schema; without ``create``, only if it
-    already exists."""
+    already exists. ``storage``: the data keys payloads are encrypted with."""
     if not create:
         require_database(db)
-    engine = make_engine(db)
+    engine = make_engine(db, storage)
     try:
         upgrade(engine)
         yield engine

@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from interlock._internal.settings import DatabaseSettings
+from interlock._internal.settings import DatabaseSettings, StorageSettings
+from interlock._internal.store.encryption import Keyring, install_keyring
 from interlock.exceptions import ConfigError, StorageError
 
 if TYPE_CHECKING:
@@ -25,23 +26,34 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(db: DatabaseSettings) -> Engine:
-    """Build an engine. SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` write transactions."""
+def make_engine(db: DatabaseSettings, storage: StorageSettings | None = None) -> Engine:
+    """Build an engine. SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` write transactions.
+
+    With ``storage`` holding data keys, the engine's payload columns are encrypted at rest
+    (``encryption.py``); without, encrypted values it meets fail to read, naming their key id.
+    """
+    keyring = None
+    if storage is not None and (storage.encryption_keys or storage.encryption_key_id is not None):
+        keyring = Keyring.from_settings(storage.encryption_keys, storage.encryption_key_id)
     url = db.url
     try:
         if url.startswith("sqlite"):
-            return _sqlite_engine(url, db)
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        return create_engine(
-            url,
-            pool_size=db.pool_size,
-            max_overflow=db.pool_size,
-            pool_pre_ping=True,
-            echo=db.echo,
-        )
+            engine = _sqlite_engine(url, db)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            engine = create_engine(
+                url,
+                pool_size=db.pool_size,
+                max_overflow=db.pool_size,
+                pool_pre_ping=True,
+                echo=db.echo,
+            )
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"database.url: cannot use {url!r}: {exc}") from exc
+    if keyring is not None:
+        install_keyring(engine, keyring)
+    return engine
 
 
 def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:

@@ -1,7 +1,8 @@
 """SQLAlchemy Core tables. Every table and query here runs on SQLite and PostgreSQL alike.
 
 JSON payloads are stored as text (``JSONText``) so both engines store byte-identical canonical
-JSON; money is stored in integer micro-dollars so sums are exact on both.
+JSON; the payload columns (``Payload``) are encrypted at rest when a data key is configured
+(``encryption.py``); money is stored in integer micro-dollars so sums are exact on both.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+
+from interlock._internal.store.encryption import Payload
 
 metadata = MetaData(
     naming_convention={
@@ -132,7 +135,7 @@ runs = Table(
     Column("environment", String(100), nullable=False),
     Column("state", String(20), nullable=False),  # running | completed | failed | escalated | stopped
     Column("state_reason", Text, nullable=True),
-    Column("trigger", JSONText, nullable=True),
+    Column("trigger", Payload("runs.trigger"), nullable=True),
     Column("started_by", String(200), nullable=True),
     Column("steps", Integer, nullable=False, default=0),
     Column("tool_calls", Integer, nullable=False, default=0),
@@ -156,8 +159,8 @@ steps = Table(
     Column("status", String(30), nullable=False),  # executed | denied | pending_approval | failed | escalated
     Column("decision_id", String(64), nullable=True),
     Column("args_hash", String(64), nullable=True),
-    Column("arguments", JSONText, nullable=True),  # redacted
-    Column("result", JSONText, nullable=True),  # redacted
+    Column("arguments", Payload("steps.arguments"), nullable=True),  # redacted
+    Column("result", Payload("steps.result"), nullable=True),  # redacted
     Column("error", Text, nullable=True),
     Column("reasoning", Text, nullable=True),
     Column("confidence", Float, nullable=True),
@@ -187,7 +190,7 @@ decisions = Table(
     Column("policy_ids", JSONText, nullable=False),
     Column("risk", JSONText, nullable=False),
     Column("args_hash", String(64), nullable=True),
-    Column("arguments", JSONText, nullable=True),  # redacted; kept for what-if replays
+    Column("arguments", Payload("decisions.arguments"), nullable=True),  # redacted; kept for what-if replays
     Column("manifest_version", String(300), nullable=True),
     Column("policy_version", String(64), nullable=True),
     Column("confidence", Float, nullable=True),
@@ -210,14 +213,14 @@ approvals = Table(
     Column("tool", String(200), nullable=False),
     Column("verb", String(20), nullable=False),
     Column("args_hash", String(64), nullable=False),
-    Column("arguments", JSONText, nullable=True),  # redacted, for display
+    Column("arguments", Payload("approvals.arguments"), nullable=True),  # redacted, for display
     Column("idempotency_key", String(200), nullable=True),
     # The exact arguments, kept only while the approval is open: the one payload stored before
     # redaction, because an approved action must run with exactly what was approved.
-    Column("payload", JSONText, nullable=True),
+    Column("payload", Payload("approvals.payload"), nullable=True),
     Column("state", String(20), nullable=False),  # pending | approved | rejected | expired | cancelled
     Column("reasons", JSONText, nullable=False),
-    Column("package", JSONText, nullable=False),
+    Column("package", Payload("approvals.package"), nullable=False),
     Column("quorum", Integer, nullable=False, default=1),
     _ts("expires_at"),
     _ts("created_at"),
@@ -225,7 +228,9 @@ approvals = Table(
     Column("decided_by", JSONText, nullable=True),
     Column("comment", Text, nullable=True),
     Column("execution", String(20), nullable=True),  # None | executing | held | done | refused
-    Column("outcome", JSONText, nullable=True),  # the ActionResult once executed (redacted)
+    Column(
+        "outcome", Payload("approvals.outcome"), nullable=True
+    ),  # the ActionResult once executed (redacted)
     # While ``executing``: when the claim lapses if its process died before journaling the call.
     _ts("lease_expires_at", nullable=True),
     # The verifier agent the request was routed to, and where verification stands:
@@ -245,7 +250,9 @@ idempotency = Table(
     Column("args_hash", String(64), nullable=False),
     Column("state", String(20), nullable=False),  # in_flight | done
     Column("step_id", String(64), nullable=True),
-    Column("outcome", JSONText, nullable=True),  # the redacted ActionResult returned to the agent
+    Column(
+        "outcome", Payload("idempotency.outcome"), nullable=True
+    ),  # the redacted ActionResult returned to the agent
     _ts("created_at"),
 )
 
@@ -377,7 +384,7 @@ handoffs = Table(
     Column("step_id", String(64), nullable=True),
     Column("workflow", String(200), nullable=False, index=True),
     Column("tool", String(200), nullable=True),
-    Column("arguments", JSONText, nullable=True),  # redacted, for display
+    Column("arguments", Payload("handoffs.arguments"), nullable=True),  # redacted, for display
     Column("reason_code", String(50), nullable=False),
     Column("message", Text, nullable=False),
     Column("state", String(20), nullable=False),  # open | resumed | stopped
@@ -469,7 +476,7 @@ webhook_deliveries = Table(
     Column("event", String(50), nullable=False),
     Column("approval_id", String(64), nullable=True, index=True),
     Column("url", Text, nullable=False),
-    Column("payload", JSONText, nullable=False),
+    Column("payload", Payload("webhook_deliveries.payload"), nullable=False),
     Column("status", String(20), nullable=False),  # pending | delivered | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_status_code", Integer, nullable=True),
@@ -526,7 +533,7 @@ notification_deliveries = Table(
     Column("event_seq", BigInteger, nullable=False),
     Column("event_kind", String(50), nullable=False),
     Column("run_id", String(64), nullable=True),
-    Column("payload", JSONText, nullable=False),
+    Column("payload", Payload("notification_deliveries.payload"), nullable=False),
     Column("status", String(20), nullable=False),  # pending | delivered | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_status_code", Integer, nullable=True),
@@ -584,7 +591,7 @@ executions = Table(
     Column("decision", JSONText, nullable=False),
     # The exact arguments while the outcome is open (for a person's "retry now"); cleared once
     # the outcome is recorded, like an approval's payload.
-    Column("payload", JSONText, nullable=True),
+    Column("payload", Payload("executions.payload"), nullable=True),
     Column("scopes", JSONText, nullable=True),  # budget scopes reserved, [[scope, key, period], ...]
     Column("cost_micros", BigInteger, nullable=False, default=0),
     Column("resolution", JSONText, nullable=True),
@@ -646,7 +653,7 @@ cache_entries = Table(
     Column("tool", String(200), primary_key=True),
     Column("scope", String(64), primary_key=True),
     Column("record", String(64), primary_key=True),
-    Column("result", JSONText, nullable=True),  # redacted, like every stored result
+    Column("result", Payload("cache_entries.result"), nullable=True),  # redacted, like every stored result
     Column("step_id", String(64), nullable=True),  # the step whose call fetched it
     _ts("fetched_at"),
     _ts("expires_at"),
