@@ -407,3 +407,41 @@ def test_cli_writes_junit_and_a_markdown_summary(
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
     assert suite.get("failures") == "0"
+
+
+# ---- rules that read the run's history are judged from its steps, not held -----------------------
+
+NO_LOOP_RULE = ("    max_repeats: 3\n", "")
+
+
+def test_history_rules_are_judged_again_from_the_runs_steps(db_url: str, support_manifest_path: Path) -> None:
+    from conftest import Harness
+
+    h = Harness(db_url)
+    try:
+        looped = h.run()
+        for _ in range(4):  # the fourth identical read escalates (max_repeats: 3)
+            h.act(looped, "tickets.get", {"ticket_id": "T-1001"})
+        other = h.run()
+        for _ in range(3):  # three identical reads: allowed today, a loop under max_repeats: 2
+            h.act(other, "tickets.get", {"ticket_id": "T-1002"})
+        same = what_if(h.il.engine, variant(support_manifest_path), workers=1)
+        assert (same.changed, same.total) == (0, 7)
+        assert same.held == 0  # the loop escalation is judged again (and agrees), not held
+
+        lenient = what_if(h.il.engine, variant(support_manifest_path, NO_LOOP_RULE), workers=1)
+        assert lenient.transitions == {"escalate->allow": 1}
+        [example] = lenient.examples["escalate->allow"]
+        assert example["old_reasons"][0]["code"] == "loop_detected"
+
+        strict = what_if(
+            h.il.engine,
+            variant(support_manifest_path, ("    max_repeats: 3\n", "    max_repeats: 2\n")),
+            workers=1,
+        )
+        # Third and fourth read of the looped run, third of the other: each had run twice before.
+        assert strict.transitions == {"allow->escalate": 2}
+        assert strict.unchanged == 5
+        assert {e["new_reasons"][0]["code"] for e in strict.examples["allow->escalate"]} == {"loop_detected"}
+    finally:
+        h.close()

@@ -17,9 +17,15 @@ What is compared, and what is not:
 
 - What decided besides the policy is taken as recorded where the pipeline would consult it
   again (see :func:`~interlock._internal.runs.replay.reconcile`): decisions by a run-level
-  brake are *held* and not re-judged; refusals taken while reserving (loop detection, history
-  stop rules, rate limits, budgets, locks, caps, whose counters the decisions table does not
-  keep) are held while the candidate still lets the action run alone.
+  brake are *held* and not re-judged; refusals taken while reserving from counters the record
+  does not keep (rate limits, budgets, locks) are held while the candidate still lets the
+  action run alone.
+- Rules that read the run's history (step and tool-call caps, loop detection, conflicting
+  records, sequence failures) are judged again from the recorded steps under the candidate
+  (:func:`~interlock._internal.runs.replay.rejudge`), never held: when the candidate has such
+  rules, or a recorded refusal came from one, the decision is set aside in the first pass and
+  judged in a second one that reads the window's runs step by step, in order (memory grows with
+  the longest run, not with the rows).
 - Stored arguments are redacted. When a decision changes only through the schema check on
   arguments that redaction altered, it is *not comparable* rather than a change of policy.
 - Steps and tool calls reach Cedar's context only when the candidate's policies mention them;
@@ -42,15 +48,17 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
-from sqlalchemy import Text, func, null, select, type_coerce
+from sqlalchemy import Text, and_, func, null, select, type_coerce
 from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import hash_value
 from interlock._internal.gateway.decide import Intent, evaluate
+from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, WorkflowRuntime, build_runtime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
 from interlock._internal.policy.cedar_values import cedar_type
-from interlock._internal.runs.replay import RUN_BRAKES, reconcile
+from interlock._internal.runs.history import CALLED, HISTORY_CODES, SEQUENCE_FAILURE, Prior, needs_history
+from interlock._internal.runs.replay import CAP_CODES, RUN_BRAKES, Basis, reconcile, rejudge
 from interlock._internal.store import tables as t
 from interlock._internal.store.encryption import text_opener
 from interlock._internal.store.engine import reading
@@ -60,6 +68,8 @@ from interlock.exceptions import ConfigError
 # Below this many distinct decisions, starting worker processes costs more than it saves.
 POOL_THRESHOLD = 20_000
 _CHUNK = 1000
+# Recorded refusals that came from the run's history: judged again from it, never held.
+_REJUDGED = CAP_CODES | HISTORY_CODES
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 # Stop-rule kinds judged from arguments by `check_intent`; the others read no argument.
 _ARGLESS_STOPS = frozenset({"low_confidence", "conflicting_records", "sequence_failure"})
@@ -450,15 +460,24 @@ def what_if(
     counters = bool({"steps", "tool_calls"} & reads.attributes)
     keyers = _keyers(runtime, reads)
     judges = _Judge(candidate, runtime, workers if workers is not None else (os.cpu_count() or 1))
+    # Rules that read the run's history are judged from it in a second pass, run by run: every
+    # action the candidate could refuse that way, and every recorded refusal that came from it.
+    budget = candidate.manifest.budgets.per_run
+    rejudge_all = needs_history(candidate.manifest) or (budget.max_steps, budget.max_tool_calls) != (
+        None,
+        None,
+    )
+    deferred = 0
     keys: dict[tuple[Any, ...], int] = {}
     # (key index, recorded decision, recorded reasons, arguments exact) → [rows, first row id]
     tally: dict[tuple[int, str, str, bool], list[Any]] = {}
+    later: dict[tuple[int, str, str, bool], list[Any]] = {}
     codes_of: dict[str, tuple[str, ...]] = {}
     pending: list[_Item] = []
     try:
         total = _count(engine, workflow, since, until)
         for row in _rows(engine, workflow, since, until, batch_size=batch_size, counters=counters):
-            row_id, agent, env, tool, recorded, raw_reasons, args_hash, raw_args, confidence, seq = row
+            row_id, agent, env, tool, recorded, raw_reasons, args_hash, raw_args, confidence, seq, step = row
             report.total += 1
             if progress is not None and report.total % batch_size == 0:
                 progress(report.total, total)
@@ -479,6 +498,14 @@ def what_if(
                     judges.submit(pending)
                     pending = []
             slot_key = (index, recorded, raw_reasons, _exact(raw_args, args_hash))
+            if step is not None and (rejudge_all or _REJUDGED.intersection(codes)):
+                deferred += 1
+                slot = later.get(slot_key)  # judged with its run's history below, if its step is there
+                if slot is None:
+                    later[slot_key] = [1, row_id]
+                else:
+                    slot[0] += 1
+                continue
             slot = tally.get(slot_key)
             if slot is None:
                 tally[slot_key] = [1, row_id]
@@ -494,25 +521,204 @@ def what_if(
     for (index, recorded, raw_reasons, exact), (count, first_id) in tally.items():
         verdict = results[index]
         now, basis = reconcile(recorded, codes_of[raw_reasons], verdict.decision)
-        if now == recorded:
-            if basis in ("brake", "held"):
-                report.held += count
-            else:
-                report.unchanged += count
-            continue
-        if not exact and "invalid_arguments" in (*codes_of[raw_reasons], *verdict.codes):
-            report.not_comparable += count
-            continue
-        label = f"{recorded}->{now}"
-        report.transitions[label] = report.transitions.get(label, 0) + count
-        picked = wanted.setdefault(label, [])
-        if len(picked) < examples:
-            picked.append((first_id, verdict))
+        _settle(
+            report,
+            wanted,
+            examples,
+            recorded,
+            codes_of[raw_reasons],
+            now,
+            basis,
+            exact,
+            count,
+            first_id,
+            verdict,
+        )
+    if deferred:
+        for item in _with_history(
+            engine,
+            candidate,
+            since,
+            until,
+            keys=keys,
+            keyers=keyers,
+            results=results,
+            counters=counters,
+            batch_size=batch_size,
+        ):
+            row_id, slot_key, recorded, codes, now, basis, decided = item
+            slot = later.get(slot_key)
+            if slot is None or slot[0] == 0:
+                continue
+            slot[0] -= 1
+            verdict = results[slot_key[0]]
+            if decided is not None:
+                verdict = Judgement(decision=now, reasons=(decided.model_dump(exclude_none=True),))
+            _settle(report, wanted, examples, recorded, codes, now, basis, slot_key[3], 1, row_id, verdict)
+    # Decisions whose steps are not stored (a decision recorded without one) are judged alone.
+    for (index, recorded, raw_reasons, exact), (count, first_id) in later.items():
+        if count:
+            verdict = results[index]
+            now, basis = reconcile(recorded, codes_of[raw_reasons], verdict.decision)
+            _settle(
+                report,
+                wanted,
+                examples,
+                recorded,
+                codes_of[raw_reasons],
+                now,
+                basis,
+                exact,
+                count,
+                first_id,
+                verdict,
+            )
     report.examples = _examples(engine, wanted)
     if progress is not None:
         progress(report.total, report.total)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _settle(
+    report: WhatIfReport,
+    wanted: dict[str, list[tuple[str, Judgement]]],
+    examples: int,
+    recorded: str,
+    codes: tuple[str, ...],
+    now: str,
+    basis: str,
+    exact: bool,
+    count: int,
+    first_id: str,
+    verdict: Judgement,
+) -> None:
+    """Count ``count`` recorded decisions whose candidate decision is ``now``."""
+    if now == recorded:
+        if basis in ("brake", "held"):
+            report.held += count
+        else:
+            report.unchanged += count
+        return
+    if not exact and "invalid_arguments" in (*codes, *verdict.codes):
+        report.not_comparable += count
+        return
+    label = f"{recorded}->{now}"
+    report.transitions[label] = report.transitions.get(label, 0) + count
+    picked = wanted.setdefault(label, [])
+    if len(picked) < examples:
+        picked.append((first_id, verdict))
+
+
+def _with_history(
+    engine: Engine,
+    candidate: LoadedManifest,
+    since: float | None,
+    until: float | None,
+    *,
+    keys: dict[tuple[Any, ...], int],
+    keyers: dict[str, _Keyer],
+    results: dict[int, Judgement],
+    counters: bool,
+    batch_size: int,
+) -> Iterator[tuple[str, tuple[int, str, str, bool], str, tuple[str, ...], str, Basis, Reason | None]]:
+    """The second pass: the steps of every run with a decision in the window, run by run in
+    order, so the rules that read a run's history are judged from its earlier steps. Yields, for
+    each decision the first pass may have deferred: its id, its first-pass tally key, its
+    recorded decision and codes (a failed call that broke a declared sequence counts as
+    ``escalate``), and the candidate's decision, basis and deciding history reason."""
+    manifest = candidate.manifest
+    budget = manifest.budgets.per_run
+    rejudge_all = needs_history(manifest) or (budget.max_steps, budget.max_tool_calls) != (None, None)
+    decode = any(rule.kind == "conflicting_records" for rule in manifest.stop_rules)
+    s, d, h = t.steps, t.decisions, t.handoffs
+    workflow = manifest.name
+    runs_in_window = _window(select(d.c.run_id), workflow, since, until).where(d.c.step_id.is_not(None))
+    query = (
+        select(
+            s.c.run_id,
+            s.c.seq,
+            s.c.kind,
+            s.c.tool,
+            s.c.args_hash,
+            s.c.status,
+            type_coerce(s.c.result, Text) if decode else null(),
+            d.c.id,
+            d.c.agent_id,
+            d.c.environment,
+            d.c.tool,
+            d.c.decision,
+            type_coerce(d.c.reasons, Text),
+            d.c.args_hash,
+            type_coerce(d.c.arguments, Text),
+            d.c.confidence,
+            d.c.created_at,
+            d.c.workflow,
+            d.c.step_id,
+            h.c.reason_code,
+        )
+        .select_from(
+            s.outerjoin(d, d.c.id == s.c.decision_id).outerjoin(
+                h, and_(h.c.step_id == s.c.id, h.c.reason_code == SEQUENCE_FAILURE)
+            )
+        )
+        .where(s.c.run_id.in_(runs_in_window.scalar_subquery()))
+        .order_by(s.c.run_id, s.c.seq)
+    )
+    current: str | None = None
+    history: list[Prior] = []
+    calls = 0
+    with reading(engine) as conn:
+        result = conn.execution_options(yield_per=batch_size).execute(query)
+        for partition in result.partitions():
+            for row in partition:
+                run_id, seq, kind, s_tool, s_hash, status, raw_result = row[:7]
+                d_id, agent, env, tool, recorded, raw_reasons, args_hash, raw_args = row[7:15]
+                confidence, created_at, d_workflow, d_step, broke = row[15:]
+                if run_id != current:
+                    current, history, calls = run_id, [], 0
+                in_window = (
+                    d_step is not None
+                    and d_workflow == workflow
+                    and (since is None or created_at >= since)
+                    and (until is None or created_at < until)
+                )
+                if in_window and agent is not None and env is not None and tool is not None:
+                    codes = _codes(raw_reasons)
+                    if not RUN_BRAKES.intersection(codes) and (rejudge_all or _REJUDGED.intersection(codes)):
+                        steps = max(int(seq) - 1, 0) if counters else 0
+                        key = (
+                            agent,
+                            env,
+                            tool,
+                            confidence,
+                            steps,
+                            _bound(keyers.get(tool), raw_args, args_hash),
+                        )
+                        index = keys.get(key)
+                        if index is None:
+                            continue  # not seen by the first pass: counted as held there
+                        now, basis, decided = rejudge(
+                            manifest,
+                            recorded=recorded,
+                            codes=codes,
+                            policy_now=results[index].decision,
+                            tool=tool,
+                            args_hash=args_hash,
+                            status=status,
+                            history=history,
+                            steps_before=int(seq) - 1,
+                            calls_before=calls,
+                        )
+                        slot_key = (index, recorded, raw_reasons, _exact(raw_args, args_hash))
+                        if broke is not None:  # the run was escalated at this step
+                            recorded, codes = "escalate", (*codes, str(broke))
+                        yield d_id, slot_key, recorded, codes, now, basis, decided
+                if kind == "tool":
+                    value = json.loads(raw_result) if decode and raw_result is not None else None
+                    history.append(Prior(tool=s_tool, args_hash=s_hash, status=str(status), result=value))
+                if status in CALLED:
+                    calls += 1
 
 
 def _bound(keyer: _Keyer | None, raw: str | None, args_hash: str | None) -> tuple[Any, ...]:
@@ -571,9 +777,11 @@ def _rows(
         d.c.confidence,
     ]
     if counters:
-        query = select(*columns, t.steps.c.seq).select_from(d.outerjoin(t.steps, t.steps.c.id == d.c.step_id))
+        query = select(*columns, t.steps.c.seq, d.c.step_id).select_from(
+            d.outerjoin(t.steps, t.steps.c.id == d.c.step_id)
+        )
     else:
-        query = select(*columns, null())
+        query = select(*columns, null(), d.c.step_id)
     query = _window(query, workflow, since, until).order_by(d.c.created_at, d.c.id)
     # The arguments' raw text may be encrypted at rest: opened here, the rest reads plain JSON.
     opened = text_opener(engine, "decisions.arguments")

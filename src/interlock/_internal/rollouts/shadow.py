@@ -20,17 +20,13 @@ from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.models import ActionResult, Reason, Run
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.runs.history import (
-    HISTORY_CODES,
+    SEQUENCE_FAILURE,
     Prior,
-    cap_refusal,
-    history_refusal,
     needs_history,
     prior_steps,
     sequence_failure,
 )
-from interlock._internal.runs.replay import CAP_CODES, reconcile
-
-_REJUDGED = CAP_CODES | HISTORY_CODES
+from interlock._internal.runs.replay import rejudge
 
 
 @dataclass(frozen=True)
@@ -78,29 +74,24 @@ def other_word(
         tool_calls=run.tool_calls,
         carried=carried,
     )
-    now: str = verdict.decision.decision
     reasons: list[Reason] = list(verdict.decision.reasons)
-    codes = result.decision.reason_codes
-    if set(codes) & _REJUDGED and now != "deny":
-        basis = "policy"  # caps and history are judged below, by this version's rules
-    else:
-        now, basis = reconcile(result.decision.decision, codes, now)
-        if basis in ("brake", "held"):
-            reasons = list(result.decision.reasons)
     history: list[Prior] | None = None
-    if now == "allow" and basis in ("policy", "approved"):
-        if needs_history(runtime.manifest):
-            history = prior_steps(engine, run.id, before_seq=result.seq)
-        refused = history_refusal(
-            runtime.manifest, tool=intent.tool, args_hash=verdict.decision.args_hash, history=history or []
-        )
-        cap = cap_refusal(runtime.manifest, steps_before=run.steps, calls_before=run.tool_calls)
-        if refused is not None:
-            now, reasons = "escalate", [refused]
-        elif cap is not None:
-            now, reasons = "deny", [cap]
-        elif result.status == "failed" and history:
-            broken = sequence_failure(runtime.manifest, tool=intent.tool, history=history)
-            if broken is not None:
-                now, reasons = "escalate", [*reasons, broken]
+    if needs_history(runtime.manifest):
+        history = prior_steps(engine, run.id, before_seq=result.seq)
+    now, basis, decided = rejudge(
+        runtime.manifest,
+        recorded=result.decision.decision,
+        codes=result.decision.reason_codes,
+        policy_now=verdict.decision.decision,
+        tool=intent.tool,
+        args_hash=verdict.decision.args_hash,
+        status=result.status,
+        history=history or [],
+        steps_before=run.steps,
+        calls_before=run.tool_calls,
+    )
+    if basis in ("brake", "held"):
+        reasons = list(result.decision.reasons)  # what the moment decided holds for both versions
+    if decided is not None:
+        reasons = [*reasons, decided] if decided.code == SEQUENCE_FAILURE else [decided]
     return Word(now, _dump(reasons)), history

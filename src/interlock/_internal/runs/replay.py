@@ -31,7 +31,7 @@ What a replay cannot know, and how it is treated:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +44,7 @@ from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
+from interlock._internal.manifest.models import Manifest
 from interlock._internal.runs.history import (
     HISTORY_CODES,
     SEQUENCE_FAILURE,
@@ -124,6 +125,46 @@ def reconcile(recorded: str, codes: Collection[str], now: str) -> tuple[str, Bas
     if not found or found & POLICY_CODES:
         return now, "policy"
     return (recorded, "held") if now == "allow" else (now, "policy")
+
+
+def rejudge(
+    manifest: Manifest,
+    *,
+    recorded: str,
+    codes: Collection[str],
+    policy_now: str,
+    tool: str,
+    args_hash: str | None,
+    status: str | None,
+    history: Sequence[Prior],
+    steps_before: int,
+    calls_before: int,
+) -> tuple[str, Basis, Reason | None]:
+    """The decision the pipeline would reach under ``manifest`` for a recorded action, given the
+    policy's answer ``policy_now``: :func:`reconcile`, except that what the run's history decides
+    is judged again from ``history`` (the earlier steps) rather than taken as recorded, in the
+    reservation's order: loop detection and history stop rules, then the step and tool-call caps,
+    then, for a call that failed, sequence rules. Returns the decision, its basis, and the
+    history rule's reason when one decided it."""
+    now: str
+    basis: Basis
+    if set(codes) & _REJUDGED and policy_now != "deny":
+        now, basis = policy_now, "policy"
+    else:
+        now, basis = reconcile(recorded, codes, policy_now)
+    if now != "allow" or basis not in ("policy", "approved"):
+        return now, basis, None
+    refused = history_refusal(manifest, tool=tool, args_hash=args_hash, history=history)
+    if refused is not None:
+        return "escalate", basis, refused
+    cap = cap_refusal(manifest, steps_before=steps_before, calls_before=calls_before)
+    if basis == "policy" and cap is not None:
+        return "deny", basis, cap
+    if status == "failed":
+        broken = sequence_failure(manifest, tool=tool, history=history)
+        if broken is not None:
+            return "escalate", basis, broken
+    return now, basis, None
 
 
 def looks_redacted(value: Any) -> bool:
@@ -455,34 +496,28 @@ def _replay_step(
     policy_now: str = verdict.decision.decision
     reasons: list[Reason] = list(verdict.decision.reasons)
     note: str | None = None
-    now: str
-    basis: Basis
-    if set(recorded_codes) & _REJUDGED and policy_now != "deny":
-        now, basis = policy_now, "policy"  # caps and history are judged again below
-    else:
-        now, basis = reconcile(recorded_kind, recorded_codes, policy_now)
+    tool_name = str(step.get("tool") or "")
+    now, basis, decided = rejudge(
+        runtime.manifest,
+        recorded=recorded_kind,
+        codes=recorded_codes,
+        policy_now=policy_now,
+        tool=tool_name,
+        args_hash=args_hash,
+        status=step.get("status"),
+        history=history,
+        steps_before=steps_before,
+        calls_before=calls_before,
+    )
     if basis in ("brake", "held"):
         reasons = [Reason(**r) for r in recorded_reasons]
         note = "decided by the run's state or limits at the time, taken as recorded"
     elif basis == "approved":
         reasons = [Reason(**r) for r in recorded_reasons if r.get("code") == APPROVED] + reasons
         note = "approved by a person; the approval still covers what the policy allows or reviews"
-    if now == "allow" and basis in ("policy", "approved"):
-        tool_name = str(step.get("tool") or "")
-        # In the reservation's order: loop detection and history stop rules, then the caps.
-        refused = history_refusal(runtime.manifest, tool=tool_name, args_hash=args_hash, history=history)
-        if refused is not None:
-            now, reasons = "escalate", [refused]
-        elif (
-            basis == "policy"
-            and (cap := cap_refusal(runtime.manifest, steps_before=steps_before, calls_before=calls_before))
-            is not None
-        ):
-            now, reasons = "deny", [cap]
-        elif step.get("status") == "failed":
-            broken = sequence_failure(runtime.manifest, tool=tool_name, history=history)
-            if broken is not None:
-                now, reasons = "escalate", [*reasons, broken]
+    if decided is not None:
+        # A failed call keeps the policy's reasons; a refusal replaces them, as the reservation does.
+        reasons = [*reasons, decided] if decided.code == SEQUENCE_FAILURE else [decided]
     if isinstance(broke, dict):
         # The call failed and broke a declared sequence: the run was escalated at this step.
         recorded_kind = "escalate"
@@ -525,6 +560,7 @@ __all__ = [
     "read_export",
     "reconcile",
     "recorded_manifest",
+    "rejudge",
     "replay_run",
     "write_export",
 ]
