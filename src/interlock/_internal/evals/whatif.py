@@ -668,6 +668,9 @@ def _with_history(
     current: str | None = None
     history: list[Prior] = []
     calls = 0
+    # Payloads may be encrypted at rest: their raw text is opened here, as in the first pass.
+    open_args = text_opener(engine, "decisions.arguments")
+    open_result = text_opener(engine, "steps.result")
     with reading(engine) as conn:
         result = conn.execution_options(yield_per=batch_size).execute(query)
         for partition in result.partitions():
@@ -675,6 +678,7 @@ def _with_history(
                 run_id, seq, kind, s_tool, s_hash, status, raw_result = row[:7]
                 d_id, agent, env, tool, recorded, raw_reasons, args_hash, raw_args = row[7:15]
                 confidence, created_at, d_workflow, d_step, broke = row[15:]
+                raw_args = open_args(raw_args)
                 if run_id != current:
                     current, history, calls = run_id, [], 0
                 in_window = (
@@ -715,7 +719,8 @@ def _with_history(
                             recorded, codes = "escalate", (*codes, str(broke))
                         yield d_id, slot_key, recorded, codes, now, basis, decided
                 if kind == "tool":
-                    value = json.loads(raw_result) if decode and raw_result is not None else None
+                    opened = open_result(raw_result) if decode else None
+                    value = json.loads(opened) if opened is not None else None
                     history.append(Prior(tool=s_tool, args_hash=s_hash, status=str(status), result=value))
                 if status in CALLED:
                     calls += 1
