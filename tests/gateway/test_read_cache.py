@@ -223,3 +223,59 @@ def test_the_weekly_review_shows_the_hit_rate(setup: tuple[Harness, Counting]) -
     assert [c["tool"] for c in cache["tools"]] == ["tickets.get"]
     html = render_weekly_html(report)
     assert '<strong id="cache-hit-rate">66.7%</strong>' in html
+
+
+def test_replicas_share_the_cache_and_its_invalidation(setup: tuple[Harness, Counting], db_url: str) -> None:
+    from interlock import Interlock, Settings
+
+    h, upstream = setup
+    # A second replica: its own process state (engine, runtimes, metrics) on the same database.
+    other = Interlock(Settings(database={"url": db_url}))  # type: ignore[arg-type]
+    other_upstream = Counting()
+    try:
+        other.load_workflow(variant(forbid_reporter_tickets), transports={"*": other_upstream})
+        token = other.issue_token("triage-bot", h.secrets["triage-bot"]).token
+        assert h.act(h.run(), "tickets.get", {"ticket_id": "T-1005"}).executed
+        run = other.start_run(token).id
+        assert other.act(token, run, "tickets.get", {"ticket_id": "T-1005"}).executed
+        assert (gets(upstream), gets(other_upstream)) == (1, 0)  # answered from the shared cache
+        fields = {"ticket_id": "T-1005", "fields": {"status": "pending"}}
+        assert other.act(token, run, "tickets.update", fields).executed
+        assert h.act(h.run(), "tickets.get", {"ticket_id": "T-1005"}).result["status"] == "pending"
+        assert gets(upstream) == 2  # the other replica's write made the copy stale here too
+    finally:
+        other.close()
+        other_upstream.close()
+
+
+def test_a_write_whose_outcome_became_unknown_makes_the_copy_stale(setup: tuple[Harness, Counting]) -> None:
+    h, upstream = setup
+    run = h.run()
+    assert h.act(run, "tickets.get", {"ticket_id": "T-1006"}).executed
+    assert h.act(h.run(), "tickets.get", {"ticket_id": "T-1006"}).executed
+    assert gets(upstream) == 1
+    now = time.time()
+    # An update journaled by a process that died mid-call: whether it changed the ticket is unknown.
+    with h.il.engine.begin() as conn:
+        conn.execute(
+            t.executions.insert().values(
+                id="stp_dead",
+                run_id=run,
+                workflow="support-triage",
+                agent_id="triage-bot",
+                tool="tickets.update",
+                args_hash="x",
+                upstream_key="il1-dead",
+                seq=2,
+                state="executing",
+                attempts=1,
+                decision={"decision": "allow", "reasons": [], "tool": "tickets.update", "verb": "update"},
+                payload={"ticket_id": "T-1006", "fields": {"priority": "urgent"}},
+                cost_micros=0,
+                lease_expires_at=now - 1,
+                created_at=now - 60,
+            )
+        )
+    assert h.il.recover() == ["stp_dead"]
+    assert h.act(h.run(), "tickets.get", {"ticket_id": "T-1006"}).executed
+    assert gets(upstream) == 2

@@ -725,7 +725,7 @@ class Interlock:
     def recover(self) -> list[str]:
         """Turn calls whose lease expired (their process died mid-call) into outcome-unknown
         handoffs; housekeeping does this on every replica. Returns the step ids recovered here."""
-        return recover_expired(self.engine)
+        return recover_expired(self.engine, runtimes=self.runtime)
 
     def verify_audit(self) -> VerifyReport:
         """The chain, every signed checkpoint (stored and in the witness directory), and approvals."""

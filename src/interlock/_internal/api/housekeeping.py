@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from interlock._internal.audit.checkpoints import maybe_checkpoint
 from interlock._internal.audit.keys import AuditKey
 from interlock._internal.audit.witness import witnesses_from_settings
+from interlock._internal.gateway.cache import purge_expired as purge_cache
 from interlock._internal.gateway.recovery import recover_expired
 from interlock._internal.runs.retention import purge_payloads
 from interlock._internal.service import Interlock
@@ -43,13 +44,13 @@ def housekeeping(
 ) -> Callable[[], AbstractAsyncContextManager[None]]:
     """A lifespan hook: start the webhook and notification workers, then every ``every_s``
     (default: the setting ``recovery.housekeeping_every_s``) turn expired leases into
-    outcome-unknown handoffs, expire due approvals, run approved actions a lifted pause was
-    holding (or whose claim lapsed), write a signed audit checkpoint when enough has happened
-    since the last one (published to the configured witnesses), and forget token failures long
-    past; every ``retention_every_s``, purge payloads older than each manifest's
-    ``retention_days``. Only the holder of the housekeeping lease runs them; the lease lasts
-    ``lease_s`` (default: three periods) unless renewed. ``on_tick`` is called on each tick this
-    process runs the jobs (for tests)."""
+    outcome-unknown handoffs (and drop expired cached answers), expire due approvals, run
+    approved actions a lifted pause was holding (or whose claim lapsed), write a signed audit
+    checkpoint when enough has happened since the last one (published to the configured
+    witnesses), and forget token failures long past; every ``retention_every_s``, purge
+    payloads older than each manifest's ``retention_days``. Only the holder of the housekeeping
+    lease runs them; the lease lasts ``lease_s`` (default: three periods) unless renewed.
+    ``on_tick`` is called on each tick this process runs the jobs (for tests)."""
     period = every_s if every_s is not None else interlock.settings.recovery.housekeeping_every_s
 
     @asynccontextmanager
@@ -81,7 +82,8 @@ def housekeeping(
             if on_tick is not None:
                 on_tick()
             jobs = (
-                lambda: recover_expired(interlock.engine),
+                lambda: recover_expired(interlock.engine, runtimes=interlock.runtime),
+                lambda: purge_cache(interlock.engine),
                 interlock.approvals.expire_due,
                 # Approved actions held by a pause lifted elsewhere (another replica, a script).
                 interlock.approvals.resume_held,

@@ -25,7 +25,7 @@ from interlock._internal.gateway.models import Run
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.manifest.models import Manifest, ToolCache
 from interlock._internal.store import tables as t
-from interlock._internal.store.engine import reading
+from interlock._internal.store.engine import reading, transaction
 from interlock._internal.store.hot import Conn, InsertIgnore
 
 MARK = "*"  # the scope of invalidation marks, and the record of a tool-wide mark
@@ -244,8 +244,6 @@ def invalidate(
 
 def purge_expired(engine: Engine, *, now: float | None = None) -> int:
     """Drop answers and marks past their expiry (housekeeping)."""
-    from interlock._internal.store.engine import transaction
-
     with transaction(engine) as conn:
         return int(conn.execute(_C.delete().where(_C.c.expires_at < (now or time.time()))).rowcount)
 

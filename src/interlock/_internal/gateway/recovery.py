@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from interlock._internal.audit.chain import append_event
-from interlock._internal.gateway import journal
+from interlock._internal.gateway import cache, journal
 from interlock._internal.gateway.decide import (
     Checking,
     Intent,
@@ -51,6 +52,7 @@ from interlock._internal.gateway.records import (
     settle_approval,
     write_step,
 )
+from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.gateway.statements import ADD_COST, DONE_IDEMPOTENCY
 from interlock._internal.limits import value_limits
 from interlock._internal.limits.budgets import Scope, settle
@@ -79,22 +81,32 @@ def _expired(now: float) -> Any:
     )
 
 
-def recover_expired(engine: Engine, *, now: float | None = None, limit: int = 100) -> list[str]:
+def recover_expired(
+    engine: Engine,
+    *,
+    now: float | None = None,
+    limit: int = 100,
+    runtimes: Callable[[str], WorkflowRuntime] | None = None,
+) -> list[str]:
     """Turn every expired lease into a final "outcome unknown" (see the module docstring), and
     release approvals whose claim lapsed before their call was journaled. Returns the step ids
-    this replica turned into unknown outcomes. Safe on every replica at once."""
+    this replica turned into unknown outcomes. Safe on every replica at once. With ``runtimes``
+    (the loaded workflows), a write whose outcome is unknown also makes the cached reads it names
+    stale, as a recorded write does."""
     now = time.time() if now is None else now
     with reading(engine) as conn:
         ids = [
             r[0]
             for r in conn.execute(select(_E.c.id).where(_expired(now)).order_by(_E.c.created_at).limit(limit))
         ]
-    recovered = [step_id for step_id in ids if _recover_one(engine, step_id, now)]
+    recovered = [step_id for step_id in ids if _recover_one(engine, step_id, now, runtimes)]
     _release_lapsed_claims(engine, now)
     return recovered
 
 
-def _recover_one(engine: Engine, step_id: str, now: float) -> bool:
+def _recover_one(
+    engine: Engine, step_id: str, now: float, runtimes: Callable[[str], WorkflowRuntime] | None = None
+) -> bool:
     with transaction(engine) as conn:
         row = (
             conn.execute(
@@ -117,6 +129,7 @@ def _recover_one(engine: Engine, step_id: str, now: float) -> bool:
         if scopes:
             settle(conn, scopes, reserved_micros=cost, actual_micros=cost)
         value_limits.settle(conn, step_id, happened=True, now=now)  # may have happened: counted
+        _spoil_cache(conn, runtimes, run, row["tool"], row["payload"], now)
         message = (
             f"the call to {row['tool']} was in flight when its process stopped; whether it happened "
             f"is unknown (upstream idempotency key {row['upstream_key']}). A person resolves it."
@@ -162,6 +175,24 @@ def _recover_one(engine: Engine, step_id: str, now: float) -> bool:
         )
     log.warning("call %s (%s) has an unknown outcome; handed to a person", step_id, row["tool"])
     return True
+
+
+def _spoil_cache(
+    conn: Connection,
+    runtimes: Callable[[str], WorkflowRuntime] | None,
+    run: Run,
+    tool: str,
+    arguments: Any,
+    now: float,
+) -> None:
+    """The write may have happened: what it would make stale in the read cache is stale."""
+    if runtimes is None:
+        return
+    try:
+        runtime = runtimes(run.workflow)
+    except NotFound:
+        return  # not loaded here; its cached answers expire with their ttl
+    cache.invalidate(conn, runtime, run, tool, arguments, now=now)
 
 
 def _release_lapsed_claims(engine: Engine, now: float) -> None:
