@@ -279,3 +279,28 @@ def test_a_write_whose_outcome_became_unknown_makes_the_copy_stale(setup: tuple[
     assert h.il.recover() == ["stp_dead"]
     assert h.act(h.run(), "tickets.get", {"ticket_id": "T-1006"}).executed
     assert gets(upstream) == 2
+
+
+def test_cached_answers_are_encrypted_at_rest_like_other_results(db_url: str) -> None:
+    import secrets
+
+    from sqlalchemy import text
+
+    from interlock._internal.store.encryption import PREFIX
+
+    storage = {"encryption_keys": {"k1": secrets.token_hex(32)}, "encryption_key_id": "k1"}
+    h = Harness(db_url, storage=storage)
+    try:
+        first = h.act(h.run(), "tickets.get", {"ticket_id": "T-1001"})
+        cached = h.act(h.run(), "tickets.get", {"ticket_id": "T-1001"})
+        with h.il.engine.connect() as conn:
+            [raw] = conn.execute(text("SELECT result FROM cache_entries WHERE result IS NOT NULL")).scalars()
+            step = conn.execute(
+                select(t.steps.c.cached_from).where(t.steps.c.id == cached.step_id)
+            ).scalar_one()
+        assert str(raw).startswith(PREFIX + "k1:")
+        assert "T-1001" not in str(raw)
+        assert step == first.step_id
+        assert cached.result["ticket_id"] == "T-1001"
+    finally:
+        h.close()
