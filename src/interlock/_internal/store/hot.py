@@ -157,19 +157,22 @@ class _Compiled:
         return _POSTCOMPILE.sub(named_placeholders, self.sql), named
 
 
-_CACHE: dict[str, weakref.WeakKeyDictionary[ClauseElement, Any]] = {}
+_CACHE_ATTR = "_interlock_hot_statements"
 _CACHE_GUARD = threading.Lock()
 
 
 def compiled_for(
     statement: ClauseElement, dialect: Dialect, params: Mapping[str, Any] | None = None
 ) -> _Compiled:
-    """The statement compiled for the dialect, once per statement object and dialect (an INSERT
+    """The statement compiled for the dialect, once per statement object and engine (an INSERT
     without explicit values once per set of columns given, as SQLAlchemy compiles it)."""
-    cache = _CACHE.get(dialect.name)
+    # Per engine (kept on its dialect object, so it goes with the engine), not per dialect name:
+    # the type processors compiled in hold that engine's state (its data keys for encrypted
+    # payload columns).
+    cache: weakref.WeakKeyDictionary[ClauseElement, Any] | None = dialect.__dict__.get(_CACHE_ATTR)
     if cache is None:
         with _CACHE_GUARD:
-            cache = _CACHE.setdefault(dialect.name, weakref.WeakKeyDictionary())
+            cache = dialect.__dict__.setdefault(_CACHE_ATTR, weakref.WeakKeyDictionary())
     found = cache.get(statement)
     if getattr(statement, "is_insert", False):
         keys = frozenset(params or ())
