@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 
 @contextmanager
 def process(
-    cmd: list[str], *, ready_url: str, log: Path, env: dict[str, str], cwd: Path, timeout: float = 60
+    cmd: list[str], *, ready_url: str, log: Path, env: dict[str, str], cwd: Path, timeout: float = 300
 ) -> Iterator[int]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -265,7 +265,11 @@ class Setup:
 # ---- (a) MCP ------------------------------------------------------------------------------------
 
 
-async def bench_mcp(url: str, api: str, auth: dict[str, str], n: int) -> tuple[list[float], list[float]]:
+async def bench_mcp(
+    servers: list[tuple[str, str, str, dict[str, str]]], n: int
+) -> tuple[dict[str, list[float]], list[float]]:
+    """``servers``: (label, MCP URL, REST API URL, auth headers) per Interlock server; each is
+    called in turn with the direct call, the order rotating every call."""
     import httpx
     import httpx2
     from mcp import Client, StdioServerParameters
@@ -273,36 +277,45 @@ async def bench_mcp(url: str, api: str, auth: dict[str, str], n: int) -> tuple[l
 
     direct_params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_server_time"])
     args = {"timezone": "Etc/UTC"}
-    async with (
-        httpx.AsyncClient(base_url=api, headers=auth, timeout=30) as rest,
-        httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
-        Client(streamable_http_client(url, http_client=http), cache=None) as gateway,
-        Client(direct_params, cache=None) as direct,
-    ):
+    async with AsyncExitStack() as stack:
+        direct = await stack.enter_async_context(Client(direct_params, cache=None))
+        sides: dict[str, Any] = {}
+        for label, url, api, auth in servers:
+            rest = await stack.enter_async_context(httpx.AsyncClient(base_url=api, headers=auth, timeout=30))
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(30.0, read=60.0))
+            )
+            client = await stack.enter_async_context(
+                Client(streamable_http_client(url, http_client=http), cache=None)
+            )
+            sides[label] = (client, rest)
 
-        async def new_run() -> Any:  # the SDK types _meta as RequestParamsMeta
+        async def new_run(rest: Any) -> Any:  # the SDK types _meta as RequestParamsMeta
             response = await rest.post("/runs", json={"trigger": {"bench": "mcp"}})
             response.raise_for_status()
             return {"interlock/run_id": response.json()["id"]}
 
-        meta = await new_run()
-        for _ in range(50):  # warm both sides: sessions, imports, caches
+        metas = {label: await new_run(rest) for label, (_, rest) in sides.items()}
+        for _ in range(50):  # warm every side: sessions, imports, caches
             await direct.call_tool("get_current_time", args)
-            result = await gateway.call_tool("get_current_time", args, meta=meta)
-            assert not result.is_error, result
-        through: list[float] = []
+            for label, (client, _) in sides.items():
+                result = await client.call_tool("get_current_time", args, meta=metas[label])
+                assert not result.is_error, result
+        through: dict[str, list[float]] = {label: [] for label in sides}
         plain: list[float] = []
+        order = ["direct", *sides]
         for i in range(n):
             if i % RUN_STEPS == 0:
-                meta = await new_run()
-            for side in ("direct", "gateway") if i % 2 else ("gateway", "direct"):
+                metas = {label: await new_run(rest) for label, (_, rest) in sides.items()}
+            shift = i % len(order)
+            for side in order[shift:] + order[:shift]:
                 t0 = time.perf_counter()
                 if side == "direct":
                     result = await direct.call_tool("get_current_time", args)
                     plain.append(time.perf_counter() - t0)
                 else:
-                    result = await gateway.call_tool("get_current_time", args, meta=meta)
-                    through.append(time.perf_counter() - t0)
+                    result = await sides[side][0].call_tool("get_current_time", args, meta=metas[side])
+                    through[side].append(time.perf_counter() - t0)
                 assert not result.is_error, result
                 assert result.structured_content is not None
                 assert result.structured_content["timezone"] == "Etc/UTC"
@@ -474,6 +487,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one round in (c)")
     parser.add_argument("--concurrency", type=int, default=16, help="actions in flight in (c)")
     parser.add_argument("--only", default="abc", help="which parts to run, e.g. 'ac'")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier Interlock: (a) also calls a server run from its src/, side by side",
+    )
     opts = parser.parse_args()
 
     import interlock
@@ -515,12 +534,18 @@ def main() -> int:
             if "a" in opts.only:
                 before = pipeline_totals(base)
                 print(f"\n(a) MCP tools/call get_current_time, {opts.n} calls per side, alternating")
-                through, direct = asyncio.run(
-                    bench_mcp(f"http://127.0.0.1:{port}/mcp", api, setup.auth, opts.n)
-                )
+                with ExitStack() as stack:
+                    servers = [("this tree", f"{base}/mcp", api, setup.auth)]
+                    if opts.baseline is not None:
+                        servers.append(
+                            stack.enter_context(baseline_server(opts.baseline, d / "baseline", tool_port))
+                        )
+                    through, direct = asyncio.run(bench_mcp(servers, opts.n))
                 show("direct: mcp client -> mcp-server-time (stdio)", direct)
-                show("through Interlock: client -> /mcp -> stdio", through)
-                added("added by Interlock", through, direct, target_ms=3.0)
+                for label, seconds in through.items():
+                    show(f"through Interlock ({label}): client -> /mcp", seconds)
+                for label, seconds in through.items():
+                    added(f"added by Interlock ({label})", seconds, direct, target_ms=2.0)
                 show_pipeline(base, "get_current_time", before)
             if "b" in opts.only:
                 before = pipeline_totals(base)
@@ -550,6 +575,50 @@ def main() -> int:
         verify_audit(setup.db_url)
     print(f"\nload average at end: {loadavg()}")
     return 0
+
+
+@contextmanager
+def baseline_server(
+    checkout: Path, d: Path, tool_port: int
+) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+    """`interlock serve` from an earlier checkout's src/, on its own database made by that code."""
+    d.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve() / "src")}
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import gateway; from pathlib import Path; "
+        "s = gateway.Setup(Path(sys.argv[2]), int(sys.argv[3])); "
+        "print(json.dumps({'db_url': s.db_url, 'auth': s.auth, 'manifest': str(s.manifest)}))"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "bench"), str(d), str(tool_port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    info = json.loads(made.stdout.strip().splitlines()[-1])
+    port = free_port()
+    serve = [sys.executable, "-c", "from interlock._internal.cli.main import main; main()", "serve"]
+    serve += [
+        "--manifest",
+        info["manifest"],
+        "--db",
+        info["db_url"],
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    env.update(
+        {
+            "INTERLOCK_EGRESS__ALLOW_CIDRS": '["127.0.0.1/32"]',
+            "INTERLOCK_EGRESS__ALLOW_HOSTS": f'["127.0.0.1:{tool_port}"]',
+            "INTERLOCK_IDENTITY__TOKEN_TTL_S": "86400",
+        }
+    )
+    url = f"http://127.0.0.1:{port}"
+    with process(serve, ready_url=f"{url}/readyz", log=d / "serve.log", env=env, cwd=d, timeout=300):
+        yield (f"baseline {checkout.name}", f"{url}/mcp", f"{url}/v1", info["auth"])
 
 
 def verify_audit(db_url: str) -> None:

@@ -17,6 +17,7 @@ from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from interlock import __version__
 from interlock._internal.api import (
@@ -48,6 +49,20 @@ MCP_PATH = "/mcp"
 UI_PATH = "/ui"
 
 
+class InterlockApi(FastAPI):
+    """FastAPI, with ``/mcp`` answered before the middleware stack and the router: the MCP
+    gateway checks its own Origin, Host and token, and every request to it would otherwise pay
+    for each middleware layer and a match against every REST route first."""
+
+    mcp: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.mcp is not None and scope["type"] == "http" and scope["path"] == MCP_PATH:
+            await self.mcp(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
     """Mount what is not the REST API: the MCP gateway at ``/mcp``.
 
@@ -55,7 +70,10 @@ def mount_extras(app: FastAPI, interlock: Interlock) -> list[LifespanHook]:
     manager needs one).
     """
     gateway = build_mcp_app(interlock)
-    # A route, not a mount: a mount would answer "/mcp" with a redirect to "/mcp/".
+    if isinstance(app, InterlockApi):
+        app.mcp = gateway
+    # Also a route, for apps that are not an InterlockApi. A route, not a mount: a mount would
+    # answer "/mcp" with a redirect to "/mcp/".
     # Starlette serves a non-function endpoint as a raw ASGI app; its annotation only knows handlers.
     app.add_route(MCP_PATH, gateway, include_in_schema=False)  # type: ignore[arg-type]
     return [gateway.lifespan, housekeeping(interlock)]
@@ -90,7 +108,7 @@ def create_api(
             if owned:
                 await run_in_threadpool(il.close)
 
-    app = FastAPI(
+    app = InterlockApi(
         title="Interlock",
         version=__version__,
         summary="Control plane for AI agent actions.",
@@ -125,4 +143,4 @@ def create_api(
     return app
 
 
-__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "LifespanHook", "create_api", "mount_extras"]
+__all__ = ["API_PREFIX", "MCP_PATH", "UI_PATH", "InterlockApi", "LifespanHook", "create_api", "mount_extras"]

@@ -68,6 +68,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
@@ -127,6 +128,8 @@ _PRINCIPAL = "interlock.principal"
 _TOKEN = "interlock.token"
 _MAX_IMPLICIT_RUNS = 10_000
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# The agent of the request being handled, for lookups the SDK makes without a request context.
+_CURRENT: ContextVar[AgentPrincipal | None] = ContextVar("interlock_mcp_principal", default=None)
 
 
 def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
@@ -402,6 +405,9 @@ class McpGateway:
             ),
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
+            # For the SDK's Mcp-Param header check of a tools/call: without it, the SDK pages
+            # through this gateway's tools/list on every call to find the one tool's schema.
+            get_tool_input_schema=self._input_schema,
         )
         settings = interlock.settings
         self._settings = settings
@@ -449,7 +455,11 @@ class McpGateway:
         # The session manager binds each MCP session to this user: another agent presenting the
         # session id gets 404. Keyed by agent, not token, so a refreshed token keeps the session.
         scope = {**scope, "user": user, _PRINCIPAL: principal, _TOKEN: token}
-        await self.session_manager.handle_request(scope, receive, send)
+        caller = _CURRENT.set(principal)
+        try:
+            await self.session_manager.handle_request(scope, receive, send)
+        finally:
+            _CURRENT.reset(caller)
 
     def _refuse_foreign(self, scope: Scope) -> JSONResponse | None:
         """403 for an Origin or Host this gateway does not answer to (DNS rebinding: a page on
@@ -482,14 +492,10 @@ class McpGateway:
             return None, None, _unauthorized("unauthenticated", message, metadata=metadata, presented=False)
         il = self.interlock
         try:
-            principal = await anyio.to_thread.run_sync(
-                partial(
-                    authenticate_agent,
-                    token,
-                    tokens=il.tokens,
-                    store=il.agents,
-                    resources=mcp_audience(base),
-                )
+            # On the event loop, not in a worker thread: a signature check and one indexed read of
+            # the agent's row cost less than the two thread crossings.
+            principal = authenticate_agent(
+                token, tokens=il.tokens, store=il.agents, resources=mcp_audience(base)
             )
         except AuthenticationError as exc:
             return None, None, _unauthorized(exc.code, exc.message, metadata=metadata)
@@ -508,6 +514,17 @@ class McpGateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     # ---- MCP handlers ---------------------------------------------------------------------------
+
+    def _input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The input schema of a tool this request's agent can see; None for any other name
+        (the call itself then answers "Unknown tool", the same for hidden and missing tools)."""
+        principal = _CURRENT.get()
+        if principal is None:
+            return None
+        runtime = self._runtime(principal)
+        if runtime is None or name not in _catalogue(runtime, principal).names:
+            return None
+        return runtime.tool(name).spec.input_schema
 
     def _runtime(self, principal: AgentPrincipal) -> WorkflowRuntime | None:
         try:
