@@ -280,3 +280,25 @@ def test_replicas_agree_through_the_database(db_url: str, support_manifest_path:
     finally:
         b.close()
         a.close()
+
+
+def test_a_canary_runs_model_calls_are_priced_by_its_version(
+    harness: Harness, support_manifest_path: Path
+) -> None:
+    priced = (
+        "    max_repeats: 3\n",
+        "    max_repeats: 3\n  model_prices:\n    bench-model: {input: 2.0, output: 4.0}\n",
+    )
+    candidate = variant(support_manifest_path, priced)
+    harness.il.rollouts.start(candidate, actor="operator:lee", agents=["reporter"])
+    token = harness.tokens["reporter"]
+    canary, plain = harness.run("reporter"), harness.run()
+    on_candidate = harness.il.report_model_call(
+        token, canary, model="bench-model", input_tokens=1_000_000, output_tokens=0
+    )
+    on_active = harness.il.report_model_call(
+        harness.tokens["triage-bot"], plain, model="bench-model", input_tokens=1_000_000, output_tokens=0
+    )
+    assert on_candidate.cost_usd == pytest.approx(2.0)
+    assert on_active.cost_usd == 0.0
+    assert [r.code for r in on_active.reasons] == ["unpriced_model"]

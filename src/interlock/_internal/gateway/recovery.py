@@ -259,7 +259,7 @@ def resolve_unknown(
         values: dict[str, Any] = {"state": new_state, "resolution": resolution}
         retry_id, retry_seq = row["id"], row["seq"]
         if action == "retry":
-            spec = p.runtime(run.workflow).tools[row["tool"]].spec
+            spec = p.runtime_for(run)[0].tools[row["tool"]].spec
             # The retry is a step of its own; the journal row follows it (same upstream key).
             retry_seq = bump_steps(conn, run.id)
             retry_id = f"{row['id']}-r{int(row['attempts']) + 1}"
@@ -324,7 +324,7 @@ def resolve_unknown(
 def _check_retry(p: Pipeline, run: Run, row: Any) -> None:
     """A retry goes through schema, risk, policy and the run brakes again: what is forbidden or
     paused now is not called, whoever asks."""
-    runtime = p.runtime(run.workflow)
+    runtime = p.runtime_for(run)[0]  # a canary run's version, while its rollout runs
     paused = p.load_run(run.id)[1]
     intent = Intent(tool=row["tool"], arguments=row["payload"])
     c = Checking(runtime, row["agent_id"], run.environment, intent, run.steps, run.tool_calls)
@@ -339,7 +339,7 @@ def _retry(p: Pipeline, run: Run, row: Any, decision: Decision, *, step_id: str,
     """Make the call again with the same upstream key, through the execute, output check, redact
     and record stages. The journal row was re-armed to ``executing`` with a fresh lease, so a
     crash here is recovered like any other call."""
-    runtime = p.runtime(run.workflow)
+    runtime = p.runtime_for(run)[0]  # a canary run's version, while its rollout runs
     tool = runtime.tools[row["tool"]]
     intent = Intent(
         tool=row["tool"],

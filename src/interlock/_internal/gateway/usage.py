@@ -140,7 +140,7 @@ def record_model_call(p: Pipeline, token: str, run_id: str, call: ModelCall) -> 
     principal, run, _paused = p.authenticate(token, run_id)  # the pipeline's first two stages
     if run.agent_id != principal.agent_id:
         raise NotFound(f"unknown run {run_id!r}", code="unknown_run")
-    runtime = p.runtime(run.workflow)
+    runtime = p.runtime_for(run)[0]  # a canary run's version, while its rollout runs
     priced = route_and_price(
         runtime.manifest,
         p.model_prices,
