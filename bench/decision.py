@@ -4,12 +4,17 @@
 (b) a whole allowed action through the pipeline: authenticate, load run, validate, decide,
     reserve, execute a no-op Python tool, durable audit append, record.
 
+The CPU time of the calling thread is printed beside the wall time: on a busy machine the wall
+time mostly measures waiting for a core, while the thread's CPU time stays close to what the
+action costs (the WAL checkpointer runs on its own thread and is not counted).
+
 Run: python bench/decision.py [--n 3000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -85,22 +90,27 @@ def main() -> int:
 
         run = il.start_run(token)
         whole: list[float] = []
+        whole_cpu: list[float] = []
         runs_needed = opts.n // 1000 + 1
         run_ids = [il.start_run(token).id for _ in range(runs_needed)]
         for _ in range(100):
             il.act(token, run.id, "noop.read", {"ticket_id": "T-1", "limit": 5})
         for i in range(opts.n):
             rid = run_ids[i // 1000]
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             res = il.act(token, rid, "noop.read", {"ticket_id": "T-1", "limit": 5})
             whole.append(time.perf_counter() - t0)
+            whole_cpu.append(time.thread_time() - c0)
         assert res.status == "executed", res
         print(
             f"SQLite synchronous={il.settings.database.sqlite_synchronous}, journal=WAL, python {sys.version.split()[0]}"
         )
         show("(a) policy decision (validate+risk+Cedar)", decide)
         show("(b) whole allowed action, durable audit", whole)
-        print("targets: (a) <= 150 µs median; (b) <= 1000 µs median and <= 3000 µs p99")
+        show("(b) the same, CPU time of the calling thread", whole_cpu)
+        print("targets: (a) <= 150 µs median; (b) <= 400 µs median and <= 1500 µs p99")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
         assert il.verify_audit().ok
         il.close()
     return 0

@@ -149,3 +149,34 @@ def test_reads_leave_the_connection_transactional(engine: Engine) -> None:
     with hot_read(engine) as hot:
         assert hot.execute(STEPS_OF, {"run_id": "run_3"}).scalar_one() == 0
         assert hot.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 0
+
+
+@pytest.mark.postgres
+def test_a_connection_that_died_while_idle_is_replaced(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ping on a connection just used (no round trip per checkout); one that sat idle is checked
+    and, when its server side is gone, replaced before the action uses it."""
+    from sqlalchemy import text
+
+    from interlock._internal.settings import DatabaseSettings
+    from interlock._internal.store import engine as engine_module
+    from interlock._internal.store.engine import make_engine
+    from interlock._internal.store.migrate import upgrade
+
+    engine = make_engine(DatabaseSettings(url=pg_url, pool_size=1))
+    try:
+        upgrade(engine)
+        with hot_read(engine) as hot:
+            pid = hot.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        other = make_engine(DatabaseSettings(url=pg_url, pool_size=1))
+        try:
+            with other.connect() as conn:  # the pooled connection of `engine` stays idle
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        finally:
+            other.dispose()
+        monkeypatch.setattr(engine_module, "IDLE_PING_S", 0.0)
+        with hot_read(engine) as hot:
+            assert hot.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        with hot_write(engine) as hot:
+            hot.execute(t.audit_head.delete())
+    finally:
+        engine.dispose()

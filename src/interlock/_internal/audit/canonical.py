@@ -38,6 +38,8 @@ def canonical_json(value: Any) -> bytes:
     Raises ``ValueError`` for NaN and infinities (no JSON form) and ``TypeError`` for values that
     are not JSON at all.
     """
+    if _plain(value):  # most values: no sets or tuples to normalise, nothing JCS writes otherwise
+        return _dumps(value).encode("utf-8")
     value = _normalise(value)
     if _plain(value):
         return _dumps(value).encode("utf-8")
@@ -49,6 +51,17 @@ def canonical_json(value: Any) -> bytes:
         raise ValueError(f"non-finite number: {exc}") from exc
     except rfc8785.CanonicalizationError as exc:
         raise TypeError(str(exc)) from exc
+
+
+def is_json(value: Any) -> bool:
+    """Whether ``value`` has a canonical JSON form (what :func:`canonical_json` does not refuse)."""
+    if _plain(value):
+        return True
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def legacy_canonical_json(value: Any) -> bytes:
@@ -93,9 +106,23 @@ def _plain(value: Any) -> bool:
         # non-integral floats are all below 2**52, where repr has no exponent either.
         return abs(value) >= 1e-4 and not value.is_integer()
     if kind is dict:
-        return all(type(k) is str and _bmp(k) and _plain(v) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str or not (k.isascii() or _bmp(k)):
+                return False
+            kv = type(v)
+            if kv is str or kv is bool or v is None:
+                continue
+            if not _plain(v):
+                return False
+        return True
     if kind is list:
-        return all(_plain(v) for v in value)
+        for v in value:
+            kv = type(v)
+            if kv is str or kv is bool or v is None:
+                continue
+            if not _plain(v):
+                return False
+        return True
     return False
 
 
@@ -126,6 +153,7 @@ __all__ = [
     "canonical_json",
     "hash_value",
     "is_canonical",
+    "is_json",
     "legacy_canonical_json",
     "sha256_hex",
 ]

@@ -44,6 +44,13 @@ _ADVANCE_TIP = (
     .where(audit_head.c.id == HEAD_ID, audit_head.c.seq == bindparam("expected_seq"))
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
+# On PostgreSQL the event's insert rides in the tip's update (a data-modifying WITH runs to
+# completion whether or not it is read): one round trip instead of two per event.
+_APPEND_AND_ADVANCE = _ADVANCE_TIP.add_cte(
+    insert(audit_events)
+    .values({c.name: bindparam(c.name, type_=c.type) for c in audit_events.columns})
+    .cte("appended")
+)
 _ANY_EVENT = select(audit_events.c.seq).limit(1)
 EVENT_COLUMNS = (
     audit_events.c.seq,
@@ -134,22 +141,24 @@ def append_event(
         }
         body = canonical_json(record).decode("utf-8")
         digest = event_hash(prev_hash, body)
-        conn.execute(
-            _INSERT_EVENT,
-            {
-                "seq": seq,
-                "ts": ts,
-                "kind": kind,
-                "actor": actor,
-                "workflow": workflow,
-                "run_id": run_id,
-                "body": body,
-                "prev_hash": prev_hash,
-                "hash": digest,
-                "hash_format": HASH_FORMAT,
-            },
-        )
-        moved = conn.execute(_ADVANCE_TIP, {"expected_seq": prev_seq, "new_seq": seq, "new_hash": digest})
+        row = {
+            "seq": seq,
+            "ts": ts,
+            "kind": kind,
+            "actor": actor,
+            "workflow": workflow,
+            "run_id": run_id,
+            "body": body,
+            "prev_hash": prev_hash,
+            "hash": digest,
+            "hash_format": HASH_FORMAT,
+        }
+        advance = {"expected_seq": prev_seq, "new_seq": seq, "new_hash": digest}
+        if conn.dialect.name == "postgresql":
+            moved = conn.execute(_APPEND_AND_ADVANCE, {**row, **advance})
+        else:
+            conn.execute(_INSERT_EVENT, row)
+            moved = conn.execute(_ADVANCE_TIP, advance)
         if moved.rowcount != 1:
             raise ConflictError(f"audit chain tip moved while appending event {seq}; retry the transaction")
     except SQLAlchemyError as exc:

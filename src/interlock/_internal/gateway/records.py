@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
-from interlock._internal.audit.canonical import canonical_json, hash_value
+from interlock._internal.audit.canonical import hash_value, is_json
 from interlock._internal.audit.chain import append_event
 from interlock._internal.gateway import cache, journal
 from interlock._internal.gateway.dataflow import classes_of
@@ -290,9 +290,7 @@ def rules_by_policy_id(rules: list[RuleSpec], prefix: str) -> dict[str, RuleSpec
 
 def mask_only(value: Any, secrets: tuple[str, ...]) -> Any:
     """The value with only the given secrets masked (what the agent may see of a result)."""
-    try:
-        canonical_json(value)
-    except (TypeError, ValueError):
+    if not is_json(value):
         return {"unserialisable": type(value).__name__}
     if not secrets:
         return value
@@ -300,9 +298,7 @@ def mask_only(value: Any, secrets: tuple[str, ...]) -> Any:
 
 
 def safe_redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
-    try:
-        canonical_json(value)
-    except (TypeError, ValueError):
+    if not is_json(value):
         return {"unserialisable": type(value).__name__}
     return redact(value, extra_secrets=secrets)
 

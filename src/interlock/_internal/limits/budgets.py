@@ -105,14 +105,21 @@ def scopes_for(manifest: Manifest, *, run_id: str, agent_id: str, now: float) ->
     The run's own step and tool-call caps live on the run row; only its cost and tokens are here.
     """
     budgets = manifest.budgets
-    today = day(now)
-    run_limits = Limits(max_cost_usd=budgets.per_run.max_cost_usd, max_tokens=budgets.per_run.max_tokens)
-    candidates = [
-        Scope("run", run_id, "", run_limits),
-        Scope("agent_day", f"{manifest.name}|{agent_id}", today, budgets.per_agent_day),
-        Scope("workflow_day", manifest.name, today, budgets.per_workflow_day),
-    ]
-    return [s for s in candidates if any(v is not None for v in s.limits.model_dump().values())]
+    per_run = budgets.per_run
+    scopes = []
+    # (Checked field by field: this runs on every action, and most manifests set few budgets.)
+    if per_run.max_cost_usd is not None or per_run.max_tokens is not None:
+        run_limits = Limits(max_cost_usd=per_run.max_cost_usd, max_tokens=per_run.max_tokens)
+        scopes.append(Scope("run", run_id, "", run_limits))
+    if _limited(budgets.per_agent_day):
+        scopes.append(Scope("agent_day", f"{manifest.name}|{agent_id}", day(now), budgets.per_agent_day))
+    if _limited(budgets.per_workflow_day):
+        scopes.append(Scope("workflow_day", manifest.name, day(now), budgets.per_workflow_day))
+    return scopes
+
+
+def _limited(limits: Limits) -> bool:
+    return any(getattr(limits, name) is not None for name in Limits.model_fields)
 
 
 class BudgetRefused(Exception):

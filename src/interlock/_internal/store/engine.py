@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 
 from interlock._internal.settings import DatabaseSettings, StorageSettings
 from interlock._internal.store.encryption import Keyring, install_keyring
@@ -46,14 +47,46 @@ def make_engine(db: DatabaseSettings, storage: StorageSettings | None = None) ->
                 url,
                 pool_size=db.pool_size,
                 max_overflow=db.pool_size,
-                pool_pre_ping=True,
                 echo=db.echo,
             )
+            _ping_when_idle(engine)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"database.url: cannot use {url!r}: {exc}") from exc
     if keyring is not None:
         install_keyring(engine, keyring)
     return engine
+
+
+# A connection back from the pool within this many seconds of its last use is handed out as it is.
+IDLE_PING_S = 10.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for :data:`IDLE_PING_S` or more.
+
+    ``pool_pre_ping`` costs a round trip on every checkout, several per action. A connection
+    that was in use a moment ago is alive as far as anyone can tell; one that sat idle may have
+    been closed by a restart, a failover or a proxy's idle timeout, and is checked (and replaced
+    if dead) before the action uses it. A connection that dies between two actions still fails
+    the action that finds out, fail closed, and is then discarded like any other.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["interlock_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("interlock_idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            if dbapi_conn.closed:
+                raise DisconnectionError("connection closed")
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:  # the pool discards it and checks out (or opens) another
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
 
 
 def _sqlite_engine(url: str, db: DatabaseSettings) -> Engine:

@@ -93,6 +93,10 @@ class _Compiled:
 
     def resolve_results(self, description: Any, dialect: Dialect) -> None:
         """The result columns' processors, from the driver's type codes (asked on first use)."""
+        if not self.columns:  # textual SQL: the driver's values as they come
+            self.keys = tuple(d[0] for d in description)
+            self.resolved = True
+            return
         if len(description) != len(self.columns):  # pragma: no cover - statements are plain
             raise ValueError(f"{len(description)} result columns, expected {len(self.columns)}")
         procs = [

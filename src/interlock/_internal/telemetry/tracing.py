@@ -13,6 +13,7 @@ import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from opentelemetry import trace
@@ -68,8 +69,10 @@ def build_provider(
     return provider
 
 
+@lru_cache(maxsize=4096)
 def run_context(run_id: str) -> Any:
-    """A context whose parent is the run's span, wherever and whenever the action happens."""
+    """A context whose parent is the run's span, wherever and whenever the action happens.
+    (Immutable, so one per run is kept for the run's next actions.)"""
     trace_id, span_id = _ids(run_id)
     parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return trace.set_span_in_context(NonRecordingSpan(parent))
