@@ -4,14 +4,19 @@ settle to a person, and its verdict is bound to the argument hash, costed, and a
 
 from __future__ import annotations
 
+import copy
+import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from conftest import Harness
 from interlock._internal.audit.chain import iter_events
+from interlock._internal.audit.evidence import bundle_bytes, export_bundle, verify_bundle
+from interlock._internal.audit.keys import AuditKey
 from interlock._internal.identity.tokens import AgentPrincipal
 from interlock._internal.store import tables as t
 from interlock.exceptions import ConflictError, NotFound, PermissionDenied
@@ -215,3 +220,107 @@ def test_only_the_designated_verifier_sees_and_decides(h: Harness) -> None:
     # A request no verifier covers (no rule routes it) is not the verifier's to see.
     tickets = h.act(run, "tickets.search", {"query": "refund", "limit": 10})
     assert tickets.status == "executed"
+
+
+# ---- evidence: the verdict is audited, and tampering with it is caught ---------------------------
+
+SEED = "verifier-test-seed-0123456789abcdef"
+
+
+def _settled(h: Harness) -> tuple[str, str]:
+    run = h.run()
+    pending = h.act(run, "payments.refund", REFUND)
+    verifier = _principal(h, "refund-checker")
+    args_hash = h.il.verifications.get(verifier, pending.approval_id).args_hash
+    h.il.verifications.decide(
+        verifier, pending.approval_id, verdict="approve", args_hash=args_hash, reasoning="fine", model="mid-1"
+    )
+    h.il.runs.finish(run, state="completed", reason=None, actor="test")
+    assert pending.approval_id is not None
+    return run, pending.approval_id
+
+
+def test_audit_verify_holds_the_verdict_to_its_event(db_url: str) -> None:
+    h = Harness(db_url, manifest=verifier_manifest(), audit={"signing_seed": SEED})
+    try:
+        _, approval_id = _settled(h)
+        assert h.il.verify_audit().ok
+        with h.il.engine.begin() as conn:
+            conn.execute(
+                update(t.approval_verdicts)
+                .where(t.approval_verdicts.c.approval_id == approval_id)
+                .values(settles=False, code="no_settle_rule")
+            )
+        report = h.il.verify_audit()
+        assert not report.ok
+        assert "the verdict's settles differs from its event" in report.message
+        assert approval_id in report.message
+    finally:
+        h.close()
+
+
+def test_an_evidence_bundle_carries_the_verdict_and_verifies(db_url: str) -> None:
+    h = Harness(db_url, manifest=verifier_manifest(), audit={"signing_seed": SEED})
+    try:
+        run, approval_id = _settled(h)
+        key = AuditKey.from_seed(SEED)
+        bundle = json.loads(bundle_bytes(export_bundle(h.il.engine, run, key)))
+    finally:
+        h.close()
+    [verdict] = bundle["approval_verdicts"]
+    assert verdict["approval_id"] == approval_id
+    assert verdict["settles"] is True
+    assert "verification.verdict" in [json.loads(e["body"])["kind"] for e in bundle["events"]]
+    report = verify_bundle(bundle, key.public)
+    assert report.ok, report.problems
+
+    forged = copy.deepcopy(bundle)
+    forged["approval_verdicts"][0]["verdict"] = "reject"
+    body = {k: v for k, v in forged.items() if k != "signature"}
+    forged["signature"] = key.sign(body)
+    refused = verify_bundle(forged, key.public)
+    assert not refused.ok
+    assert any("verdict's verdict differs from its event" in p for p in refused.problems)
+
+
+# ---- a verifier and a person deciding at the same moment: the action runs once -------------------
+
+
+def test_a_verifier_and_a_person_racing_run_the_action_once(h: Harness, desk: Any) -> None:
+    person, _ = h.il.operators.create("bob", roles=["approver"], workflows=None, actor="test")
+    verifier = _principal(h, "refund-checker")
+    for round_ in range(3):
+        run = h.run()
+        pending = h.act(run, "payments.refund", {**REFUND, "ticket_id": f"T-100{round_ + 1}"})
+        args_hash = h.il.verifications.get(verifier, pending.approval_id).args_hash
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def by_verifier(approval_id: str = str(pending.approval_id), args_hash: str = args_hash) -> None:
+            barrier.wait()
+            try:
+                h.il.verifications.decide(verifier, approval_id, verdict="approve", args_hash=args_hash)
+                outcomes.append("verifier")
+            except ConflictError as exc:
+                outcomes.append(exc.code)
+
+        def by_person(approval_id: str = str(pending.approval_id)) -> None:
+            barrier.wait()
+            try:
+                h.il.approvals.decide(approval_id, operator=person.principal(), approve=True)
+                outcomes.append("person")
+            except ConflictError as exc:
+                outcomes.append(exc.code)
+
+        threads = [threading.Thread(target=by_verifier), threading.Thread(target=by_person)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(outcomes) == 2
+        assert sum(o in ("verifier", "person") for o in outcomes) >= 1
+        view = h.il.approvals.get(str(pending.approval_id))
+        assert view.state == "approved"
+        assert view.execution == "done"
+    assert desk.refunds_total() == 3 * 120  # each approved refund ran exactly once
+    assert h.il.verify_audit().ok

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from interlock._internal.audit.approval_evidence import collect, compare
+from interlock._internal.audit.approval_evidence import VERDICT_KIND, collect, compare
 from interlock._internal.audit.chain import StoredRow, iter_events
 from interlock._internal.audit.checkpoints import (
     Checkpoint,
@@ -54,7 +54,7 @@ from interlock._internal.audit.witness import (
 )
 from interlock._internal.settings import AuditSettings
 from interlock._internal.store.engine import reading
-from interlock._internal.store.tables import approval_votes, approvals
+from interlock._internal.store.tables import approval_verdicts, approval_votes, approvals
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,7 @@ class _Walk:
     def see(self, row: StoredRow) -> None:
         self.frontier.append(leaf_hash(row.hash))
         self.last = row
-        if row.kind.startswith("approval."):
+        if row.kind.startswith("approval.") or row.kind == VERDICT_KIND:
             data = json.loads(row.body)["data"]
             self.approval_events.append((row.seq, row.kind, data))
         while self.pending and self.pending[0].checkpoint.seq == row.seq:
@@ -243,6 +243,7 @@ _APPROVAL_KINDS = (
     "approval.rejected",
     "approval.cancelled",
     "approval.expired",
+    VERDICT_KIND,
 )
 
 
@@ -263,15 +264,23 @@ def _check_approvals(
             votes: dict[str, list[dict[str, object]]] = {}
             for v in conn.execute(select(approval_votes)).mappings():
                 votes.setdefault(str(v["approval_id"]), []).append(dict(v))
+            verdicts = {
+                str(v["approval_id"]): dict(v) for v in conn.execute(select(approval_verdicts)).mappings()
+            }
         expected = collect([*events, *_tail(engine, tip_seq, tip_hash)])
         problems, seq = [], None
         for row in rows:
-            found = compare(row, votes.pop(row["id"], []), expected.get(row["id"]))
+            found = compare(
+                row, votes.pop(row["id"], []), expected.get(row["id"]), verdicts.pop(row["id"], None)
+            )
             if found and not problems:
                 ex = expected.get(row["id"])
                 seq = ex.seq if ex else None
             problems += found
         problems += [f"votes are stored for approval {aid}, which does not exist" for aid in sorted(votes)]
+        problems += [
+            f"a verdict is stored for approval {aid}, which does not exist" for aid in sorted(verdicts)
+        ]
         if not problems:
             return len(rows)
     raise _Disagrees("altered", seq, None, "; ".join(problems[:5]))

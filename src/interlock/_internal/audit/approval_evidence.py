@@ -7,6 +7,10 @@ every closing names who closed it and the comment. From the events alone this mo
 approval's state, deciders, comment and votes, and lists where the rows disagree, so a forged
 ``decided_by`` or ``operator_id`` is caught by ``audit verify`` (against the database) and by
 ``verify-bundle`` (against the bundle's copies).
+
+A verifier agent's verdict is evidence too: ``verification.verdict`` records the verifier, the
+verdict, the argument hash it judged and whether it settled the approval, and the
+``approval_verdicts`` row and the approval's ``verifier`` and ``verification`` are held to it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ class Expected:
     decided_by: list[str] = field(default_factory=list)
     comment: str | None = None
     votes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None  # the verification.verdict event's data
+
+
+VERDICT_KIND = "verification.verdict"
+# What a verdict row must say as its event does.
+_VERDICT_FIELDS = ("verifier", "verdict", "args_hash", "settles", "code", "cost_micros")
 
 
 def collect(events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> dict[str, Expected]:
@@ -37,7 +47,7 @@ def collect(events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> dict[str, E
     found: dict[str, Expected] = {}
     for seq, kind, data in events:
         aid = data.get("approval")
-        if not kind.startswith("approval.") or not isinstance(aid, str):
+        if not (kind.startswith("approval.") or kind == VERDICT_KIND) or not isinstance(aid, str):
             continue
         ex = found.setdefault(aid, Expected(aid, seq))
         ex.seq = seq
@@ -45,6 +55,8 @@ def collect(events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> dict[str, E
         comment = data.get("comment")
         if kind == "approval.requested":
             ex.requested = dict(data)
+        elif kind == VERDICT_KIND:
+            ex.verdict = dict(data)
         elif kind == "approval.voted" and isinstance(operator, str):
             ex.votes[operator] = (str(data.get("vote", "approve")), comment)
         elif kind in _CLOSING:
@@ -62,9 +74,15 @@ def collect(events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> dict[str, E
 
 
 def compare(
-    row: Mapping[str, Any], votes: Iterable[Mapping[str, Any]], expected: Expected | None
+    row: Mapping[str, Any],
+    votes: Iterable[Mapping[str, Any]],
+    expected: Expected | None,
+    verdict: Mapping[str, Any] | None = None,
+    *,
+    verdicts_carried: bool = True,
 ) -> list[str]:
-    """Where an approval row and its vote rows disagree with the events (empty when they agree)."""
+    """Where an approval row, its vote rows and its verifier's verdict row disagree with the events
+    (empty when they agree)."""
     aid = row["id"]
     if expected is None or expected.requested is None:
         return [f"approval {aid}: no approval.requested event records it"]
@@ -100,7 +118,38 @@ def compare(
             problems.append(f"approval {aid}: the vote by {operator!r} differs from its event")
     for operator in sorted(set(expected.votes) - set(stored)):
         problems.append(f"approval {aid}: the vote by {operator!r} its events record is missing")
+    return problems + (_compare_verdict(row, verdict, expected) if verdicts_carried else [])
+
+
+def _compare_verdict(
+    row: Mapping[str, Any], verdict: Mapping[str, Any] | None, expected: Expected
+) -> list[str]:
+    aid = row["id"]
+    requested = expected.requested or {}
+    problems: list[str] = []
+    if "verifier" in row and (row.get("verifier") or None) != (requested.get("verifier") or None):
+        problems.append(
+            f"approval {aid}: verifier reads {row.get('verifier')!r} but its events say "
+            f"{requested.get('verifier')!r}"
+        )
+    event = expected.verdict
+    if verdict is None and event is not None:
+        problems.append(
+            f"approval {aid}: the verdict by {event.get('verifier')!r} its events record is missing"
+        )
+    elif verdict is not None and event is None:
+        problems.append(f"approval {aid}: a verdict is stored but no event records it")
+    elif verdict is not None and event is not None:
+        for name in _VERDICT_FIELDS:
+            if verdict.get(name) != event.get(name):
+                problems.append(f"approval {aid}: the verdict's {name} differs from its event")
+    if "verification" in row and row.get("verifier") is not None:
+        state = "awaiting" if event is None else "settled" if event.get("settles") else "escalated"
+        if row.get("verification") != state:
+            problems.append(
+                f"approval {aid}: verification reads {row.get('verification')!r} but its events say {state!r}"
+            )
     return problems
 
 
-__all__ = ["Expected", "collect", "compare"]
+__all__ = ["VERDICT_KIND", "Expected", "collect", "compare"]

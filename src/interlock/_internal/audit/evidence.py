@@ -61,6 +61,7 @@ from interlock._internal.audit.package_evidence import check_package, package_pu
 from interlock._internal.runs.retention import is_marker
 from interlock._internal.store.engine import reading
 from interlock._internal.store.tables import (
+    approval_verdicts,
     approval_votes,
     approvals,
     audit_events,
@@ -209,6 +210,11 @@ def _read_run(engine: Engine, run_id: str) -> dict[str, Any]:
                 .order_by(
                     approval_votes.c.approval_id, approval_votes.c.created_at, approval_votes.c.operator_id
                 )
+            ),
+            "approval_verdicts": rows(
+                select(approval_verdicts)
+                .where(approval_verdicts.c.approval_id.in_(of_run))
+                .order_by(approval_verdicts.c.approval_id)
             ),
             "workflow_versions": rows(
                 select(workflow_versions)
@@ -555,12 +561,24 @@ class _Verifier:
         votes: dict[str, list[dict[str, Any]]] = {}
         for vote in self.b["approval_votes"]:
             votes.setdefault(vote["approval_id"], []).append(vote)
+        # Bundles exported before verifier gates carry no verdicts; their approvals have none.
+        carried = "approval_verdicts" in self.b
+        verdicts = {v["approval_id"]: v for v in self.b.get("approval_verdicts") or []}
         for approval in self.b["approvals"]:
-            for problem in compare(approval, votes.pop(approval["id"], []), expected.get(approval["id"])):
+            problems = compare(
+                approval,
+                votes.pop(approval["id"], []),
+                expected.get(approval["id"]),
+                verdicts.pop(approval["id"], None),
+                verdicts_carried=carried,
+            )
+            for problem in problems:
                 if "no approval.requested event" not in problem:  # reported above
                     self.fail(problem)
         for aid in sorted(votes):
             self.fail(f"votes for approval {aid}, which is not in the bundle")
+        for aid in sorted(verdicts):
+            self.fail(f"a verdict for approval {aid}, which is not in the bundle")
 
     def _arguments(self, what: str, value: Any, args_hash: str | None, claimed: str | None) -> None:
         actual = _classify_arguments(value, args_hash)

@@ -267,6 +267,13 @@ def _print(view: ApprovalView, *, as_json: bool) -> None:
     line(f"requested  {_when(view.created_at)} ({_ago(view.age_s)} ago)")
     if view.expires_in_s is not None:
         line(f"expires    {_when(view.expires_at)} (in {_ago(view.expires_in_s)})")
+    if view.verifier is not None:
+        line(f"verifier   {escape(view.verifier)} ({escape(view.verification or 'awaiting')})")
+        if view.verdict is not None:
+            vd = view.verdict
+            settled = "settled" if vd.settles else f"advice: {vd.code}"
+            said = f": {escape(vd.reasoning)}" if vd.reasoning else ""
+            line(f"  verdict {escape(vd.verdict)} at {_when(vd.created_at)} ({escape(settled)}){said}")
     line(f"votes      {view.approve_votes}/{view.quorum} to approve")
     for vote in view.votes:
         said = f": {escape(vote.comment)}" if vote.comment else ""
