@@ -217,3 +217,40 @@ def test_resolve_resume_as_json(setup: tuple[Harness, str]) -> None:
     assert body["handoff"]["state"] == "resumed"
     assert body["handoff"]["resolution"]["action"] == "resume"
     assert h.il.get_run(run).state == "running"
+
+
+def _widest(text: str) -> int:
+    return max((len(line) for line in text.splitlines()), default=0)
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_handoffs_and_pauses_lists_are_readable_at_80_columns(
+    setup: tuple[Harness, str], columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    h, db = setup
+    run, handoff_id = looped(h)
+    listed = cli("handoffs", "list", "--db", db)
+    assert listed.exit_code == 0, listed.output
+    assert _widest(listed.stdout) <= columns
+    assert handoff_id in listed.stdout  # whole: it is what the next command needs
+    assert run in listed.stdout
+    flat = " ".join(listed.stdout.split())
+    assert "ticket_id T-1001" in flat
+    assert "already" in flat  # why it was handed over (a table cell may wrap the sentence)
+    if columns == 80:  # one block per handoff, id first, then what it holds and its state
+        first = listed.stdout.splitlines()[0]
+        assert first.startswith(handoff_id)
+        assert "tickets.get" in first
+        assert "open" in first
+        assert "already ran 3 times" in flat
+    else:
+        assert "┃" in listed.stdout  # a table when there is room
+
+    cli_json("pause", "agent", "triage-bot", "--reason", "odd refunds seen by finance", "--as", "olga", "--db", db)
+    paused = cli("pauses", "--db", db)
+    assert paused.exit_code == 0, paused.output
+    assert _widest(paused.stdout) <= columns
+    assert "odd refunds" in " ".join(paused.stdout.split())
+    if columns == 80:
+        assert paused.stdout.splitlines()[0].startswith("triage-bot")

@@ -85,12 +85,19 @@ WIDE_ENOUGH = 110
 
 
 def print_records(
-    rows: list[dict[str, str]], *, columns: list[str], key: str, headline: list[str], wide: int = WIDE_ENOUGH
+    rows: list[dict[str, str]],
+    *,
+    columns: list[str],
+    key: str,
+    headline: list[str],
+    whole: tuple[str, ...] = (),
+    wide: int = WIDE_ENOUGH,
 ) -> None:
     """Print ``rows`` (already escaped for Rich markup) as a table on a wide terminal, or as one
-    block per row on a narrow one (80 columns), where ``key`` (an id to copy) is never wrapped."""
+    block per row on a narrow one (80 columns), where ``key`` (an id to copy) is never wrapped,
+    nor are the ``whole`` columns (other ids) in the table."""
     if console.width >= wide:
-        table = Table(*[Column(c, no_wrap=c == key) for c in columns])
+        table = Table(*[Column(c, no_wrap=c == key or c in whole) for c in columns])
         for row in rows:
             table.add_row(*(row.get(c, "-") for c in columns))
         console.print(table)

@@ -226,7 +226,7 @@ def list_handoffs(
         for h in items
     ]
     columns = ["id", "workflow", "run", "tool", "arguments", "why", "created", "state"]
-    print_records(rows, columns=columns, key="id", headline=["tool", "state"])
+    print_records(rows, columns=columns, key="id", headline=["tool", "state"], whole=("run",))
 
 
 @handoffs_app.command()
