@@ -230,3 +230,89 @@ def _op(il: Any, operator_id: str) -> Any:
     found = il.operators.with_token_hash(operator_id)
     assert found is not None
     return found[0].principal()
+
+
+# ---- unmasked values ----------------------------------------------------------------------------
+
+EMAIL = {
+    "ticket_id": "T-1001",
+    "to": "maria.lopez@elsewhere.example",
+    "subject": "Your refund",
+    "body": "Hello Maria, your refund is on its way. Token sk_live_abcdefghijklmnopqrstuv stays here.",
+}
+
+
+@pytest.fixture
+def entitled(db_url: str) -> Any:
+    text = SUPPORT_TRIAGE.read_text().replace(
+        "  allow_self_approval: false", "  allow_self_approval: false\n  unmasked_roles: [approver]"
+    )
+    h = Harness(db_url, load_manifest_text(text, base_dir=SUPPORT_TRIAGE.parent))
+    ops = h.il.operators
+    tokens = {
+        "approver": ops.create("ana", roles=["approver"], workflows=[WF], actor="test")[1],
+        "owner": ops.create("olga", roles=["owner"], workflows=[WF], actor="test")[1],
+    }
+    yield Console(h, create_app(interlock=h.il), tokens)
+    h.close()
+
+
+def test_an_entitled_approver_sees_unmasked_values_and_it_is_audited(entitled: Console) -> None:
+    from interlock._internal.audit.chain import iter_events
+
+    _, approval = entitled.pending("emails.send", EMAIL)
+    ana = entitled.signed_in("approver")
+    page = ana.get(f"/ui/approvals/{approval}").text
+    assert "m***@elsewhere.example" in page
+    assert "maria.lopez@" not in page
+    assert "Masked before storage: to." in page
+    assert "Show unmasked values" in page
+    csrf = CSRF_FIELD.search(page)
+    assert csrf is not None
+
+    shown = ana.post(f"/ui/approvals/{approval}/unmask", data={"csrf": csrf.group(1)})
+    assert shown.status_code == 200
+    assert "<dd>maria.lopez@elsewhere.example</dd>" in shown.text
+    assert "Hello Maria" in shown.text
+    assert "sk_live_" not in shown.text  # credentials stay masked
+    assert "[REDACTED:api_key]" in shown.text
+    assert "The audit log records that you saw them." in shown.text
+    assert shown.headers["cache-control"] == "no-store"
+    [event] = [e for e in iter_events(entitled.harness.il.engine) if e.kind == "approval.unmasked"]
+    assert event.actor == "operator:ana"
+    assert event.data == {"approval": approval, "operator": "ana", "fields": ["to"], "via": "console"}
+    assert entitled.harness.il.verify_audit().ok
+
+    # Without the form token nothing is shown.
+    assert ana.post(f"/ui/approvals/{approval}/unmask", data={"csrf": "forged"}).status_code == 403
+
+
+def test_others_still_see_masked_values(entitled: Console) -> None:
+    _, approval = entitled.pending("emails.send", EMAIL)
+    olga = entitled.signed_in("owner")  # may decide, but owner is not in unmasked_roles
+    page = olga.get(f"/ui/approvals/{approval}").text
+    assert "Masked before storage" in page
+    assert "Show unmasked values" not in page
+    csrf = CSRF_FIELD.search(page)
+    assert csrf is not None
+    refused = olga.post(f"/ui/approvals/{approval}/unmask", data={"csrf": csrf.group(1)})
+    assert refused.status_code == 403
+    assert "maria.lopez" not in refused.text
+
+
+def test_without_unmasked_roles_nobody_sees_unmasked_values(console: Console) -> None:
+    _, plain = console.pending("emails.send", EMAIL)
+    assert "Show unmasked values" not in console.signed_in("approver").get(f"/ui/approvals/{plain}").text
+
+
+def test_a_decided_approval_has_no_values_left_to_unmask(entitled: Console) -> None:
+    from interlock.exceptions import ConflictError
+
+    il = entitled.harness.il
+    _, approval = entitled.pending("emails.send", EMAIL)
+    ana = _op(il, "ana")
+    il.approvals.decide(approval, operator=ana, approve=False, comment="wrong recipient")
+    assert il.approvals.masked_fields(approval) == []
+    with pytest.raises(ConflictError, match="kept only while it waits"):
+        il.approvals.unmask(approval, operator=ana)
+    assert "Show unmasked values" not in entitled.signed_in("approver").get(f"/ui/approvals/{approval}").text

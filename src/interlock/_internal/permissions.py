@@ -10,6 +10,8 @@ action                   who
 =======================  =====================================================================
 see a workflow           any role on it
 decide an approval       a role in the manifest's ``approvals.approver_roles``
+see an approval's values a role in the manifest's ``approvals.unmasked_roles`` (each time
+unmasked                 is audited; credentials stay masked)
 pause a workflow         its owners and admins, and the operators in its ``pause_owners``
 pause an agent           admins and owners of the agent's workflow
 pause an environment     an admin of every workflow (it stops every workflow's agents there)
@@ -95,6 +97,10 @@ def may_decide(operator: Operator, runtime: WorkflowRuntime) -> bool:
     return has_any_role(operator, tuple(runtime.manifest.approvals.approver_roles), runtime.name)
 
 
+def may_unmask(operator: Operator, runtime: WorkflowRuntime) -> bool:
+    return has_any_role(operator, tuple(runtime.manifest.approvals.unmasked_roles), runtime.name)
+
+
 def may_pause_workflow(operator: Operator, runtime: WorkflowRuntime) -> bool:
     if operator.id in runtime.manifest.pause_owners:
         return True
@@ -134,6 +140,7 @@ __all__ = [
     "may_pause_environment",
     "may_pause_workflow",
     "may_resolve",
+    "may_unmask",
     "may_view",
     "require",
     "require_any_role",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import String, and_, exists, func, insert, or_, select, type_coerce, update
@@ -50,10 +50,11 @@ from interlock._internal.gateway.pipeline import Pipeline
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.operators import Operator
 from interlock._internal.manifest.models import Approvals
+from interlock._internal.permissions import may_unmask
 from interlock._internal.runs.store import MICROS
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import reading, transaction
-from interlock._internal.telemetry.redaction import redact, redact_text
+from interlock._internal.telemetry.redaction import redact, redact_credentials, redact_text
 from interlock.exceptions import (
     ArgumentsInvalid,
     ConflictError,
@@ -263,6 +264,52 @@ class ApprovalService:
         with reading(self.engine) as conn:
             pending, created, decided = conn.execute(query).one()
         return int(pending or 0), f"{int(pending or 0)}:{created or 0:.6f}:{decided or 0:.6f}"
+
+    # ---- unmasked values -----------------------------------------------------------------------
+
+    def masked_fields(self, approval_id: str) -> builtins.list[str]:
+        """The top-level arguments of a waiting approval that redaction masked (an e-mail address,
+        a card number) and that :meth:`unmask` would show; none once it is decided."""
+        row = self._row(approval_id)
+        if row["state"] != "pending" or not isinstance(row["payload"], dict):
+            return []
+        return _differing(row["arguments"], redact_credentials(row["payload"]))
+
+    def unmask(self, approval_id: str, *, operator: Operator, via: str | None = None) -> dict[str, Any]:
+        """A waiting approval's arguments as the agent sent them, for an operator holding one of
+        the workflow's ``approvals.unmasked_roles``; credentials stay masked. Each call appends an
+        ``approval.unmasked`` audit event naming the operator and the fields shown. The exact
+        values are kept only while the approval waits, so a decided one has none to show."""
+        row = self._row(approval_id)
+        runtime = self._runtimes(row["workflow"])
+        if not may_unmask(operator, runtime):
+            roles = ", ".join(runtime.manifest.approvals.unmasked_roles) or "none"
+            raise PermissionDenied(
+                f"operator {operator.id!r} may not see unmasked values of {row['workflow']!r}: that takes "
+                f"one of the roles in approvals.unmasked_roles ({roles})",
+                code="not_entitled",
+                details={"operator_id": operator.id, "workflow": row["workflow"]},
+            )
+        if row["state"] != "pending" or not isinstance(row["payload"], dict):
+            raise ConflictError(
+                f"approval {approval_id} is {row['state']}: its exact values are kept only while it waits",
+                code="already_decided",
+            )
+        shown = redact_credentials(row["payload"])
+        fields = _differing(row["arguments"], shown)
+        data: dict[str, Any] = {"approval": approval_id, "operator": operator.id, "fields": fields}
+        if via is not None:
+            data["via"] = via
+        with transaction(self.engine) as conn:
+            append_event(
+                conn,
+                kind="approval.unmasked",
+                actor=f"operator:{operator.id}",
+                workflow=row["workflow"],
+                run_id=row["run_id"],
+                data=data,
+            )
+        return dict(shown)
 
     # ---- deciding ----------------------------------------------------------------------------
 
@@ -866,6 +913,11 @@ def _view(
         verification=row["verification"],
         verdict=verdict,
     )
+
+
+def _differing(stored: Any, shown: Mapping[str, Any]) -> builtins.list[str]:
+    stored = stored if isinstance(stored, Mapping) else {}
+    return [k for k, v in shown.items() if stored.get(k) != v]
 
 
 def _like(text: str) -> str:

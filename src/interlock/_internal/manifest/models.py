@@ -508,6 +508,9 @@ class Approvals(Strict):
     approver_roles: list[ApproverRole] = Field(default_factory=lambda: list(_DEFAULT_APPROVERS))
     quorum: int = Field(default=1, ge=1, le=10)
     allow_self_approval: bool = False
+    # Roles whose holders may see a waiting approval's values unmasked (an e-mail recipient as
+    # typed, not a***@example.com); each time is an audit event. Credentials stay masked.
+    unmasked_roles: list[ApproverRole] = Field(default_factory=list)
 
 
 class Confidence(Strict):

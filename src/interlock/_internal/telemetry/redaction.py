@@ -81,6 +81,34 @@ def redact(value: Any, *, extra_secrets: tuple[str, ...] = (), _depth: int = 0) 
     return value
 
 
+# Patterns that are credentials, not personal data: masked even where personal data may be shown.
+_CREDENTIAL_PATTERNS = frozenset({"private_key", "jwt", "bearer", "aws_key", "api_key"})
+
+
+def redact_credentials(value: Any, *, _depth: int = 0) -> Any:
+    """:func:`redact` without the personal-data patterns: secret-named keys and credential shapes
+    masked, e-mail addresses, card numbers and the like left as they are. What an approver entitled
+    to unmasked values sees (a person never needs a credential to decide)."""
+    if _depth > _MAX_DEPTH:
+        return MASK
+    if isinstance(value, str):
+        for name, pattern in _PATTERNS:
+            if name in _CREDENTIAL_PATTERNS:
+                value = pattern.sub(f"[REDACTED:{name}]", value)
+        return value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and _SECRET_KEYS.search(key) and isinstance(item, str | int | float):
+                out[key] = MASK
+                continue
+            out[key] = redact_credentials(item, _depth=_depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact_credentials(v, _depth=_depth + 1) for v in value]
+    return value
+
+
 def mask_secrets(value: Any, secrets: tuple[str, ...], *, _depth: int = 0) -> Any:
     """Only the exact ``secrets`` masked, in keys and values; nothing else changes."""
     if _depth > _MAX_DEPTH:
@@ -111,4 +139,4 @@ def redact_payload(value: Any) -> Any:
     return redact(value)
 
 
-__all__ = ["MASK", "mask_secrets", "redact", "redact_payload", "redact_text"]
+__all__ = ["MASK", "mask_secrets", "redact", "redact_credentials", "redact_payload", "redact_text"]

@@ -10,7 +10,7 @@ from interlock._internal.approvals.models import ApprovalView
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
 from interlock._internal.identity.operators import Operator
-from interlock._internal.permissions import may_decide, may_view, visible_workflows
+from interlock._internal.permissions import may_decide, may_unmask, may_view, visible_workflows
 from interlock._internal.service import Interlock
 from interlock._internal.ui import words
 from interlock.exceptions import NotFound
@@ -323,6 +323,9 @@ def approval_page(interlock: Interlock, operator: Operator, approval_id: str) ->
         "comment": view.comment or "",
         "outcome": outcome_of(view),
         "verifier": verifier_of(view),
+        "masked": interlock.approvals.masked_fields(view.id) if view.state == "pending" else [],
+        "can_unmask": view.state == "pending" and runtime is not None and may_unmask(operator, runtime),
+        "unmasked": False,
         "can_decide": view.state == "pending"
         and runtime is not None
         and may_decide(operator, runtime)
@@ -361,6 +364,17 @@ def _value_limits(package: Any) -> list[dict[str, Any]]:
     return out
 
 
+def with_unmasked(page: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """The approval page showing ``arguments`` (from ``ApprovalService.unmask``) instead of the
+    stored, masked ones."""
+    return {
+        **page,
+        "action": words.describe_action(page["verb"], page["tool"], arguments),
+        "arguments": words.argument_items(arguments),
+        "unmasked": True,
+    }
+
+
 __all__ = [
     "AGE_CHOICES",
     "PAGE_SIZE",
@@ -374,4 +388,5 @@ __all__ = [
     "record_history",
     "record_keys",
     "verifier_of",
+    "with_unmasked",
 ]

@@ -33,6 +33,7 @@ from interlock._internal.ui.approval_pages import (
     approval_page,
     inbox,
     live,
+    with_unmasked,
 )
 from interlock._internal.ui.console import (
     STATIC,
@@ -181,6 +182,25 @@ def decide(
         error=error,
         comment=comment,
         status_code=status_code,
+    )
+
+
+@router.post("/approvals/{approval_id}/unmask")
+def unmask(
+    request: Request, console: ConsoleDep, signed: SignedDep, approval_id: IdPath, csrf: Text = ""
+) -> Response:
+    """The approval page with its values unmasked, for an entitled operator; the service audits it."""
+    console.check_csrf(signed, csrf)
+    page = approval_page(console.interlock, signed.operator, approval_id)  # NotFound if not theirs
+    exact = console.interlock.approvals.unmask(approval_id, operator=signed.operator, via="console")
+    return console.render(
+        request,
+        "approval.html",
+        signed=signed,
+        nav="approvals",
+        a=with_unmasked(page, exact),
+        error="",
+        comment="",
     )
 
 
