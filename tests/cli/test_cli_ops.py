@@ -247,7 +247,9 @@ def test_handoffs_and_pauses_lists_are_readable_at_80_columns(
     else:
         assert "┃" in listed.stdout  # a table when there is room
 
-    cli_json("pause", "agent", "triage-bot", "--reason", "odd refunds seen by finance", "--as", "olga", "--db", db)
+    cli_json(
+        "pause", "agent", "triage-bot", "--reason", "odd refunds seen by finance", "--as", "olga", "--db", db
+    )
     paused = cli("pauses", "--db", db)
     assert paused.exit_code == 0, paused.output
     assert _widest(paused.stdout) <= columns

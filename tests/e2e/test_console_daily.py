@@ -11,6 +11,15 @@ from test_console import REFUND, Server, browser, in_view, page, server, shot  #
 pytestmark = pytest.mark.e2e
 
 
+def on_screen(locator: Any) -> bool:
+    """Whether the element lies wholly inside the viewport as it is scrolled now."""
+    return bool(
+        locator.evaluate(
+            "e => { const r = e.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight; }"
+        )
+    )
+
+
 def test_the_approval_page_tells_the_ticket_was_refunded_before(page: Any, server: Server) -> None:  # noqa: F811
     from playwright.sync_api import expect
 
@@ -140,3 +149,84 @@ def test_the_handoffs_list_refreshes_without_losing_a_half_typed_reason(page: An
         shot(page, "console-handoffs-live.png")
     finally:
         console.refresh_ms = 10_000
+
+
+def test_a_handoff_is_corrected_in_a_form_built_from_the_schema(page: Any, server: Server) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    h = server.harness
+    run = h.run()
+    held = h.act(
+        run, "tickets.update", {"ticket_id": "T-1009", "fields": {"priority": "low"}}, confidence=0.2
+    )
+    assert held.status == "escalated"
+    [handoff] = [x for x in h.il.handoffs.list(workflow="support-triage") if x.run_id == run]
+    page.goto(f"{server.url}/ui/handoffs/{handoff.id}")
+    form = page.locator("#correct")
+    expect(form.get_by_label("ticket id")).to_have_value("T-1009")
+    expect(form.get_by_label("priority")).to_have_value("low")
+    expect(form.get_by_label("tags")).to_have_value("")
+    form.get_by_label("ticket id").fill("1009")  # not the ticket pattern
+    form.get_by_label("priority").select_option("urgent")
+    form.get_by_label("tags").fill("billing\nvip")
+    form.get_by_role("button", name="Resume with these details").click()
+
+    error = page.locator("#arg-ticket_id-error")
+    expect(error).to_contain_text("does not match")
+    # The field with the error has the focus, and the page shows it and its message.
+    assert on_screen(error), "the field's error is out of sight"
+    assert page.evaluate("document.activeElement.id") == "arg-ticket_id"
+    expect(page.locator("#correct").get_by_label("priority")).to_have_value("urgent")  # typed values kept
+    expect(page.locator("#correct").get_by_label("tags")).to_have_value("billing\nvip")
+    shot(page, "console-handoff-form-error.png")
+
+    page.locator("#correct").get_by_label("ticket id").fill("T-1009")
+    page.locator("#correct").get_by_role("button", name="Resume with these details").click()
+    expect(page.locator("#outcome")).to_contain_text("Resumed with edited arguments")
+    expect(page.locator("#outcome")).to_contain_text("Update ticket T-1009 (priority → urgent")
+    shot(page, "console-handoff-form-done.png")
+    last = h.il.get_run(run).steps_detail[-1]
+    assert last.arguments == {
+        "ticket_id": "T-1009",
+        "fields": {"priority": "urgent", "tags": ["billing", "vip"]},
+    }
+
+
+def test_an_entitled_approver_unmasks_the_recipient(page: Any, server: Server) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    from conftest import SUPPORT_TRIAGE
+    from interlock._internal.audit.chain import iter_events
+    from interlock._internal.manifest.loader import load_manifest_text
+
+    il = server.harness.il
+    text = SUPPORT_TRIAGE.read_text()
+    entitled = text.replace(
+        "  allow_self_approval: false", "  allow_self_approval: false\n  unmasked_roles: [approver]"
+    )
+    il.load_workflow(load_manifest_text(entitled, base_dir=SUPPORT_TRIAGE.parent))
+    try:
+        run = server.harness.run()
+        sent = server.harness.act(
+            run,
+            "emails.send",
+            {
+                "ticket_id": "T-1011",
+                "to": "maria.lopez@elsewhere.example",
+                "subject": "Refund",
+                "body": "Done.",
+            },
+        )
+        assert sent.status == "pending_approval"
+        page.goto(f"{server.url}/ui/approvals/{sent.approval_id}")
+        expect(page.locator("#masked-note")).to_contain_text("Masked before storage: to.")
+        expect(page.get_by_text("m***@elsewhere.example").first).to_be_visible()
+        page.get_by_role("button", name="Show unmasked values").click()
+        expect(page.get_by_text("maria.lopez@elsewhere.example").first).to_be_visible()
+        expect(page.locator("#unmasked-note")).to_contain_text("The audit log records that you saw them.")
+        assert in_view(page, page.get_by_role("button", name="Approve"))
+        shot(page, "console-approval-unmasked.png")
+        events = [e for e in iter_events(il.engine) if e.kind == "approval.unmasked"]
+        assert [(e.actor, e.data["fields"]) for e in events] == [("operator:olga", ["to"])]
+    finally:
+        il.load_workflow(load_manifest_text(text, base_dir=SUPPORT_TRIAGE.parent))

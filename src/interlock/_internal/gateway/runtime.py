@@ -33,13 +33,13 @@ class ToolRuntime:
         if not isinstance(arguments, dict):
             raise ArgumentsInvalid("arguments must be a JSON object", field="arguments")
         for error in self.validator.iter_errors(arguments):
-            raise ArgumentsInvalid(error.message, field=_field_of(error))
+            raise ArgumentsInvalid(error.message, field=field_of(error))
 
     def output_errors(self, result: Any) -> str | None:
         if self.output_validator is None:
             return None
         for error in self.output_validator.iter_errors(result):
-            return f"{_field_of(error) or 'result'}: {error.message}"
+            return f"{field_of(error) or 'result'}: {error.message}"
         return None
 
     def risk(self, arguments: dict[str, Any]) -> list[str]:
@@ -50,7 +50,9 @@ class ToolRuntime:
         return sorted(traits)
 
 
-def _field_of(error: Any) -> str:
+def field_of(error: Any) -> str:
+    """The dotted path of the field a schema error is about (a missing or unexpected property
+    included), or ``arguments``."""
     path = [str(p) for p in error.instance_path]
     detail = error.kind.as_dict() if hasattr(error.kind, "as_dict") else {}
     prop = detail.get("property")

@@ -12,17 +12,20 @@ Who may do what is decided by :mod:`interlock._internal.permissions`, the same r
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import replace
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from interlock._internal import permissions
+from interlock._internal.gateway.runtime import ToolRuntime
 from interlock._internal.http_status import status_for
 from interlock._internal.identity.operators import Operator
 from interlock._internal.operations import handoffs as handoff_ops
 from interlock._internal.operations import pauses as pause_ops
+from interlock._internal.operations.argument_form import form_fields, parse_form
 from interlock._internal.permissions import visible_workflows
 from interlock._internal.runs.handoffs import Handoff
 from interlock._internal.service import Interlock
@@ -148,8 +151,18 @@ def _allowed(interlock: Interlock, operator: Operator, scope: str, key: str) -> 
         return False
 
 
+def _tool(interlock: Interlock, workflow: str, tool: str | None) -> ToolRuntime | None:
+    if tool is None:
+        return None
+    try:
+        return interlock.runtime(workflow).tool(tool)
+    except NotFound:
+        return None
+
+
 def handoff_page(interlock: Interlock, operator: Operator, handoff_id: str) -> dict[str, Any]:
     h = handoff_ops.visible_handoff(interlock, operator, handoff_id)
+    tool = _tool(interlock, h.workflow, h.tool)
     run = interlock.runs.view(h.run_id)
     resolution = h.resolution if isinstance(h.resolution, dict) else {}
     page = {
@@ -165,6 +178,8 @@ def handoff_page(interlock: Interlock, operator: Operator, handoff_id: str) -> d
         if h.arguments is not None
         else "{}",
         "masked": MASK in json.dumps(h.arguments, ensure_ascii=False, default=str),
+        # The correction form, built from the tool's input schema and filled with the held values.
+        "fields": [] if tool is None else form_fields(tool.spec.input_schema, h.arguments),
         "resolved_by": h.resolved_by or "",
         "resolved_at": words.fmt_time(h.resolved_at) if h.resolved_at else "",
         "resolution": RESOLUTION_WORDS.get(str(resolution.get("action")), h.state),
@@ -242,8 +257,15 @@ def _handoff_response(
     error: str = "",
     status_code: int = 200,
     form: dict[str, str] | None = None,
+    answers: dict[str, str] | None = None,
+    field_errors: dict[str, str] | None = None,
 ) -> Response:
     page = handoff_page(console.interlock, signed.operator, handoff_id)
+    if answers is not None:  # sent back for a correction: the form shows what was typed
+        page["fields"] = [replace(f, value=answers.get(f.name, "")) for f in page["fields"]]
+    page["field_errors"] = field_errors or {}
+    # The first field to correct takes the focus, so the person starts typing where the error is.
+    page["first_error"] = next((f.name for f in page["fields"] if f.name in page["field_errors"]), "")
     return console.render(
         request,
         "handoff.html",
@@ -251,7 +273,7 @@ def _handoff_response(
         nav="handoffs",
         h=page,
         error=error,
-        form=form or {"action": "", "arguments": page["arguments_json"], "comment": ""},
+        form=form or {"action": "", "arguments": page["arguments_json"], "comment": "", "mode": ""},
         status_code=status_code,
     )
 
@@ -261,17 +283,33 @@ def handoff(request: Request, console: ConsoleDep, signed: SignedDep, handoff_id
     return _handoff_response(request, console, signed, handoff_id)
 
 
+async def _answers(request: Request) -> dict[str, str]:
+    """The correction form's fields (``arg.<path>``), by argument path."""
+    form = await request.form()
+    return {
+        key[len(ARG_PREFIX) :]: value[:_MAX_FIELD]
+        for key, value in form.multi_items()
+        if key.startswith(ARG_PREFIX) and isinstance(value, str)
+    }
+
+
+ARG_PREFIX = "arg."
+_MAX_FIELD = 20_000
+
+
 @router.post("/handoffs/{handoff_id}")
 def resolve(
     request: Request,
     console: ConsoleDep,
     signed: SignedDep,
     handoff_id: IdPath,
+    answers: Annotated[dict[str, str], Depends(_answers)],
     csrf: Text = "",
     action: Text = "",
     arguments: Text = "",
     comment: Text = "",
     evidence: Text = "",
+    mode: Text = "",
 ) -> Response:
     console.check_csrf(signed, csrf)
     found = handoff_ops.visible_handoff(console.interlock, signed.operator, handoff_id)
@@ -282,7 +320,7 @@ def resolve(
             details={"operator_id": signed.operator.id},
         )
     comment, evidence = comment.strip(), evidence.strip()
-    form = {"action": action, "arguments": arguments, "comment": comment, "evidence": evidence}
+    form = {"action": action, "arguments": arguments, "comment": comment, "evidence": evidence, "mode": mode}
     error, edited = "", None
     if action not in RESOLUTION_WORDS:
         error = "Choose resume, resume with edited arguments, or stop."
@@ -290,6 +328,26 @@ def resolve(
         error = "Say what shows it happened (a reference, a link); it is kept in the audit log."
     elif action == "stop" and not comment:
         error = "Say why you stop the run; it is kept with the handoff and in the audit log."
+    elif action == "resume_with_arguments" and mode == "form":
+        tool = _tool(console.interlock, found.workflow, found.tool)
+        if tool is None:
+            error = "This handoff holds no action of a loaded tool to correct; resume or stop the run."
+        else:
+            edited, field_errors = parse_form(tool, answers)
+            if field_errors:
+                count = len(field_errors)
+                fields_need = "field needs" if count == 1 else "fields need"
+                return _handoff_response(
+                    request,
+                    console,
+                    signed,
+                    handoff_id,
+                    error=f"{count} {fields_need} a correction; see below.",
+                    status_code=422,
+                    form=form,
+                    answers=answers,
+                    field_errors=field_errors,
+                )
     elif action == "resume_with_arguments":
         try:
             edited = json.loads(arguments)
