@@ -316,3 +316,25 @@ def test_a_decided_approval_has_no_values_left_to_unmask(entitled: Console) -> N
     with pytest.raises(ConflictError, match="kept only while it waits"):
         il.approvals.unmask(approval, operator=ana)
     assert "Show unmasked values" not in entitled.signed_in("approver").get(f"/ui/approvals/{approval}").text
+
+
+def test_history_is_found_when_payloads_are_encrypted_at_rest(db_url: str) -> None:
+    import secrets
+
+    h = Harness(db_url, storage={"encryption_keys": {"k1": secrets.token_hex(32)}, "encryption_key_id": "k1"})
+    try:
+        run = h.run()
+        h.act(run, "tickets.update", {"ticket_id": "T-1003", "fields": {"priority": "high"}})
+        h.act(run, "tickets.update", {"ticket_id": "T-10031", "fields": {"priority": "low"}})
+        found, more = h.il.runs.history({"ticket_id": "T-1003"}, workflows=[WF])
+        assert [f.arguments["ticket_id"] for f in found] == ["T-1003"]
+        assert more is False
+        # The inbox's text search still finds by id, agent and tool (not inside encrypted arguments).
+        other = h.run()
+        pending = h.act(other, "payments.refund", REFUND)
+        views, total = h.il.approvals.search(workflows=[WF], text="refund")
+        assert total == 1
+        assert views[0].id == pending.approval_id
+        assert h.il.approvals.search(workflows=[WF], text="T-1003")[1] == 0
+    finally:
+        h.close()

@@ -53,6 +53,7 @@ from interlock._internal.manifest.models import Approvals
 from interlock._internal.permissions import may_unmask
 from interlock._internal.runs.store import MICROS
 from interlock._internal.store import tables as t
+from interlock._internal.store.encryption import keyring_of
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.telemetry.redaction import redact, redact_credentials, redact_text
 from interlock.exceptions import (
@@ -236,14 +237,14 @@ class ApprovalService:
             where.append(exists().where(t.decisions.c.id == a.decision_id, risks.like(quoted, escape="\\")))
         if text:
             needle = f"%{_like(text.lower())}%"
-            where.append(
-                or_(
-                    func.lower(a.id).like(needle, escape="\\"),
-                    func.lower(a.agent_id).like(needle, escape="\\"),
-                    func.lower(a.tool).like(needle, escape="\\"),
-                    func.lower(type_coerce(a.arguments, String)).like(needle, escape="\\"),
-                )
-            )
+            found = [
+                func.lower(a.id).like(needle, escape="\\"),
+                func.lower(a.agent_id).like(needle, escape="\\"),
+                func.lower(a.tool).like(needle, escape="\\"),
+            ]
+            if keyring_of(self.engine) is None:  # encrypted arguments cannot be searched as text
+                found.append(func.lower(type_coerce(a.arguments, String)).like(needle, escape="\\"))
+            where.append(or_(*found))
         order = (a.created_at, a.id) if state == "pending" else (a.created_at.desc(), a.id)
         query = select(t.approvals).where(*where).order_by(*order).offset(offset).limit(limit)
         with reading(self.engine) as conn:

@@ -4,7 +4,10 @@ A tool's key arguments (``record_keys`` in the manifest, else its ``*_id`` argum
 record an action is about. Steps keep their arguments as canonical JSON text (sorted keys, no
 spaces; see ``JSONText``), so ``"ticket_id":"T-1003"`` followed by ``,`` or ``}`` finds the steps
 that carry that argument; each match is then checked exactly on its top-level arguments.
-Values are compared as stored, that is after redaction, on both sides.
+Values are compared as stored, that is after redaction, on both sides. With payloads encrypted at
+rest (``storage.encryption_key_id``) the text cannot be searched: the latest ``ENCRYPTED_SCAN``
+actions of the permitted workflows are decrypted and matched instead, so older history is not
+found there.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from interlock._internal.store import tables as t
+from interlock._internal.store.encryption import keyring_of
 from interlock._internal.store.engine import reading
 
 # A record touched more often than this shows its latest actions; the panel says there are more.
 MAX_HISTORY = 20
 # Matches the LIKE filter lets through that are then found to differ (nested, not top-level).
 _OVERSCAN = 4
+# With payloads encrypted at rest, how many of the latest actions are read and matched in Python.
+ENCRYPTED_SCAN = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +81,19 @@ def record_history(
     if not keys or not workflows:
         return [], False
     s, r, a = t.steps.c, t.runs.c, t.approvals.c
-    text = type_coerce(s.arguments, String)  # the stored JSON text, compared as text
-    matches: list[ColumnElement[bool]] = []
-    for name, value in keys.items():
-        fragment = _like(_fragment(name, value))
-        matches += [
-            text.like(f"%{fragment},%", escape="\\"),
-            text.like(f"%{fragment}}}%", escape="\\"),
-        ]
-    where: list[ColumnElement[bool]] = [r.workflow.in_(list(workflows)), s.kind == "tool", or_(*matches)]
+    where: list[ColumnElement[bool]] = [r.workflow.in_(list(workflows)), s.kind == "tool"]
+    # Encrypted at rest, the stored text says nothing: the latest steps are read and matched here.
+    encrypted = keyring_of(engine) is not None
+    if not encrypted:
+        text = type_coerce(s.arguments, String)  # the stored JSON text, compared as text
+        matches: list[ColumnElement[bool]] = []
+        for name, value in keys.items():
+            fragment = _like(_fragment(name, value))
+            matches += [
+                text.like(f"%{fragment},%", escape="\\"),
+                text.like(f"%{fragment}}}%", escape="\\"),
+            ]
+        where.append(or_(*matches))
     if exclude_run is not None:
         where.append(s.run_id != exclude_run)
     if writes_only:
@@ -113,7 +123,7 @@ def record_history(
         )
         .where(*where)
         .order_by(s.created_at.desc(), s.id)
-        .limit((limit + 1) * _OVERSCAN)
+        .limit(ENCRYPTED_SCAN if encrypted else (limit + 1) * _OVERSCAN)
     )
     found: list[RecordAction] = []
     with reading(engine) as conn:
@@ -154,8 +164,8 @@ def record_history(
                 outcome=None if outcome is None else str(outcome),
             )
         )
-    more = len(found) > limit or len(rows) == (limit + 1) * _OVERSCAN
+    more = len(found) > limit or (not encrypted and len(rows) == (limit + 1) * _OVERSCAN)
     return found[:limit], more
 
 
-__all__ = ["MAX_HISTORY", "RecordAction", "record_history"]
+__all__ = ["ENCRYPTED_SCAN", "MAX_HISTORY", "RecordAction", "record_history"]
