@@ -239,15 +239,20 @@ def _print(
     console.print("\n[bold]Where to look next[/]")
     if kept:
         console.print(
-            f"  • export the run:       interlock runs export {run_id} --out run.json --db {db_url}"
+            f"  • export the run:       interlock runs export {run_id} --out run.json --db {escape(db_url)}"
         )
-        console.print(f"  • replay its decisions: interlock runs replay {run_id} --db {db_url}")
-        console.print(f"  • verify the audit log: interlock audit verify --db {db_url}")
-        console.print(f"  • decide the refund:    interlock approvals list --db {db_url}")
-        console.print(f"  • serve it with the console: interlock serve --db {db_url} --manifest {example}")
+        console.print(f"  • replay its decisions: interlock runs replay {run_id} --db {escape(db_url)}")
+        console.print(f"  • verify the audit log: interlock audit verify --db {escape(db_url)}")
+        console.print(f"  • decide the refund:    interlock approvals list --db {escape(db_url)}")
+        console.print(
+            f"  • serve it with the console: interlock serve --db {escape(db_url)}"
+            f" --manifest {escape(str(example))}"
+        )
         console.print(f"    (the run's timeline is at /ui/runs/{run_id})")
     else:
         console.print("  • keep the database to explore it: interlock demo --keep ./demo-data")
-    console.print(f"  • the workflow's operating model: interlock workflow show {example}", soft_wrap=True)
+    console.print(
+        f"  • the workflow's operating model: interlock workflow show {escape(str(example))}", soft_wrap=True
+    )
     console.print("  • start a workflow of your own: interlock init my-workflow")
     console.print(f"  • API while it ran: {base}/v1 (OpenAPI at /openapi.json), MCP at {base}/mcp")
