@@ -518,22 +518,17 @@ def what_if(
         runtime.close()
     report.distinct = len(keys)
     wanted: dict[str, list[tuple[str, Judgement]]] = {}
-    for (index, recorded, raw_reasons, exact), (count, first_id) in tally.items():
-        verdict = results[index]
-        now, basis = reconcile(recorded, codes_of[raw_reasons], verdict.decision)
-        _settle(
-            report,
-            wanted,
-            examples,
-            recorded,
-            codes_of[raw_reasons],
-            now,
-            basis,
-            exact,
-            count,
-            first_id,
-            verdict,
-        )
+
+    def judged_alone(groups: dict[tuple[int, str, str, bool], list[Any]]) -> None:
+        for (index, recorded, raw_reasons, exact), (count, first_id) in groups.items():
+            if not count:
+                continue
+            verdict = results[index]
+            codes = codes_of[raw_reasons]
+            now, basis = reconcile(recorded, codes, verdict.decision)
+            _settle(report, wanted, examples, recorded, codes, now, basis, exact, count, first_id, verdict)
+
+    judged_alone(tally)
     if deferred:
         for item in _with_history(
             engine,
@@ -556,23 +551,7 @@ def what_if(
                 verdict = Judgement(decision=now, reasons=(decided.model_dump(exclude_none=True),))
             _settle(report, wanted, examples, recorded, codes, now, basis, slot_key[3], 1, row_id, verdict)
     # Decisions whose steps are not stored (a decision recorded without one) are judged alone.
-    for (index, recorded, raw_reasons, exact), (count, first_id) in later.items():
-        if count:
-            verdict = results[index]
-            now, basis = reconcile(recorded, codes_of[raw_reasons], verdict.decision)
-            _settle(
-                report,
-                wanted,
-                examples,
-                recorded,
-                codes_of[raw_reasons],
-                now,
-                basis,
-                exact,
-                count,
-                first_id,
-                verdict,
-            )
+    judged_alone(later)
     report.examples = _examples(engine, wanted)
     if progress is not None:
         progress(report.total, report.total)
