@@ -256,3 +256,55 @@ def test_check_history_re_judges_from_recorded_actions() -> None:
     assert refused.policy_id == "value:refunds-per-ticket-day"
     assert "headroom 50 USD" in refused.message
     assert "asks 50.01 USD" in refused.message
+
+
+def test_replay_and_what_if_re_judge_value_limits_from_the_workflows_history(harness: Harness, desk) -> None:
+    """Recorded under the reference cap (500 USD per ticket per day), three runs each refund 50 USD
+    on T-1001. Under a candidate capping 120 USD, the third refund no longer fits beside the 100
+    the two earlier runs moved; under a candidate without value limits, a recorded refusal passes."""
+    from interlock._internal.evals.whatif import what_if
+    from interlock._internal.gateway.runtime import build_runtime
+    from interlock._internal.runs.history import value_ledger
+    from interlock._internal.runs.replay import load_run, replay_run
+
+    engine = harness.il.engine
+    runs = []
+    for i in range(3):
+        run = harness.run()
+        assert harness.act(run, "payments.refund", refund("T-1001", 50, f"case {i}")).executed
+        runs.append(run)
+    for i, amount in enumerate((*[50] * 9, 35)):  # 485 on T-1002, then one the recorded cap refuses
+        assert harness.act(runs[0], "payments.refund", refund("T-1002", amount, f"more {i}")).executed
+    over = harness.act(runs[0], "payments.refund", refund("T-1002", 50, "one too many"))
+    assert over.decision.reasons[0].code == "value_limit_exceeded"
+
+    def refunds(candidate: Any, run_id: str) -> list[Any]:
+        record = load_run(engine, run_id)
+        times = [float(s["created_at"]) for s in record.steps]
+        ledger = value_ledger(engine, candidate.manifest, since=min(times), until=max(times) + 1)
+        runtime = build_runtime(candidate)
+        try:
+            report = replay_run(record, runtime, ledger=ledger)
+        finally:
+            runtime.close()
+        return [s for s in report.steps if s.tool == "payments.refund"]
+
+    tight = variant(lambda d: d["budgets"]["value_limits"][0].update(max=120))
+    [first] = refunds(tight, runs[1])
+    assert (first.recorded, first.now, first.outcome) == ("allow", "allow", "same")
+    [third] = refunds(tight, runs[2])
+    assert (third.recorded, third.now, third.outcome) == ("allow", "deny", "changed")
+    [reason] = third.now_reasons
+    assert reason["code"] == "value_limit_exceeded"
+    assert "100 USD already used today for ticket_id T-1001" in reason["message"]
+
+    unlimited = variant(lambda d: d["budgets"].pop("value_limits"))
+    last = refunds(unlimited, runs[0])[-1]
+    assert (last.recorded, last.now, last.outcome) == ("deny", "allow", "changed")
+
+    # What-if over the same history counts the same changes.
+    tight_report = what_if(engine, tight, workers=1)
+    assert tight_report.transitions.get("allow->deny", 0) >= 1
+    examples = tight_report.examples["allow->deny"]
+    assert any(e["new_reasons"][0]["code"] == "value_limit_exceeded" for e in examples)
+    assert what_if(engine, unlimited, workers=1).transitions.get("deny->allow") == 1

@@ -18,6 +18,7 @@ from interlock._internal.cli.common import (
 from interlock.exceptions import InterlockError
 
 if TYPE_CHECKING:
+    from interlock._internal.limits.value_limits import Ledger
     from interlock._internal.manifest.loader import LoadedManifest
     from interlock._internal.runs.replay import ReplayReport, RunRecord
 
@@ -66,6 +67,7 @@ def replay(
     if file is None and run_id is None:
         fail("give a RUN_ID or --file", code=_ERROR, as_json=as_json, error_code="usage")
     try:
+        ledger: Ledger | None = None
         if file is not None:
             record = read_export(file)
             if run_id is not None and run_id != record.run_id:
@@ -74,10 +76,10 @@ def replay(
             loaded = candidate or recorded_manifest(record, base_dir=file.resolve().parent)
         else:
             assert run_id is not None
-            record, loaded = _from_database(run_id, db, manifest, as_json=as_json)
+            record, loaded, ledger = _from_database(run_id, db, manifest, as_json=as_json)
         runtime = build_runtime(loaded)
         try:
-            report = replay_run(record, runtime)
+            report = replay_run(record, runtime, ledger=ledger)
         finally:
             runtime.close()
     except InterlockError as exc:
@@ -119,7 +121,10 @@ def export(
 
 def _from_database(
     run_id: str, db: str | None, manifests: list[Path] | None, *, as_json: bool
-) -> tuple[RunRecord, LoadedManifest]:
+) -> tuple[RunRecord, LoadedManifest, Ledger]:
+    """The run, the manifest to judge it by, and its value limits' ledger over the workflow's
+    recorded actions around the run."""
+    from interlock._internal.runs.history import value_ledger
     from interlock._internal.runs.replay import active_manifest, load_run, recorded_manifest
 
     with opened_database(db, as_json=as_json) as engine:
@@ -128,7 +133,11 @@ def _from_database(
         loaded = _pick(manifests, workflow, as_json=as_json) or active_manifest(engine, workflow)
         if loaded is None:
             loaded = recorded_manifest(record, base_dir=Path.cwd())
-    return record, loaded
+        times = [float(step["created_at"]) for step in record.steps if step.get("created_at") is not None]
+        ledger = value_ledger(
+            engine, loaded.manifest, since=min(times, default=None), until=max(times) + 1 if times else None
+        )
+    return record, loaded, ledger
 
 
 def _pick(manifests: list[Path] | None, workflow: str, *, as_json: bool) -> LoadedManifest | None:

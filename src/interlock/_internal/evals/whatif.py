@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,17 @@ from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import MAX_ARGUMENT_BYTES, WorkflowRuntime, build_runtime
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
+from interlock._internal.manifest.models import Manifest
 from interlock._internal.policy.cedar_values import cedar_type
-from interlock._internal.runs.history import CALLED, HISTORY_CODES, SEQUENCE_FAILURE, Prior, needs_history
+from interlock._internal.runs.history import (
+    CALLED,
+    HISTORY_CODES,
+    SEQUENCE_FAILURE,
+    VALUE_CODES,
+    Prior,
+    needs_history,
+    value_ledger,
+)
 from interlock._internal.runs.replay import CAP_CODES, RUN_BRAKES, Basis, reconcile, rejudge
 from interlock._internal.store import tables as t
 from interlock._internal.store.encryption import text_opener
@@ -69,7 +79,7 @@ from interlock.exceptions import ConfigError
 POOL_THRESHOLD = 20_000
 _CHUNK = 1000
 # Recorded refusals that came from the run's history: judged again from it, never held.
-_REJUDGED = CAP_CODES | HISTORY_CODES
+_REJUDGED = CAP_CODES | HISTORY_CODES | VALUE_CODES
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 # Stop-rule kinds judged from arguments by `check_intent`; the others read no argument.
 _ARGLESS_STOPS = frozenset({"low_confidence", "conflicting_records", "sequence_failure"})
@@ -462,11 +472,7 @@ def what_if(
     judges = _Judge(candidate, runtime, workers if workers is not None else (os.cpu_count() or 1))
     # Rules that read the run's history are judged from it in a second pass, run by run: every
     # action the candidate could refuse that way, and every recorded refusal that came from it.
-    budget = candidate.manifest.budgets.per_run
-    rejudge_all = needs_history(candidate.manifest) or (budget.max_steps, budget.max_tool_calls) != (
-        None,
-        None,
-    )
+    rejudge_all = _rejudges_all(candidate.manifest)
     deferred = 0
     keys: dict[tuple[Any, ...], int] = {}
     # (key index, recorded decision, recorded reasons, arguments exact) → [rows, first row id]
@@ -607,8 +613,9 @@ def _with_history(
     recorded decision and codes (a failed call that broke a declared sequence counts as
     ``escalate``), and the candidate's decision, basis and deciding history reason."""
     manifest = candidate.manifest
-    budget = manifest.budgets.per_run
-    rejudge_all = needs_history(manifest) or (budget.max_steps, budget.max_tool_calls) != (None, None)
+    rejudge_all = _rejudges_all(manifest)
+    # Value limits over time count what the workflow moved before each action, across its runs.
+    ledger = value_ledger(engine, manifest, since=since, until=until)
     decode = any(rule.kind == "conflicting_records" for rule in manifest.stop_rules)
     s, d, h = t.steps, t.decisions, t.handoffs
     workflow = manifest.name
@@ -692,6 +699,16 @@ def _with_history(
                             history=history,
                             steps_before=int(seq) - 1,
                             calls_before=calls,
+                            values=None
+                            if raw_args is None
+                            else partial(
+                                ledger.refusal,
+                                tool,
+                                json.loads(raw_args),
+                                agent_id=agent,
+                                run_id=run_id,
+                                at=float(created_at),
+                            ),
                         )
                         slot_key = (index, recorded, raw_reasons, _exact(raw_args, args_hash))
                         if broke is not None:  # the run was escalated at this step
@@ -703,6 +720,17 @@ def _with_history(
                     history.append(Prior(tool=s_tool, args_hash=s_hash, status=str(status), result=value))
                 if status in CALLED:
                     calls += 1
+
+
+def _rejudges_all(manifest: Manifest) -> bool:
+    """Whether every action must be judged with history under ``manifest``: its rules read the
+    run's earlier steps, it caps steps or calls, or it limits values over time."""
+    budget = manifest.budgets.per_run
+    return (
+        needs_history(manifest)
+        or (budget.max_steps, budget.max_tool_calls) != (None, None)
+        or bool(manifest.budgets.value_limits)
+    )
 
 
 def _bound(keyer: _Keyer | None, raw: str | None, args_hash: str | None) -> tuple[Any, ...]:

@@ -19,10 +19,12 @@ can re-judge recorded history with the same code. The live path reserves in the 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
@@ -223,25 +225,63 @@ def check_history(
 ) -> Reason | None:
     """Judge an action from recorded history alone (for replay and what-if): ``prior`` are the
     actions that executed before it; those in the same bucket count against each limit."""
-    limits = applicable(manifest, spec, arguments)
-    if not limits:
-        return None
-    tools = {tool.name: tool for tool in manifest.tools}
-    earlier = list(prior)
-    for limit in limits:
-        b = bucket(limit, agent_id=agent_id, run_id=run_id, arguments=arguments, at=at)
-        used = 0
-        for p in earlier:
-            other = tools.get(p.tool)
-            if other is None or p.tool not in limit.tool_list() or not _matches(limit, other, p.arguments):
+    ledger = Ledger(manifest, prior)
+    return ledger.refusal(spec.name, arguments, agent_id=agent_id, run_id=run_id, at=at, only_before=False)
+
+
+# Longest a window lasts, in seconds: how far before a replayed action its history must be read.
+WINDOW_S = {"hour": 3600.0, "day": 86_400.0, "week": 7 * 86_400.0, "month": 31 * 86_400.0}
+
+
+class Ledger:
+    """What executed, per limit bucket and period, from the record: replay and what-if judge value
+    limits over time against it. Built once from the prior actions; each question is a binary
+    search over one bucket's amounts in time order."""
+
+    def __init__(self, manifest: Manifest, prior: Iterable[Prior]) -> None:
+        self.manifest = manifest
+        self._tools = {tool.name: tool for tool in manifest.tools}
+        spent: dict[tuple[str, str, str], list[tuple[float, int]]] = {}
+        for p in prior:
+            spec = self._tools.get(p.tool)
+            if spec is None:
                 continue
-            pb = bucket(limit, agent_id=p.agent_id, run_id=p.run_id, arguments=p.arguments, at=p.at)
-            if (pb.key, pb.period) == (b.key, b.period):
-                used += micros(_lookup(p.arguments, limit.argument))
-        refused = judge(b, amount_micros=micros(_lookup(arguments, limit.argument)), used_micros=used)
-        if refused is not None:
-            return refused
-    return None
+            for limit in applicable(manifest, spec, p.arguments):
+                b = bucket(limit, agent_id=p.agent_id, run_id=p.run_id, arguments=p.arguments, at=p.at)
+                amount = micros(_lookup(p.arguments, limit.argument))
+                spent.setdefault((limit.id, b.key, b.period), []).append((p.at, amount))
+        self._times: dict[tuple[str, str, str], list[float]] = {}
+        self._sums: dict[tuple[str, str, str], list[int]] = {}
+        for key, items in spent.items():
+            items.sort(key=lambda item: item[0])
+            self._times[key] = [at for at, _ in items]
+            self._sums[key] = list(accumulate(amount for _, amount in items))
+
+    def refusal(
+        self,
+        tool: str,
+        arguments: Any,
+        *,
+        agent_id: str,
+        run_id: str,
+        at: float,
+        only_before: bool = True,
+    ) -> Reason | None:
+        """The limit an action of ``tool`` at ``at`` would pass, counting what executed in its
+        bucket before it (everything in the ledger with ``only_before=False``), or None."""
+        spec = self._tools.get(tool)
+        if spec is None:
+            return None
+        for limit in applicable(self.manifest, spec, arguments):
+            b = bucket(limit, agent_id=agent_id, run_id=run_id, arguments=arguments, at=at)
+            key = (limit.id, b.key, b.period)
+            times = self._times.get(key, [])
+            count = bisect_left(times, at) if only_before else len(times)
+            used = self._sums[key][count - 1] if count else 0
+            refused = judge(b, amount_micros=micros(_lookup(arguments, limit.argument)), used_micros=used)
+            if refused is not None:
+                return refused
+        return None
 
 
 # ---- the live part: reserve, settle, release, read --------------------------------------------
@@ -408,8 +448,10 @@ def headroom(
 
 __all__ = [
     "CODE",
+    "WINDOW_S",
     "Bucket",
     "Hold",
+    "Ledger",
     "Prior",
     "ValueRefused",
     "applicable",

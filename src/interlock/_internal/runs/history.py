@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from interlock._internal.gateway.models import Reason
+from interlock._internal.limits import value_limits
 from interlock._internal.limits.stop_rules import applies, records_conflict, sequence_reason
 from interlock._internal.manifest.models import Manifest
 from interlock._internal.store import tables as t
@@ -26,6 +27,8 @@ from interlock._internal.store.engine import reading
 CALLED = frozenset({"executed", "failed"})
 # Refusals the reservation takes from the run's history: re-judged, never taken as recorded.
 HISTORY_CODES = frozenset({"loop_detected", "conflicting_records"})
+# Refusals taken from the workflow's history (value limits over time): re-judged from a ledger.
+VALUE_CODES = frozenset({value_limits.CODE})
 SEQUENCE_FAILURE = "sequence_failure"
 
 
@@ -50,6 +53,37 @@ def prior_steps(engine: Engine, run_id: str, *, before_seq: int | None = None) -
     with reading(engine) as conn:
         rows = conn.execute(query.order_by(s.c.seq)).all()
     return [Prior(tool=r[0], args_hash=r[1], status=str(r[2]), result=r[3]) for r in rows]
+
+
+def value_ledger(
+    engine: Engine, manifest: Manifest, *, since: float | None, until: float | None
+) -> value_limits.Ledger:
+    """The amounts ``manifest``'s value limits count, from every action of its workflow that
+    executed from the start of the widest window before ``since`` up to ``until`` (an empty ledger
+    when the manifest has no value limit: nothing is refused)."""
+    limits = manifest.budgets.value_limits
+    if not limits:
+        return value_limits.Ledger(manifest, ())
+    s, r = t.steps, t.runs
+    tools = sorted({name for limit in limits for name in limit.tool_list()})
+    query = (
+        select(s.c.tool, s.c.arguments, s.c.run_id, s.c.created_at, r.c.agent_id)
+        .select_from(s.join(r, r.c.id == s.c.run_id))
+        .where(r.c.workflow == manifest.name, s.c.kind == "tool", s.c.status == "executed")
+        .where(s.c.tool.in_(tools))
+    )
+    if since is not None:
+        query = query.where(s.c.created_at >= since - max(value_limits.WINDOW_S[v.window] for v in limits))
+    if until is not None:
+        query = query.where(s.c.created_at < until)
+    with reading(engine) as conn:
+        prior = [
+            value_limits.Prior(
+                tool=str(row[0]), arguments=row[1], run_id=str(row[2]), at=float(row[3]), agent_id=str(row[4])
+            )
+            for row in conn.execute(query)
+        ]
+    return value_limits.Ledger(manifest, prior)
 
 
 def needs_history(manifest: Manifest) -> bool:
@@ -115,10 +149,12 @@ __all__ = [
     "CALLED",
     "HISTORY_CODES",
     "SEQUENCE_FAILURE",
+    "VALUE_CODES",
     "Prior",
     "cap_refusal",
     "history_refusal",
     "needs_history",
     "prior_steps",
     "sequence_failure",
+    "value_ledger",
 ]

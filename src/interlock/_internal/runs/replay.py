@@ -31,8 +31,9 @@ What a replay cannot know, and how it is treated:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,11 +44,13 @@ from interlock._internal.audit.canonical import canonical_json, hash_value, sha2
 from interlock._internal.gateway.decide import Intent, evaluate
 from interlock._internal.gateway.models import Reason
 from interlock._internal.gateway.runtime import WorkflowRuntime
+from interlock._internal.limits import value_limits
 from interlock._internal.manifest.loader import LoadedManifest, load_manifest_text
 from interlock._internal.manifest.models import Manifest
 from interlock._internal.runs.history import (
     HISTORY_CODES,
     SEQUENCE_FAILURE,
+    VALUE_CODES,
     Prior,
     cap_refusal,
     history_refusal,
@@ -100,7 +103,7 @@ APPROVED = "approved"
 # Statuses of steps that took a tool call from the run's cap (see the pipeline's reservation).
 _CALLED = frozenset({"executed", "failed"})
 # Refusals judged again from the record under the candidate, never taken as recorded.
-_REJUDGED = CAP_CODES | HISTORY_CODES
+_REJUDGED = CAP_CODES | HISTORY_CODES | VALUE_CODES
 
 Outcome = Literal["same", "changed", "not_comparable"]
 Basis = Literal["policy", "approved", "brake", "held"]
@@ -139,16 +142,20 @@ def rejudge(
     history: Sequence[Prior],
     steps_before: int,
     calls_before: int,
+    values: Callable[[], Reason | None] | None = None,
 ) -> tuple[str, Basis, Reason | None]:
     """The decision the pipeline would reach under ``manifest`` for a recorded action, given the
     policy's answer ``policy_now``: :func:`reconcile`, except that what the run's history decides
     is judged again from ``history`` (the earlier steps) rather than taken as recorded, in the
     reservation's order: loop detection and history stop rules, then the step and tool-call caps,
-    then, for a call that failed, sequence rules. Returns the decision, its basis, and the
-    history rule's reason when one decided it."""
+    then value limits over time (``values``: the candidate's judgement against the workflow's
+    recorded amounts), then, for a call that failed, sequence rules. Returns the decision, its
+    basis, and the history rule's reason when one decided it."""
     now: str
     basis: Basis
-    if set(codes) & _REJUDGED and policy_now != "deny":
+    # Without ``values`` (a rollout's shadow) a value limit's refusal is taken as recorded.
+    rejudged = _REJUDGED if values is not None else _REJUDGED - VALUE_CODES
+    if set(codes) & rejudged and policy_now != "deny":
         now, basis = policy_now, "policy"
     else:
         now, basis = reconcile(recorded, codes, policy_now)
@@ -160,6 +167,9 @@ def rejudge(
     cap = cap_refusal(manifest, steps_before=steps_before, calls_before=calls_before)
     if basis == "policy" and cap is not None:
         return "deny", basis, cap
+    over = values() if values is not None else None
+    if over is not None:
+        return "deny", basis, over
     if status == "failed":
         broken = sequence_failure(manifest, tool=tool, history=history)
         if broken is not None:
@@ -416,8 +426,32 @@ class ReplayReport:
         }
 
 
-def replay_run(record: RunRecord, runtime: WorkflowRuntime) -> ReplayReport:
-    """Judge every recorded step of a run again under ``runtime``'s policy. Executes nothing."""
+def record_ledger(record: RunRecord, manifest: Manifest) -> value_limits.Ledger:
+    """Value limits' ledger from the run's own executed steps: what an export alone can tell
+    (:func:`interlock._internal.runs.history.value_ledger` reads the workflow's other runs too)."""
+    agent = str(record.run["agent_id"])
+    prior = [
+        value_limits.Prior(
+            tool=str(step["tool"]),
+            arguments=step.get("arguments"),
+            agent_id=agent,
+            run_id=record.run_id,
+            at=float(step["created_at"]),
+        )
+        for step in record.steps
+        if step.get("kind", "tool") == "tool" and step.get("status") == "executed" and step.get("tool")
+    ]
+    return value_limits.Ledger(manifest, prior)
+
+
+def replay_run(
+    record: RunRecord, runtime: WorkflowRuntime, *, ledger: value_limits.Ledger | None = None
+) -> ReplayReport:
+    """Judge every recorded step of a run again under ``runtime``'s policy. Executes nothing.
+    Value limits over time are judged against ``ledger`` (the workflow's recorded amounts), or,
+    without one, against what the run itself moved."""
+    if ledger is None:
+        ledger = record_ledger(record, runtime.manifest)
     run = record.run
     if runtime.name != run["workflow"]:
         raise ConfigError(
@@ -429,7 +463,7 @@ def replay_run(record: RunRecord, runtime: WorkflowRuntime) -> ReplayReport:
     history: list[Prior] = []
     for step in sorted(record.steps, key=lambda s: int(s["seq"])):
         if step.get("kind", "tool") == "tool":
-            out.append(_replay_step(runtime, run, step, calls_before=calls, history=history))
+            out.append(_replay_step(runtime, run, step, calls_before=calls, history=history, ledger=ledger))
             history.append(
                 Prior(
                     tool=step.get("tool"),
@@ -459,6 +493,7 @@ def _replay_step(
     *,
     calls_before: int,
     history: list[Prior],
+    ledger: value_limits.Ledger,
 ) -> StepReplay:
     seq = int(step["seq"])
     steps_before = seq - 1  # every step, whatever its outcome, takes exactly one sequence number
@@ -508,6 +543,16 @@ def _replay_step(
         history=history,
         steps_before=steps_before,
         calls_before=calls_before,
+        values=None
+        if step.get("created_at") is None
+        else partial(
+            ledger.refusal,
+            tool_name,
+            arguments,
+            agent_id=str(run["agent_id"]),
+            run_id=str(run["id"]),
+            at=float(step["created_at"]),
+        ),
     )
     if basis in ("brake", "held"):
         reasons = [Reason(**r) for r in recorded_reasons]
