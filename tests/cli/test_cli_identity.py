@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -166,17 +167,19 @@ def test_operator_with_unknown_role_is_refused(sqlite_url: str) -> None:
 
 @pytest.fixture
 def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Records what `serve` would run instead of listening."""
-    import uvicorn
+    """Records what `serve` would serve, and on which bound socket, instead of serving it."""
+    from interlock._internal import server
 
     seen: dict[str, Any] = {}
 
-    def run(app: Any, **kwargs: Any) -> None:
+    def serve_one(app: Any, sock: socket.socket, *, log_level: str) -> bool:
         seen["app"] = app
-        seen.update(kwargs)
+        seen["host"], seen["port"] = sock.getsockname()[:2]
+        seen["log_level"] = log_level
         seen["workflows"] = [rt.name for rt in app.state.interlock.workflows]
+        return True
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(server, "serve_one", serve_one)
     return seen
 
 
