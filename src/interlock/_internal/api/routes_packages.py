@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from interlock._internal.api.deps import InterlockDep, OperatorDep
-from interlock._internal.api.schemas import error_responses
+from interlock._internal.api.schemas import WorkflowQuery, error_responses
 from interlock._internal.packages.models import PackageRequest, WorkPackage
 from interlock._internal.permissions import ALL_ROLES, PACKAGE_ISSUERS, actor, require_any_role
 
@@ -61,11 +61,11 @@ def issue_package(body: PackageRequest, operator: OperatorDep, interlock: Interl
     return interlock.packages.issue(body, actor=actor(operator))
 
 
-@router.get("/packages", response_model=list[WorkPackage], responses=error_responses(401, 403))
+@router.get("/packages", response_model=list[WorkPackage], responses=error_responses(401, 403, 422))
 def list_packages(
     operator: OperatorDep,
     interlock: InterlockDep,
-    workflow: Annotated[str | None, Query(max_length=200)] = None,
+    workflow: WorkflowQuery = None,
 ) -> list[WorkPackage]:
     found = interlock.packages.list(workflow=workflow)
     return [p for p in found if any(operator.can(role, p.claims["workflow"]) for role in ALL_ROLES)]
