@@ -162,20 +162,13 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Make the candidate the active version, for every run."""
-    from interlock._internal.operations import rollouts as ops
-
-    with _opened(db, as_json=as_json) as il:
-        operator = _operator(il, as_operator, as_json=as_json)
-        _load_workflow(il, workflow)
-        rollout = ops.promote(il, operator, workflow, reason=reason)
-    if as_json:
-        print_json(rollout.as_dict())
-        return
-    console.print(
-        f"promoted rollout [bold]{rollout.id}[/]: {escape(rollout.candidate_version_id)} is now the active "
-        f"version of {escape(workflow)}",
-        highlight=False,
-    )
+    rollout = _end("promote", workflow, as_operator, reason=reason, db=db, as_json=as_json)
+    if rollout is not None:
+        console.print(
+            f"promoted rollout [bold]{rollout.id}[/]: {escape(rollout.candidate_version_id)} is now the "
+            f"active version of {escape(workflow)}",
+            highlight=False,
+        )
 
 
 @app.command("abort")
@@ -187,20 +180,30 @@ def abort(
     as_json: JsonOpt = False,
 ) -> None:
     """End the rollout: every run, canary ones included, goes back to the active version."""
+    rollout = _end("abort", workflow, as_operator, reason=reason, db=db, as_json=as_json)
+    if rollout is not None:
+        console.print(
+            f"aborted rollout [bold]{rollout.id}[/]: every run of {escape(workflow)} is back on "
+            f"{escape(rollout.active_version_id)}",
+            highlight=False,
+        )
+
+
+def _end(
+    how: str, workflow: str, as_operator: str, *, reason: str | None, db: str | None, as_json: bool
+) -> Rollout | None:
+    """Promote or abort as ``as_operator``; the rollout to describe, or None once printed as JSON."""
     from interlock._internal.operations import rollouts as ops
 
+    end = ops.promote if how == "promote" else ops.abort
     with _opened(db, as_json=as_json) as il:
         operator = _operator(il, as_operator, as_json=as_json)
         _load_workflow(il, workflow)
-        rollout = ops.abort(il, operator, workflow, reason=reason)
+        rollout = end(il, operator, workflow, reason=reason)
     if as_json:
         print_json(rollout.as_dict())
-        return
-    console.print(
-        f"aborted rollout [bold]{rollout.id}[/]: every run of {escape(workflow)} is back on "
-        f"{escape(rollout.active_version_id)}",
-        highlight=False,
-    )
+        return None
+    return rollout
 
 
 def _who(rollout: Rollout) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,7 @@ class Sent:
         return cls(error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], retry=True)
 
 
-class Outbox:
+class Outbox(ABC):
     """The claiming, recording and worker thread; subclasses say what a row is and how it is sent."""
 
     table: Table
@@ -94,15 +95,17 @@ class Outbox:
     # ---- what a subclass says ----------------------------------------------------------------------
 
     @property
+    @abstractmethod
     def enabled(self) -> bool:
-        raise NotImplementedError
+        """Whether any target is configured (nothing is queued or sent otherwise)."""
 
+    @abstractmethod
     def _send(self, row: dict[str, Any]) -> Sent:
         """Send one claimed row; network errors come back as a :class:`Sent`, not raised."""
-        raise NotImplementedError
 
     def _before_round(self) -> None:
         """Queue what is new before each round of the worker (default: nothing)."""
+        return
 
     def _describe(self, row: dict[str, Any]) -> str:
         return str(row["id"])
