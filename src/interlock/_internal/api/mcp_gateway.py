@@ -569,9 +569,8 @@ class McpGateway:
         try:
             intent = _intent(params.name, params.arguments or {}, meta)
             run_id = await self._run_for(caller, meta)
-            action = await anyio.to_thread.run_sync(
-                self.interlock.pipeline.submit, caller.token, run_id, intent
-            )
+            # On this request's loop, all the way to the upstream: an MCP session is awaited here.
+            action = await self.interlock.pipeline.submit_async(caller.token, run_id, intent)
         except (StorageError, ConfigError) as exc:
             # Server-side faults: their text can name hosts or files, so the agent gets a sentence.
             log.warning("MCP tools/call %s failed on the server: %s", params.name, exc)

@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
+
 from interlock._internal.gateway.decide import Intent, resolve_credential
 from interlock._internal.gateway.models import Decision, Run
 from interlock._internal.gateway.records import mask_only, safe_redact
 from interlock._internal.gateway.runtime import ToolRuntime, WorkflowRuntime
-from interlock._internal.gateway.transports.base import CallContext
+from interlock._internal.gateway.transports.base import AsyncTransport, CallContext, Transport
 from interlock._internal.limits.budgets import Scope
 from interlock._internal.limits.value_limits import Hold
 from interlock._internal.telemetry.redaction import redact
@@ -69,30 +71,56 @@ def execute(call: Call) -> Outcome:
     """Call the upstream with the injected credential, the upstream idempotency key and the tool's
     timeout. The circuit breaker of an HTTP upstream is consulted by its transport, at the wire.
     Never raises: an error becomes the outcome's ``error`` (the call is journaled either way)."""
-    spec = call.tool.spec
-    credential: str | None = None
-    started = time.perf_counter()
     outcome = Outcome()
+    started = time.perf_counter()
     try:
-        credential = resolve_credential(spec.credential, base_dir=call.runtime.loaded.base_dir)
-        ctx = CallContext(
-            run_id=call.run.id,
-            step_id=call.step_id,
-            agent_id=call.agent_id,
-            workflow=call.run.workflow,
-            idempotency_key=call.upstream_key,
-            credential=credential,
-            timeout_s=spec.timeout_s,
-        )
-        outcome.result = call.runtime.transport_for(spec).call(spec, call.intent.arguments, ctx)
+        transport, ctx = _prepare(call, outcome)
+        outcome.result = transport.call(call.tool.spec, call.intent.arguments, ctx)
     except (UpstreamError, ConfigError, NotFound) as exc:
         outcome.error = exc.message
     except Exception as exc:  # a transport bug must not take the record with it
         log.exception("transport error")
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.duration_ms = (time.perf_counter() - started) * 1000
-    outcome.secrets = (credential,) if credential else ()
     return outcome
+
+
+async def execute_async(call: Call) -> Outcome:
+    """:func:`execute` from a coroutine. An asynchronous upstream (an MCP session) is awaited on
+    the running loop; any other transport blocks, so it runs in a worker thread. Never raises
+    but for the caller's own cancellation."""
+    outcome = Outcome()
+    started = time.perf_counter()
+    try:
+        transport, ctx = _prepare(call, outcome)
+        if not isinstance(transport, AsyncTransport):
+            return await anyio.to_thread.run_sync(execute, call)
+        outcome.result = await transport.call_async(call.tool.spec, call.intent.arguments, ctx)
+    except (UpstreamError, ConfigError, NotFound) as exc:
+        outcome.error = exc.message
+    except Exception as exc:  # a transport bug must not take the record with it
+        log.exception("transport error")
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    outcome.duration_ms = (time.perf_counter() - started) * 1000
+    return outcome
+
+
+def _prepare(call: Call, outcome: Outcome) -> tuple[Transport, CallContext]:
+    """The transport and the call's context, with the credential resolved (and noted on
+    ``outcome``, so that redaction masks it even when the call fails)."""
+    spec = call.tool.spec
+    credential = resolve_credential(spec.credential, base_dir=call.runtime.loaded.base_dir)
+    outcome.secrets = (credential,) if credential else ()
+    ctx = CallContext(
+        run_id=call.run.id,
+        step_id=call.step_id,
+        agent_id=call.agent_id,
+        workflow=call.run.workflow,
+        idempotency_key=call.upstream_key,
+        credential=credential,
+        timeout_s=spec.timeout_s,
+    )
+    return call.runtime.transport_for(spec), ctx
 
 
 def cached_outcome(call: Call, hit: Any) -> Outcome:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import hash_value
@@ -43,7 +44,15 @@ from interlock._internal.gateway.decide import (
     classify_risk,
     run_brakes,
 )
-from interlock._internal.gateway.execute import cached_outcome, check_output, execute, redact_outcome
+from interlock._internal.gateway.execute import (
+    Call,
+    Outcome,
+    cached_outcome,
+    check_output,
+    execute,
+    execute_async,
+    redact_outcome,
+)
 from interlock._internal.gateway.models import (
     ActionResult,
     Decision,
@@ -122,6 +131,14 @@ class Pipeline:
         principal, run, paused = self.authenticate(token, run_id)  # authenticate + load run
         return self.govern(principal, run, paused, intent)
 
+    async def submit_async(self, token: str, run_id: str, intent: Intent) -> ActionResult:
+        """:meth:`submit` for a caller on an event loop (the MCP gateway): the same stages, in
+        the same order, on the caller's loop. The database stages are short and run in place;
+        the upstream call is awaited, on the running loop when its transport is asynchronous
+        (an MCP session), in a worker thread otherwise."""
+        principal, run, paused = self.authenticate(token, run_id)
+        return await self.govern_async(principal, run, paused, intent)
+
     def submit_as(self, principal: AgentPrincipal, run_id: str, intent: Intent) -> ActionResult:
         """The pipeline for a person acting on an agent's run (an edited handoff): everything
         after authentication. Nothing here skips a check."""
@@ -130,26 +147,62 @@ class Pipeline:
 
     def govern(self, principal: AgentPrincipal, run: Run, paused: Paused, intent: Intent) -> ActionResult:
         """Everything after authentication and loading the run, for one action."""
-        intent = _clean(run.id, intent)
-        _check_scope(principal, run)
-        if intent.idempotency_key is not None:
-            replay = self.replay(principal.agent_id, intent)
-            if replay is not None:
-                return replay
+        intent, replay = self._admit(principal, run, intent)
+        if replay is not None:
+            return replay
         started = time.perf_counter()
         with self.tracing.action(run, intent.tool) as span:
             result, lane = self._stages(run, paused, principal.agent_id, intent)
-            if span.is_recording():
-                self.tracing.finish_action(
-                    span,
-                    result,
-                    arguments=safe_redact(intent.arguments) if self.tracing.capture_payloads else None,
-                )
+            self._trace(span, result, intent)
+        self._after(principal, run, intent, result, lane, started)
+        return result
+
+    async def govern_async(
+        self, principal: AgentPrincipal, run: Run, paused: Paused, intent: Intent
+    ) -> ActionResult:
+        """:meth:`govern` on an event loop (see :meth:`submit_async`)."""
+        intent, replay = self._admit(principal, run, intent)
+        if replay is not None:
+            return replay
+        started = time.perf_counter()
+        with self.tracing.action(run, intent.tool) as span:
+            result, lane = await self._stages_async(run, paused, principal.agent_id, intent)
+            self._trace(span, result, intent)
+        self._after(principal, run, intent, result, lane, started)
+        return result
+
+    def _admit(
+        self, principal: AgentPrincipal, run: Run, intent: Intent
+    ) -> tuple[Intent, ActionResult | None]:
+        """The intent cleaned and scoped to the caller's run, and the stored answer if its
+        idempotency key was used before."""
+        intent = _clean(run.id, intent)
+        _check_scope(principal, run)
+        if intent.idempotency_key is not None:
+            return intent, self.replay(principal.agent_id, intent)
+        return intent, None
+
+    def _trace(self, span: Any, result: ActionResult, intent: Intent) -> None:
+        if span.is_recording():
+            self.tracing.finish_action(
+                span,
+                result,
+                arguments=safe_redact(intent.arguments) if self.tracing.capture_payloads else None,
+            )
+
+    def _after(
+        self,
+        principal: AgentPrincipal,
+        run: Run,
+        intent: Intent,
+        result: ActionResult,
+        lane: Lane | None,
+        started: float,
+    ) -> None:
         self._count(run, result, time.perf_counter() - started)
         if lane is not None and self.rollouts is not None:
             # The other version of a running rollout judges the action too: recorded, never enforced.
             self.rollouts.observe(lane, run, principal.agent_id, intent, result)
-        return result
 
     def runtime_for(self, run: Run) -> tuple[WorkflowRuntime, Lane | None]:
         """The version that decides the run's actions: the workflow's active one, or, for a run
@@ -164,8 +217,25 @@ class Pipeline:
     def _stages(
         self, run: Run, paused: Paused, agent_id: str, intent: Intent
     ) -> tuple[ActionResult, Lane | None]:
-        runtime: WorkflowRuntime | None = None
-        lane: Lane | None = None
+        verdict, runtime, lane = self._judge(run, paused, agent_id, intent)
+        if verdict.decision.decision != "allow" or runtime is None:
+            # A denial, an escalation, or the approval gate's request for a person.
+            return record_decision(self.engine, run, agent_id, intent, verdict, runtime), lane
+        return self.carry_out(run, agent_id, intent, verdict, runtime), lane
+
+    async def _stages_async(
+        self, run: Run, paused: Paused, agent_id: str, intent: Intent
+    ) -> tuple[ActionResult, Lane | None]:
+        verdict, runtime, lane = self._judge(run, paused, agent_id, intent)
+        if verdict.decision.decision != "allow" or runtime is None:
+            return record_decision(self.engine, run, agent_id, intent, verdict, runtime), lane
+        return await self.carry_out_async(run, agent_id, intent, verdict, runtime), lane
+
+    def _judge(
+        self, run: Run, paused: Paused, agent_id: str, intent: Intent
+    ) -> tuple[Verdict, WorkflowRuntime | None, Lane | None]:
+        """Schema, risk, policy, brakes, stop rules, work package: the verdict, with the runtime
+        that judged it (None when judging failed: the verdict then denies)."""
         try:
             runtime, lane = self.runtime_for(run)
             carried = carried_for(self.engine, runtime.flow_tools, run.id, intent.tool)
@@ -181,12 +251,8 @@ class Pipeline:
             if run.package_id is not None:  # the work package and live policy: the stricter wins
                 verdict = work_package(self.engine, run.package_id, intent, verdict, now=time.time())
         except Exception as exc:  # fail closed: never execute after an error
-            verdict = self.error_verdict(intent, exc)
-            runtime, lane = None, None
-        if verdict.decision.decision != "allow" or runtime is None:
-            # A denial, an escalation, or the approval gate's request for a person.
-            return record_decision(self.engine, run, agent_id, intent, verdict, runtime), lane
-        return self.carry_out(run, agent_id, intent, verdict, runtime), lane
+            return self.error_verdict(intent, exc), None, None
+        return verdict, runtime, lane
 
     def carry_out(
         self,
@@ -202,6 +268,43 @@ class Pipeline:
         output check, redact, record. Approved actions come in here too. A read with a fresh
         cached answer takes the same limits and is recorded the same way; only the upstream
         call (and its journal entry) is replaced by the stored answer."""
+        reserved = self._reserve(run, agent_id, intent, verdict, runtime, approval_id=approval_id)
+        if isinstance(reserved, ActionResult):
+            return reserved
+        call, hit = reserved
+        outcome = cached_outcome(call, hit) if hit is not None else execute(call)
+        return self._conclude(call, outcome)
+
+    async def carry_out_async(
+        self, run: Run, agent_id: str, intent: Intent, verdict: Verdict, runtime: WorkflowRuntime
+    ) -> ActionResult:
+        """:meth:`carry_out` on an event loop, the upstream call awaited. Once the journal says
+        "executing", cancelling the caller (a client that hangs up) does not stop the call or
+        its record: the outcome is recorded, as on the synchronous path."""
+        reserved = self._reserve(run, agent_id, intent, verdict, runtime, approval_id=None)
+        if isinstance(reserved, ActionResult):
+            return reserved
+        call, hit = reserved
+        if hit is not None:
+            return self._conclude(call, cached_outcome(call, hit))
+        result: ActionResult | None = None
+        with anyio.CancelScope(shield=True):
+            result = self._conclude(call, await execute_async(call))
+        assert result is not None  # a shielded scope is not cancelled: its body ran to the end
+        return result
+
+    def _reserve(
+        self,
+        run: Run,
+        agent_id: str,
+        intent: Intent,
+        verdict: Verdict,
+        runtime: WorkflowRuntime,
+        *,
+        approval_id: str | None,
+    ) -> ActionResult | tuple[Call, cache.Hit | None]:
+        """Limits and the reservation with the journal: the journaled call (and a fresh cached
+        answer, if the tool has one), or the recorded refusal."""
         hit: cache.Hit | None = None
         try:
             hit = cache.lookup(self.engine, runtime, run, intent.tool, intent.arguments)
@@ -229,14 +332,15 @@ class Pipeline:
             return record_decision(self.engine, run, agent_id, intent, call, runtime)
         if intent.tool in cache.plan(runtime).caches:
             self.metrics.cache.labels(run.workflow, intent.tool, "hit" if hit else "miss").inc()
-        if hit is not None:
-            outcome = cached_outcome(call, hit)
-        else:
-            outcome = execute(call)
-            outcome = check_output(call, outcome)
-            outcome = redact_outcome(call, outcome)
+        return call, hit
+
+    def _conclude(self, call: Call, outcome: Outcome) -> ActionResult:
+        """Output check and redaction (an upstream answer; a cached one is stored redacted
+        already), then the record: outcome, journal closed, budget settled."""
+        if not outcome.cached:
+            outcome = redact_outcome(call, check_output(call, outcome))
         if not outcome.failed and call.cost_micros:
-            self.metrics.spend.labels(run.workflow, "tool").inc(call.cost_micros / 1_000_000)
+            self.metrics.spend.labels(call.run.workflow, "tool").inc(call.cost_micros / 1_000_000)
         return record_outcome(
             self.engine, call, outcome, sqlite=self.sqlite, budget_warn_ratio=self.budget_warn_ratio
         )

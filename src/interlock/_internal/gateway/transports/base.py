@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from interlock._internal.manifest.models import ToolSpec
 
@@ -26,3 +26,13 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncTransport(Transport, Protocol):
+    """A transport whose upstream is asynchronous (MCP sessions): a coroutine awaits the call on
+    the event loop it runs on, with no worker thread in between."""
+
+    async def call_async(self, tool: ToolSpec, arguments: dict[str, Any], ctx: CallContext) -> Any:
+        """The same call as :meth:`call`; raise ``UpstreamError`` on failure."""
+        ...

@@ -1,10 +1,15 @@
 """MCP servers as tool upstreams: pooled client sessions on one background event loop.
 
-The pipeline is synchronous and calls :meth:`McpTransport.call` from worker threads, while an MCP
-client session is asynchronous and must stay on the loop that opened it. So the transport owns
-one event-loop thread; every session lives there, each inside a long-lived *owner task* that
-enters the SDK client and holds it open until the session is retired. Calls are bridged with
-``asyncio.run_coroutine_threadsafe``.
+An MCP client session is asynchronous and must stay on the loop that opened it. All of one
+transport's sessions live on one loop, each inside a long-lived *owner task* that enters the SDK
+client and holds it open until the session is retired. Which loop: the running loop of the first
+coroutine that calls :meth:`McpTransport.call_async` (the server's, behind the MCP gateway), so
+the gateway's calls await the upstream where they run, with no thread or loop crossing; when a
+synchronous caller comes first (the library, the REST API's worker threads), a loop thread of the
+transport's own. Synchronous calls from other threads are bridged to the owning loop with
+``asyncio.run_coroutine_threadsafe``, asynchronous ones from another loop with
+``asyncio.wrap_future``. When an adopted loop ends, its end cancels the owner tasks, which stop
+their servers; the next call opens fresh sessions.
 
 Sessions are opened on first use, shared by every tool of that server, and replaced when the
 upstream dies: a call that finds the connection closed retires the session, and is retried once
@@ -110,6 +115,7 @@ class McpTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None  # retiring sessions on an adopted loop
         # Touched only on the loop thread.
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -119,6 +125,40 @@ class McpTransport:
     # ---- the public, synchronous side ----------------------------------------------------------
 
     def call(self, tool: ToolSpec, arguments: dict[str, Any], ctx: CallContext) -> Any:
+        coro, timeout = self._request(tool, arguments, ctx)
+        return self._run(coro, timeout=timeout, label=tool.name)
+
+    async def call_async(self, tool: ToolSpec, arguments: dict[str, Any], ctx: CallContext) -> Any:
+        """:meth:`call` from a coroutine: awaited in place when this transport's sessions live on
+        the running loop (it adopts that loop if they live nowhere yet), otherwise on their loop
+        without holding a thread. The connect and call timeouts apply inside either way."""
+        coro, timeout = self._request(tool, arguments, ctx)
+        try:
+            running = asyncio.get_running_loop()
+            loop = self._loop_for(running)
+        except BaseException:
+            coro.close()
+            raise
+        if loop is running:
+            return await coro
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError as exc:
+            future.cancel()
+            raise UpstreamError(f"{tool.name} timed out after {timeout:g}s", code="upstream_timeout") from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller was cancelled, not the call
+            raise UpstreamError(
+                f"{tool.name} was cancelled: the MCP transport closed", code="upstream_unavailable"
+            ) from exc
+
+    def _request(
+        self, tool: ToolSpec, arguments: dict[str, Any], ctx: CallContext
+    ) -> tuple[Coroutine[Any, Any, dict[str, Any]], float]:
+        """The call's coroutine (not started) and the most it may take in all."""
         upstream = tool.upstream
         if not isinstance(upstream, McpUpstream):
             raise UpstreamError(f"tool {tool.name} is not bound to an MCP server tool")
@@ -136,7 +176,7 @@ class McpTransport:
             meta=meta,
         )
         # Connecting has its own budget; a retry may connect and call a second time.
-        return self._run(coro, timeout=2 * (self._connect_timeout + ctx.timeout_s) + 5, label=tool.name)
+        return coro, 2 * (self._connect_timeout + ctx.timeout_s) + 5
 
     def list_tools(self, server: str, *, headers: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """The upstream's tools as plain JSON: ``name``, ``description``, ``inputSchema`` (and
@@ -146,13 +186,26 @@ class McpTransport:
         return self._run(coro, timeout=3 * self._connect_timeout, label=f"{server} tools/list")
 
     def close(self) -> None:
-        """Close every session (stopping stdio servers) and the loop thread. Idempotent."""
+        """Close every session (stopping stdio servers) and the loop thread, if the transport
+        started one; an adopted loop is left running. Idempotent."""
         with self._thread_lock:
             if self._closed:
                 return
             self._closed = True
             loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        if loop is None or loop.is_closed():
+            return  # a loop's end cancelled the owner tasks, which stopped their servers
+        if thread is None:  # an adopted loop: retire our sessions on it, leave the loop to its owner
+            if not loop.is_running():
+                return
+            if _running_loop() is loop:  # cannot wait here for work this very thread must do
+                self._closing = loop.create_task(self._retire_all())
+                return
+            retired = asyncio.run_coroutine_threadsafe(self._retire_all(), loop)
+            try:
+                retired.result(timeout=self._close_timeout + 5)
+            except Exception:  # closing must never raise; the log says what was left behind
+                log.exception("MCP transport: sessions did not close cleanly")
             return
         future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
         try:
@@ -173,19 +226,50 @@ class McpTransport:
         return server
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        """The sessions' loop for a synchronous caller: the adopted one while it runs, else the
+        transport's own loop thread (started now if need be)."""
         with self._thread_lock:
             if self._closed:
                 raise UpstreamError("the MCP transport is closed", code="upstream_unavailable")
-            if self._loop is None:
+            if self._loop is None or self._ended(self._loop):
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="interlock-mcp", daemon=True)
                 thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
+                self._switch(loop, thread)
+            return self._loop  # type: ignore[return-value]  # set just above if it was not
+
+    def _loop_for(self, running: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        """The sessions' loop for a coroutine on ``running``: adopted if there is none yet."""
+        with self._thread_lock:
+            if self._closed:
+                raise UpstreamError("the MCP transport is closed", code="upstream_unavailable")
+            if self._loop is None or self._ended(self._loop):
+                self._switch(running, None)
+            return self._loop  # type: ignore[return-value]  # set just above if it was not
+
+    def _ended(self, loop: asyncio.AbstractEventLoop) -> bool:
+        # An own loop thread may not be running yet a moment after it started; an adopted loop
+        # ran when it was adopted, so one that no longer runs has ended (its owner returned).
+        return loop.is_closed() or (self._thread is None and not loop.is_running())
+
+    def _switch(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
+        if self._loop is not None:
+            log.debug("MCP transport: the loop of its sessions ended; opening new ones on another")
+        # Sessions and locks of an ended loop are dead with it (its end cancelled their tasks).
+        self._sessions.clear()
+        self._locks.clear()
+        self._loop, self._thread = loop, thread
 
     def _run(self, coro: Coroutine[Any, Any, _T], *, timeout: float, label: str) -> _T:
         try:
             loop = self._ensure_loop()
+            if _running_loop() is loop:
+                # Blocking this thread for the answer would stop the very loop that must produce it.
+                raise UpstreamError(
+                    f"{label}: called synchronously on the event loop that holds the MCP sessions; "
+                    "await call_async instead",
+                    code="upstream_unavailable",
+                )
         except BaseException:
             coro.close()
             raise
@@ -438,15 +522,26 @@ class McpTransport:
             raise UpstreamError(f"{server.name} tools/list failed: {_describe(exc)}") from exc
         return tools
 
-    async def _shutdown(self) -> None:
+    async def _retire_all(self) -> None:
         await asyncio.gather(
             *(self._retire(s) for s in list(self._sessions.values())), return_exceptions=True
         )
+
+    async def _shutdown(self) -> None:
+        """Retire every session, then end what else runs on the transport's own loop."""
+        await self._retire_all()
         current = asyncio.current_task()
         rest = [task for task in asyncio.all_tasks() if task is not current]
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _credential_headers(tool: ToolSpec, credential: str | None) -> dict[str, str]:
