@@ -266,10 +266,12 @@ class Setup:
 
 
 async def bench_mcp(
-    servers: list[tuple[str, str, str, dict[str, str]]], n: int
-) -> tuple[dict[str, list[float]], list[float]]:
-    """``servers``: (label, MCP URL, REST API URL, auth headers) per Interlock server; each is
-    called in turn with the direct call, the order rotating every call."""
+    servers: list[tuple[str, str, str, dict[str, str], int]], n: int
+) -> tuple[dict[str, list[float]], list[float], dict[str, float]]:
+    """``servers``: (label, MCP URL, REST API URL, auth headers, server pid) per Interlock server;
+    each is called in turn with the direct call, the order rotating every call. Also returns each
+    server process's CPU seconds per call (read outside the timed window), a figure that the
+    machine's load inflates far less than latency."""
     import httpx
     import httpx2
     from mcp import Client, StdioServerParameters
@@ -280,7 +282,8 @@ async def bench_mcp(
     async with AsyncExitStack() as stack:
         direct = await stack.enter_async_context(Client(direct_params, cache=None))
         sides: dict[str, Any] = {}
-        for label, url, api, auth in servers:
+        pids = {label: pid for label, _, _, _, pid in servers}
+        for label, url, api, auth, _ in servers:
             rest = await stack.enter_async_context(httpx.AsyncClient(base_url=api, headers=auth, timeout=30))
             http = await stack.enter_async_context(
                 httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(30.0, read=60.0))
@@ -302,6 +305,7 @@ async def bench_mcp(
                 result = await client.call_tool("get_current_time", args, meta=metas[label])
                 assert not result.is_error, result
         through: dict[str, list[float]] = {label: [] for label in sides}
+        cpu: dict[str, float] = dict.fromkeys(sides, 0.0)
         plain: list[float] = []
         order = ["direct", *sides]
         for i in range(n):
@@ -309,17 +313,20 @@ async def bench_mcp(
                 metas = {label: await new_run(rest) for label, (_, rest) in sides.items()}
             shift = i % len(order)
             for side in order[shift:] + order[:shift]:
-                t0 = time.perf_counter()
                 if side == "direct":
+                    t0 = time.perf_counter()
                     result = await direct.call_tool("get_current_time", args)
                     plain.append(time.perf_counter() - t0)
                 else:
+                    c0 = cpu_seconds(pids[side])
+                    t0 = time.perf_counter()
                     result = await sides[side][0].call_tool("get_current_time", args, meta=metas[side])
                     through[side].append(time.perf_counter() - t0)
+                    cpu[side] += cpu_seconds(pids[side]) - c0
                 assert not result.is_error, result
                 assert result.structured_content is not None
                 assert result.structured_content["timezone"] == "Etc/UTC"
-        return through, plain
+        return through, plain, {label: seconds / n for label, seconds in cpu.items()}
 
 
 # ---- (b) REST on an HTTP tool -------------------------------------------------------------------
@@ -535,17 +542,21 @@ def main() -> int:
                 before = pipeline_totals(base)
                 print(f"\n(a) MCP tools/call get_current_time, {opts.n} calls per side, alternating")
                 with ExitStack() as stack:
-                    servers = [("this tree", f"{base}/mcp", api, setup.auth)]
+                    servers = [("this tree", f"{base}/mcp", api, setup.auth, server_pid)]
                     if opts.baseline is not None:
                         servers.append(
                             stack.enter_context(baseline_server(opts.baseline, d / "baseline", tool_port))
                         )
-                    through, direct = asyncio.run(bench_mcp(servers, opts.n))
+                    through, direct, cpu = asyncio.run(bench_mcp(servers, opts.n))
                 show("direct: mcp client -> mcp-server-time (stdio)", direct)
                 for label, seconds in through.items():
                     show(f"through Interlock ({label}): client -> /mcp", seconds)
                 for label, seconds in through.items():
                     added(f"added by Interlock ({label})", seconds, direct, target_ms=2.0)
+                for label, per_call in cpu.items():
+                    print(
+                        f"  {f'server CPU per call ({label})':<44} {per_call * 1e3:7.3f} ms (user + system)"
+                    )
                 show_pipeline(base, "get_current_time", before)
             if "b" in opts.only:
                 before = pipeline_totals(base)
@@ -580,7 +591,7 @@ def main() -> int:
 @contextmanager
 def baseline_server(
     checkout: Path, d: Path, tool_port: int
-) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+) -> Iterator[tuple[str, str, str, dict[str, str], int]]:
     """`interlock serve` from an earlier checkout's src/, on its own database made by that code."""
     d.mkdir()
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve() / "src")}
@@ -617,8 +628,8 @@ def baseline_server(
         }
     )
     url = f"http://127.0.0.1:{port}"
-    with process(serve, ready_url=f"{url}/readyz", log=d / "serve.log", env=env, cwd=d, timeout=300):
-        yield (f"baseline {checkout.name}", f"{url}/mcp", f"{url}/v1", info["auth"])
+    with process(serve, ready_url=f"{url}/readyz", log=d / "serve.log", env=env, cwd=d, timeout=300) as pid:
+        yield (f"baseline {checkout.name}", f"{url}/mcp", f"{url}/v1", info["auth"], pid)
 
 
 def verify_audit(db_url: str) -> None:

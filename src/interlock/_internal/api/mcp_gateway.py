@@ -570,7 +570,9 @@ class McpGateway:
             intent = _intent(params.name, params.arguments or {}, meta)
             run_id = await self._run_for(caller, meta)
             # On this request's loop, all the way to the upstream: an MCP session is awaited here.
-            action = await self.interlock.pipeline.submit_async(caller.token, run_id, intent)
+            action = await self.interlock.pipeline.submit_async(
+                caller.token, run_id, intent, principal=caller.principal
+            )
         except (StorageError, ConfigError) as exc:
             # Server-side faults: their text can name hosts or files, so the agent gets a sentence.
             log.warning("MCP tools/call %s failed on the server: %s", params.name, exc)

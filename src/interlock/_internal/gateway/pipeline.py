@@ -131,12 +131,21 @@ class Pipeline:
         principal, run, paused = self.authenticate(token, run_id)  # authenticate + load run
         return self.govern(principal, run, paused, intent)
 
-    async def submit_async(self, token: str, run_id: str, intent: Intent) -> ActionResult:
+    async def submit_async(
+        self, token: str, run_id: str, intent: Intent, *, principal: AgentPrincipal | None = None
+    ) -> ActionResult:
         """:meth:`submit` for a caller on an event loop (the MCP gateway): the same stages, in
         the same order, on the caller's loop. The database stages are short and run in place;
         the upstream call is awaited, on the running loop when its transport is asynchronous
-        (an MCP session), in a worker thread otherwise."""
-        principal, run, paused = self.authenticate(token, run_id)
+        (an MCP session), in a worker thread otherwise. ``principal`` is the agent the caller
+        authenticated from ``token`` on this very request (the gateway does, row checks
+        included): the token is then not verified a second time, and only the run is loaded."""
+        if principal is None:
+            principal, run, paused = self.authenticate(token, run_id)
+        else:
+            if "\x00" in run_id:
+                raise NotFound("unknown run", code="unknown_run")
+            run, paused = self.load_run(run_id)
         return await self.govern_async(principal, run, paused, intent)
 
     def submit_as(self, principal: AgentPrincipal, run_id: str, intent: Intent) -> ActionResult:

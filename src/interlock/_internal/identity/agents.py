@@ -12,9 +12,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -26,6 +27,7 @@ from interlock._internal.identity.secrets import (
     secret_matches,
 )
 from interlock._internal.store.engine import reading, transaction
+from interlock._internal.store.hot import hot_read
 from interlock._internal.store.tables import agents
 from interlock.exceptions import ArgumentsInvalid, AuthenticationError, ConflictError, NotFound
 
@@ -41,6 +43,8 @@ TOUCH_INTERVAL_S = 30.0
 _TOUCH_MEMO_MAX = 10_000
 
 INVALID_CLIENT = "invalid client credentials"
+# The agent behind every request: prepared once, only bound per call.
+_LOOKUP = select(agents).where(agents.c.id == bindparam("agent_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +157,13 @@ class AgentStore:
         return row.record
 
     def lookup(self, agent_id: str) -> AgentAuthRow | None:
-        """The agent's row and secret hash in one primary-key SELECT, or ``None``."""
-        with reading(self._engine) as conn:
-            row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+        """The agent's row and secret hash in one primary-key SELECT, or ``None``. Every request
+        an agent makes reads it, so it is a prepared statement on a bare pooled connection."""
+        with hot_read(self._engine) as conn:
+            row = conn.execute(_LOOKUP, {"agent_id": agent_id}).mappings().first()
         if row is None:
             return None
-        return AgentAuthRow(record=_record(row), secret_hash=row.secret_hash)
+        return auth_row(SimpleNamespace(**row))
 
     def list(self, workflow: str | None = None) -> builtins.list[AgentRecord]:
         """Every agent (revoked ones included), ordered by id; optionally of one workflow only."""
