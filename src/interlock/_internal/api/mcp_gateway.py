@@ -144,14 +144,31 @@ def _annotations(spec: ToolSpec) -> types.ToolAnnotations:
 
 @dataclass(frozen=True)
 class _Catalogue:
-    """What one agent sees, rendered once per manifest version."""
+    """What one agent sees, listed once per manifest version. A tool's MCP descriptor is rendered
+    when a page first shows it, once per version for every agent: the first ``tools/list`` of a
+    large catalogue renders one page, not the catalogue."""
 
     version: str
-    tools: tuple[types.Tool, ...]
+    tools: tuple[ToolSpec | types.Tool, ...]
     names: frozenset[str]
+    rendered: dict[str, types.Tool]
+
+    def page(self, start: int, end: int) -> list[types.Tool]:
+        return [t if isinstance(t, types.Tool) else self._render(t) for t in self.tools[start:end]]
+
+    def _render(self, spec: ToolSpec) -> types.Tool:
+        found = self.rendered.get(spec.name)
+        if found is None:
+            found = self.rendered[spec.name] = types.Tool(
+                name=spec.name,
+                description=spec.description or None,
+                input_schema=spec.input_schema,
+                annotations=_annotations(spec),
+            )
+        return found
 
 
-_NO_TOOLS = _Catalogue(version="", tools=(), names=frozenset())
+_NO_TOOLS = _Catalogue(version="", tools=(), names=frozenset(), rendered={})
 
 
 def _catalogue(runtime: WorkflowRuntime | None, principal: AgentPrincipal) -> _Catalogue:
@@ -164,21 +181,12 @@ def _catalogue(runtime: WorkflowRuntime | None, principal: AgentPrincipal) -> _C
         # A verifier agent also sees the tools that read and decide the requests routed to it.
         extra = verifier_tools(runtime, principal)
         taken = {tool.name for tool in extra}
-        tools = (
-            tuple(
-                types.Tool(
-                    name=spec.name,
-                    description=spec.description or None,
-                    input_schema=spec.input_schema,
-                    annotations=_annotations(spec),
-                )
-                for spec in specs
-                if spec.name not in taken
-            )
-            + extra
-        )
+        tools = tuple(spec for spec in specs if spec.name not in taken) + extra
         found = runtime.memo[key] = _Catalogue(
-            version=runtime.version_id, tools=tools, names=frozenset(tool.name for tool in tools)
+            version=runtime.version_id,
+            tools=tools,
+            names=frozenset(tool.name for tool in tools),
+            rendered=runtime.memo.setdefault("mcp_rendered_tools", {}),
         )
     return found
 
@@ -542,7 +550,7 @@ class McpGateway:
         end = start + self._page_size
         more = end < len(catalogue.tools)
         return types.ListToolsResult(
-            tools=list(catalogue.tools[start:end]),
+            tools=catalogue.page(start, end),
             next_cursor=_cursor(catalogue.version, end) if more else None,
         )
 

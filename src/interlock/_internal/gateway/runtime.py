@@ -16,6 +16,7 @@ from interlock._internal.manifest.conditions import Condition, parse_condition
 from interlock._internal.manifest.loader import LoadedManifest
 from interlock._internal.manifest.models import Manifest, ToolSpec
 from interlock._internal.policy.compiler import CompiledPolicy, compile_manifest
+from interlock._internal.policy.visibility import warm_visibility
 from interlock.exceptions import ArgumentsInvalid, NotFound
 
 MAX_ARGUMENT_BYTES = 256 * 1024
@@ -182,7 +183,7 @@ def build_runtime(
     owned = tuple(transports)
     for kind, transport in (shared_transports or {}).items():
         transports.setdefault(kind, transport)
-    return WorkflowRuntime(
+    runtime = WorkflowRuntime(
         loaded=loaded,
         compiled=compiled,
         tools=tools,
@@ -191,3 +192,5 @@ def build_runtime(
         bound_tools=bound_tools,
         flow_tools=flow_tools,
     )
+    warm_visibility(runtime)  # every agent's tools/list, decided with the version
+    return runtime

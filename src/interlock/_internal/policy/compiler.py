@@ -19,7 +19,6 @@ approval while any other permit allows.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from interlock._internal.manifest.conditions import parse_condition
 from interlock._internal.manifest.loader import LoadedManifest
 from interlock._internal.manifest.models import VERBS, VERIFY, Manifest, RuleSpec, SettleRule, ToolSpec
 from interlock._internal.policy.cedar_values import record_attributes
-from interlock._internal.policy.slices import PolicySlices
+from interlock._internal.policy.slices import PolicySlices, VisibilitySet
 from interlock.exceptions import PolicyError
 
 NS = "Interlock"
@@ -65,11 +64,15 @@ class CompiledPolicy:
             return self.policy_set, self.entity_set
         return self.slices.for_tool(tool)
 
-    def visibility_class(self, tool: str) -> Hashable:
-        """Tools with equal classes get equal answers to requests that differ only by the tool."""
+    def visibility(self) -> VisibilitySet:
+        """What ``tools/list`` evaluates (see slices.py): without slices, every tool on its own
+        against the whole set."""
         if self.slices is None:
-            return ("tool", tool)
-        return self.slices.visibility_class(tool)
+            tools = {
+                e["uid"]["id"]: e["uid"]["id"] for e in self.entities if e["uid"]["type"] == f"{NS}::Tool"
+            }
+            return VisibilitySet(first=tools, policy_set=self.policy_set, entity_set=self.entity_set)
+        return self.slices.visibility
 
 
 def _q(text: str) -> str:

@@ -7,23 +7,37 @@ reasons and errors read exactly as over the whole set. Its entities are the agen
 the tool itself and any tool its slice's policies name: a request reaches no other entity (the
 context holds no entity references). Slices are built on first use, once per manifest version.
 
-Visibility (``tools/list``) asks the same question of every tool with empty arguments. Tools that
-no shared policy names, whose own policies are the same up to the tool's name, and whose entity
-attributes agree, get the same answer; one Cedar request per such class answers for all of them.
-A policy set that reads ``context.tool`` (a tool's name as a string) is evaluated tool by tool.
+Visibility (``tools/list``) asks the same question of every tool with empty arguments, and only
+whether a forbid fires (see visibility.py), so only forbids matter to it. Tools that no shared
+forbid names, whose own forbids are the same up to the tool's name, and whose entity attributes
+agree, get the same answer: one request on the first tool of such a class answers for all of them.
+The classes, and one policy set holding the shared forbids and the own forbids of each class's
+first tool, are built with the slices, once per manifest version; a tool's own forbids only match
+requests on it, so that one set answers each of those tools exactly as its slice would. Forbids
+that read ``context.tool`` (a tool's name as a string) put every tool in a class of its own.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
 
 TOOL = "Interlock::Tool"
 _SELF = '"type": "Interlock::Tool", "id": "\\u0000self"'
+
+
+@dataclass(frozen=True)
+class VisibilitySet:
+    """What ``tools/list`` asks Cedar, once per agent: one request per class, on its first tool."""
+
+    first: Mapping[str, str]  # tool → the first tool of its visibility class (itself, often)
+    policy_set: Any  # cedarpy.PolicySet
+    entity_set: Any  # cedarpy.Entities
 
 
 class PolicySlices:
@@ -43,9 +57,9 @@ class PolicySlices:
         self._tools = {e["uid"]["id"]: e for e in entities if e["uid"]["type"] == TOOL}
         self._others = [e for e in entities if e["uid"]["type"] != TOOL]
         self._named_by_shared = set(_named_tools(self._shared.values()))
-        self._reads_tool_name = '"attr": "tool"' in json.dumps(est)
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
+        self.visibility = self._visibility_set()
 
     def for_tool(self, tool: str) -> tuple[Any, Any]:
         """The tool's ``(cedarpy.PolicySet, cedarpy.Entities)``."""
@@ -66,17 +80,44 @@ class PolicySlices:
         )
         return policy_set, cedarpy.Entities.from_json_str(json.dumps(entities), self._schema_json)
 
-    def visibility_class(self, tool: str) -> Hashable:
-        """Tools of one class get the same answer to a request that only differs by the tool."""
-        if self._reads_tool_name or tool in self._named_by_shared or tool not in self._tools:
-            return ("tool", tool)
-        attrs = json.dumps(self._tools[tool]["attrs"], sort_keys=True)
-        me = json.dumps({"type": TOOL, "id": tool})[1:-1]
-        shapes = sorted(
-            json.dumps({k: v for k, v in policy.items() if k != "annotations"}).replace(me, _SELF)
-            for policy in self._own.get(tool, {}).values()
+    def _visibility_set(self) -> VisibilitySet:
+        shared = {pid: p for pid, p in self._shared.items() if p.get("effect") == "forbid"}
+        own = {
+            tool: forbids
+            for tool, policies in self._own.items()
+            if (forbids := {pid: p for pid, p in policies.items() if p.get("effect") == "forbid"})
+        }
+        named = set(_named_tools(shared.values()))
+        # A tool a shared forbid names, or every tool when a forbid reads the name, stands alone.
+        apart = set(self._tools) if '"attr": "tool"' in json.dumps([shared, own]) else named
+        first: dict[str, str] = {}
+        classes: dict[Hashable, str] = {}
+        for tool, entity in self._tools.items():
+            if tool in apart:
+                first[tool] = tool
+                continue
+            shapes: list[str] = []
+            if tool in own:
+                me = json.dumps({"type": TOOL, "id": tool})[1:-1]
+                shapes = sorted(
+                    json.dumps({k: v for k, v in policy.items() if k != "annotations"}).replace(me, _SELF)
+                    for policy in own[tool].values()
+                )
+            # Equal reprs are equal attributes (keys in another order only split a class).
+            key = (repr(entity["attrs"]), tuple(shapes))
+            first[tool] = classes.setdefault(key, tool)
+        heads = set(first.values())
+        policies = dict(shared)
+        named.update(heads)
+        for tool in heads:
+            policies.update(own.get(tool, {}))
+            named.update(_named_tools(own.get(tool, {}).values()))
+        entities = self._others + [e for t, e in self._tools.items() if t in named]
+        policy_set = cedarpy.PolicySet.from_json_str(
+            json.dumps({"templates": {}, "staticPolicies": policies, "templateLinks": []})
         )
-        return ("class", attrs, tuple(shapes))
+        entity_set = cedarpy.Entities.from_json_str(json.dumps(entities), self._schema_json)
+        return VisibilitySet(first=first, policy_set=policy_set, entity_set=entity_set)
 
 
 def _scoped_tool(policy: dict[str, Any]) -> str | None:
