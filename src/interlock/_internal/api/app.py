@@ -35,6 +35,7 @@ from interlock._internal.api import (
 from interlock._internal.api.body_limit import BodyLimit
 from interlock._internal.api.deps import ApiMetrics
 from interlock._internal.api.errors import install_error_handlers
+from interlock._internal.api.hot_routes import HotRoutes
 from interlock._internal.api.housekeeping import housekeeping
 from interlock._internal.api.mcp_gateway import build_mcp_app
 from interlock._internal.service import Interlock
@@ -50,16 +51,25 @@ UI_PATH = "/ui"
 
 
 class InterlockApi(FastAPI):
-    """FastAPI, with ``/mcp`` answered before the middleware stack and the router: the MCP
-    gateway checks its own Origin, Host and token, and every request to it would otherwise pay
-    for each middleware layer and a match against every REST route first."""
+    """FastAPI, with ``/mcp`` and the per-action routes answered before the middleware stack and
+    the router: the MCP gateway checks its own Origin, Host and token, :class:`.HotRoutes` serves
+    the ordinary action and model call and hands any other request back to FastAPI, and every
+    request to them would otherwise pay for each middleware layer and a match against every REST
+    route first."""
 
     mcp: ASGIApp | None = None
+    hot: HotRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.mcp is not None and scope["type"] == "http" and scope["path"] == MCP_PATH:
-            await self.mcp(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            if self.mcp is not None and scope["path"] == MCP_PATH:
+                await self.mcp(scope, receive, send)
+                return
+            match = self.hot.match(scope) if self.hot is not None else None
+            if match is not None:
+                assert self.hot is not None
+                await self.hot.serve(match, scope, receive, send, fallback=super().__call__)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -140,6 +150,7 @@ def create_api(
     app.include_router(routes_rollouts.router)
     hooks.extend(mount_extras(app, il))
     app.add_middleware(BodyLimit, max_bytes=il.settings.server.max_body_bytes)
+    app.hot = HotRoutes(il, app.state.metrics, max_body_bytes=il.settings.server.max_body_bytes)
     return app
 
 

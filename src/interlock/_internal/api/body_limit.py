@@ -26,10 +26,10 @@ class BodyLimit:
         if scope["type"] != "http" or not path.startswith(_LIMITED):
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = declared_length(scope)
         if declared is not None:
             if declared > self.max_bytes:
-                await self._refuse(path, send)
+                await refuse_too_large(path, self.max_bytes, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -43,7 +43,7 @@ class BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._refuse(path, send)
+                await refuse_too_large(path, self.max_bytes, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -53,29 +53,32 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, path: str, send: Send) -> None:
-        message = f"request body is larger than {self.max_bytes} bytes"
-        body: dict[str, Any]
-        if path.startswith("/oauth/"):  # the token endpoint speaks OAuth's error shape
-            body = {"error": "invalid_request", "error_description": message}
-        else:
-            body = {"error": {"code": "body_too_large", "message": message}}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+
+async def refuse_too_large(path: str, max_bytes: int, send: Send) -> None:
+    """Answer 413 and close the connection: the rest of the body is never read."""
+    message = f"request body is larger than {max_bytes} bytes"
+    body: dict[str, Any]
+    if path.startswith("/oauth/"):  # the token endpoint speaks OAuth's error shape
+        body = {"error": "invalid_request", "error_description": message}
+    else:
+        body = {"error": {"code": "body_too_large", "message": message}}
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
-def _content_length(scope: Scope) -> int | None:
+def declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``, or None when it has none (or an unreadable one)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
@@ -83,3 +86,6 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+__all__ = ["BodyLimit", "declared_length", "refuse_too_large"]

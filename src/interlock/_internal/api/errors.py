@@ -9,14 +9,17 @@ code and a generic sentence while the log gets the details.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +45,26 @@ _ROUTING_CODES = {
     405: "method_not_allowed",
     415: "unsupported_media_type",
 }
+
+
+JSON_MEDIA_TYPE = "application/json"
+
+
+def json_bytes(value: BaseModel | dict[str, Any] | list[Any]) -> bytes:
+    """``value`` as compact UTF-8 JSON: a model by its own (compiled) serializer, anything else by
+    orjson. What orjson refuses (an integer past 64 bits, a key that is not a string) goes through
+    the standard library, as a ``JSONResponse`` would have sent it."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def internal_error_response() -> JSONResponse:
+    """The 500 every unexpected failure gets: a stable code and a sentence, never the exception."""
+    return JSONResponse(error_body("internal_error", _GENERIC_500), status_code=500)
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
@@ -185,16 +208,18 @@ class CatchAll:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:  # too late for a clean answer; let the server close the connection
                 raise
-            response = JSONResponse(error_body("internal_error", _GENERIC_500), status_code=500)
-            await response(scope, receive, send)
+            await internal_error_response()(scope, receive, send)
 
 
 __all__ = [
+    "JSON_MEDIA_TYPE",
     "CatchAll",
     "RejectNulInUrl",
     "error_body",
     "install_error_handlers",
     "interlock_error_response",
+    "internal_error_response",
+    "json_bytes",
     "retry_after_header",
     "status_for",
 ]

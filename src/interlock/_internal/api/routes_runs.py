@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import JSONResponse
 
 from interlock._internal.api.deps import (
     ALL_ROLES,
@@ -41,7 +40,7 @@ from interlock._internal.api.deps import (
     OperatorDep,
     require_any_role,
 )
-from interlock._internal.api.errors import error_body, retry_after_header
+from interlock._internal.api.errors import JSON_MEDIA_TYPE, json_bytes, retry_after_header
 from interlock._internal.api.schemas import (
     TOTAL_HEADER,
     ActionErrorResponse,
@@ -74,12 +73,12 @@ ACTION_STATUS: dict[str, tuple[int, str | None]] = {
 }
 
 
-def action_response(result: ActionResult) -> JSONResponse:
-    """The HTTP form of one action outcome (see the module docstring for the table)."""
+def action_payload(result: ActionResult) -> tuple[int, bytes, dict[str, str]]:
+    """The HTTP form of one action outcome as status, JSON body and extra headers (see the module
+    docstring for the table); the route and the lean path in :mod:`.hot_routes` both send it."""
     status, code = ACTION_STATUS[result.status]
-    action = result.model_dump(mode="json")
     if code is None:
-        return JSONResponse(action, status_code=status)
+        return status, json_bytes(result), {}
     reasons = result.decision.reasons
     message = (
         result.error
@@ -93,9 +92,16 @@ def action_response(result: ActionResult) -> JSONResponse:
     if result.status == "limited":
         details["retry_after"] = result.retry_after
         headers.update(retry_after_header(result.retry_after))
-    body = error_body(code, message, **details)
-    body["action"] = action
-    return JSONResponse(body, status_code=status, headers=headers)
+    # The one error shape (error_body) built directly: the details are JSON values already.
+    error = {"code": code, "message": message, **details}
+    envelope = {"error": error, "action": result.model_dump(mode="json")}
+    return status, json_bytes(envelope), headers
+
+
+def action_response(result: ActionResult) -> Response:
+    """The HTTP form of one action outcome (see the module docstring for the table)."""
+    status, body, headers = action_payload(result)
+    return Response(body, status_code=status, headers=headers, media_type=JSON_MEDIA_TYPE)
 
 
 @router.post(
@@ -158,7 +164,7 @@ def submit_action(
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
     ] = None,
-) -> JSONResponse:
+) -> Response:
     """Send one intent through the pipeline: decided, executed when allowed, and recorded either way."""
     if (
         idempotency_key is not None
@@ -279,4 +285,4 @@ def get_run(run_id: RunIdPath, caller: CallerDep, interlock: InterlockDep) -> Ru
     return view
 
 
-__all__ = ["ACTION_STATUS", "action_response", "router"]
+__all__ = ["ACTION_STATUS", "action_payload", "action_response", "router"]
