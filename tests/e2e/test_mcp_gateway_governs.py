@@ -330,3 +330,34 @@ def _parent(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_a_client_that_hangs_up_mid_call_does_not_lose_the_outcome(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = McpTransport.call_async
+
+    async def slow(self: McpTransport, tool: Any, arguments: Any, ctx: Any) -> Any:
+        await anyio.sleep(1.0)  # the client gives up meanwhile
+        return await original(self, tool, arguments, ctx)
+
+    monkeypatch.setattr(McpTransport, "call_async", slow)
+
+    async def impatient(client: Any) -> bool:
+        with anyio.move_on_after(0.3) as scope:
+            await client.call_tool("get_current_time", UTC)
+        return scope.cancelled_caught
+
+    assert served.run(impatient) is True
+    # The call was journaled and had left; it finishes and is recorded all the same.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        executions = served.rows(t.executions)
+        if executions and executions[0]["state"] != "executing":
+            break
+        time.sleep(0.05)
+    (execution,) = served.rows(t.executions)
+    assert execution["state"] == "done"
+    (step,) = served.rows(t.steps, id=execution["id"])
+    assert step["status"] == "executed"
+    assert step["result"]["structured"]["timezone"] == "Etc/UTC"
