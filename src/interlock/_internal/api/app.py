@@ -151,6 +151,7 @@ def create_api(
     hooks.extend(mount_extras(app, il))
     app.add_middleware(BodyLimit, max_bytes=il.settings.server.max_body_bytes)
     app.hot = HotRoutes(il, app.state.metrics, max_body_bytes=il.settings.server.max_body_bytes)
+    hooks.append(app.hot.lifespan)
     return app
 
 

@@ -7,8 +7,9 @@ JSON, a response object) cost about as much server CPU as the pipeline itself. :
 takes the ordinary request straight to the service instead: a JSON body within
 ``server.max_body_bytes``, a bearer agent token good for this API, and a body the route's own
 request model accepts. The body is read once, parsed once (orjson) and validated once (the same
-pydantic model); the service call runs on the thread pool a sync route runs on; the answer is the
-route's own status, headers and bytes (:func:`~.routes_runs.action_payload`).
+pydantic model); the service call runs on a worker thread (:mod:`.offload`: the hop without
+anyio's extras); the answer is the route's own status, headers and bytes
+(:func:`~.routes_runs.action_payload`).
 
 Nothing else is decided here. No token or a bad one, another media type, a body that does not
 parse or validate, an ``Idempotency-Key`` header out of bounds or disagreeing with the body's key,
@@ -23,10 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +42,7 @@ from interlock._internal.api.errors import (
     status_for,
 )
 from interlock._internal.api.oauth import API_PATH, api_audience, resource_metadata_url, scope_base_url
+from interlock._internal.api.offload import Offload
 from interlock._internal.api.routes_runs import action_payload
 from interlock._internal.api.schemas import ActionRequest
 from interlock._internal.gateway.models import ModelCall
@@ -70,6 +73,15 @@ class HotRoutes:
         self.interlock = interlock
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.offload = Offload()
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Ends the worker threads when the app stops (a lifespan hook of the app factory)."""
+        try:
+            yield
+        finally:
+            self.offload.close()
 
     def match(self, scope: Scope) -> tuple[str, str] | None:
         """``(route, run_id)`` when ``scope`` is a request for one of the two routes, else None."""
@@ -120,7 +132,7 @@ class HotRoutes:
                 status, payload, extra = await self._act(token, run_id, request, header_key)
             else:
                 assert isinstance(request, ModelCall)
-                result = await anyio.to_thread.run_sync(
+                result = await self.offload.run(
                     partial(
                         self.interlock.report_model_call,
                         token,
@@ -155,7 +167,7 @@ class HotRoutes:
     ) -> tuple[int, bytes, dict[str, str]]:
         key = header_key if request.idempotency_key is None else request.idempotency_key
         try:
-            result = await anyio.to_thread.run_sync(
+            result = await self.offload.run(
                 partial(
                     self.interlock.act,
                     token,
