@@ -54,9 +54,12 @@ def serve_one(app: FastAPI, sock: socket.socket, *, log_level: str) -> bool:
     app failed to start."""
     import uvicorn
 
+    from interlock._internal.api.one_write import OneWriteProtocol
+
     # The socket object, not its file descriptor: uvicorn takes a bare descriptor for a Unix
     # socket and would skip what it does for TCP.
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, proxy_headers=False))
+    config = uvicorn.Config(app, log_level=log_level, proxy_headers=False, http=OneWriteProtocol)
+    server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return bool(server.started)
 
@@ -70,9 +73,12 @@ def serve_workers(settings: Settings, sock: socket.socket, *, workers: int, log_
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from interlock._internal.api.one_write import OneWriteProtocol
+
     config = uvicorn.Config(
         partial(worker_app, settings),
         factory=True,
+        http=OneWriteProtocol,
         workers=workers,
         log_level=log_level,
         proxy_headers=False,
