@@ -34,15 +34,17 @@ def visible_tools(
     runtime: WorkflowRuntime, agent_id: str, *, environment: str | None = None
 ) -> list[ToolSpec]:
     """The tools ``agent_id`` sees in ``tools/list`` (none outside its own environment)."""
-    agent = runtime.manifest.agent(agent_id)
-    if agent is None or (environment is not None and environment != agent.environment):
-        return []
-    key = ("visible_tools", agent_id)
-    cached: list[ToolSpec] | None = runtime.memo.get(key)
+    cached: tuple[str, list[ToolSpec]] | None = runtime.memo.get(("visible_tools", agent_id))
     if cached is None:
+        agent = runtime.manifest.agent(agent_id)
+        if agent is None:
+            return []
         # Fixed for a manifest version, and MCP asks on every tools/call: decide once per agent.
-        cached = runtime.memo[key] = _visible(runtime, [agent])[agent.id]
-    return list(cached)
+        cached = _remember(runtime, agent, _visible(runtime, [agent])[agent.id])
+    home, shown = cached
+    if environment is not None and environment != home:
+        return []
+    return list(shown)
 
 
 def warm_visibility(runtime: WorkflowRuntime) -> None:
@@ -50,8 +52,16 @@ def warm_visibility(runtime: WorkflowRuntime) -> None:
     class of its own against the whole set, too slow to pay for agents that may never list."""
     if runtime.compiled.slices is None:
         return
-    for agent_id, shown in _visible(runtime, runtime.manifest.agents).items():
-        runtime.memo[("visible_tools", agent_id)] = shown
+    lists = _visible(runtime, runtime.manifest.agents)
+    for agent in runtime.manifest.agents:
+        _remember(runtime, agent, lists[agent.id])
+
+
+def _remember(
+    runtime: WorkflowRuntime, agent: AgentSpec, shown: list[ToolSpec]
+) -> tuple[str, list[ToolSpec]]:
+    found = runtime.memo[("visible_tools", agent.id)] = (agent.environment, shown)
+    return found
 
 
 def _visible(runtime: WorkflowRuntime, agents: Sequence[AgentSpec]) -> dict[str, list[ToolSpec]]:
