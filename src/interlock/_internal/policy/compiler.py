@@ -72,7 +72,8 @@ class CompiledPolicy:
                 e["uid"]["id"]: e["uid"]["id"] for e in self.entities if e["uid"]["type"] == f"{NS}::Tool"
             }
             return VisibilitySet(first=tools, policy_set=self.policy_set, entity_set=self.entity_set)
-        return self.slices.visibility
+        vis = self.slices.visibility
+        return VisibilitySet(first=vis.first, policy_set=vis.policy_set, entity_set=self.entity_set)
 
 
 def _q(text: str) -> str:

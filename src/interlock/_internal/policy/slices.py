@@ -12,9 +12,10 @@ whether a forbid fires (see visibility.py), so only forbids matter to it. Tools 
 forbid names, whose own forbids are the same up to the tool's name, and whose entity attributes
 agree, get the same answer: one request on the first tool of such a class answers for all of them.
 The classes, and one policy set holding the shared forbids and the own forbids of each class's
-first tool, are built with the slices, once per manifest version; a tool's own forbids only match
-requests on it, so that one set answers each of those tools exactly as its slice would. Forbids
-that read ``context.tool`` (a tool's name as a string) put every tool in a class of its own.
+first tool, are built with the slices, once per manifest version. A tool's own forbids only match
+requests on it, and a request reaches only the entities its policies name, so that set, with the
+whole entity set, answers each of those tools exactly as its slice would. Forbids that read
+``context.tool`` (a tool's name as a string) put every tool in a class of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class VisibilitySet:
     entity_set: Any  # cedarpy.Entities
 
 
+@dataclass(frozen=True)
+class VisibilityPolicies:
+    first: Mapping[str, str]
+    policy_set: Any  # the shared forbids and each class's first tool's own forbids
+
+
 class PolicySlices:
     def __init__(self, text: str, entities: list[dict[str, Any]], schema_json: str) -> None:
         est = json.loads(cedarpy.policies_to_json_str(text))
@@ -59,7 +66,7 @@ class PolicySlices:
         self._named_by_shared = set(_named_tools(self._shared.values()))
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
-        self.visibility = self._visibility_set()
+        self.visibility = self._visibility()
 
     def for_tool(self, tool: str) -> tuple[Any, Any]:
         """The tool's ``(cedarpy.PolicySet, cedarpy.Entities)``."""
@@ -80,15 +87,15 @@ class PolicySlices:
         )
         return policy_set, cedarpy.Entities.from_json_str(json.dumps(entities), self._schema_json)
 
-    def _visibility_set(self) -> VisibilitySet:
+    def _visibility(self) -> VisibilityPolicies:
         shared = {pid: p for pid, p in self._shared.items() if p.get("effect") == "forbid"}
         own = {
             tool: forbids
             for tool, policies in self._own.items()
             if (forbids := {pid: p for pid, p in policies.items() if p.get("effect") == "forbid"})
         }
-        named = set(_named_tools(shared.values()))
         # A tool a shared forbid names, or every tool when a forbid reads the name, stands alone.
+        named = set(_named_tools(shared.values()))
         apart = set(self._tools) if '"attr": "tool"' in json.dumps([shared, own]) else named
         first: dict[str, str] = {}
         classes: dict[Hashable, str] = {}
@@ -106,18 +113,13 @@ class PolicySlices:
             # Equal reprs are equal attributes (keys in another order only split a class).
             key = (repr(entity["attrs"]), tuple(shapes))
             first[tool] = classes.setdefault(key, tool)
-        heads = set(first.values())
         policies = dict(shared)
-        named.update(heads)
-        for tool in heads:
+        for tool in set(first.values()):
             policies.update(own.get(tool, {}))
-            named.update(_named_tools(own.get(tool, {}).values()))
-        entities = self._others + [e for t, e in self._tools.items() if t in named]
         policy_set = cedarpy.PolicySet.from_json_str(
             json.dumps({"templates": {}, "staticPolicies": policies, "templateLinks": []})
         )
-        entity_set = cedarpy.Entities.from_json_str(json.dumps(entities), self._schema_json)
-        return VisibilitySet(first=first, policy_set=policy_set, entity_set=entity_set)
+        return VisibilityPolicies(first=first, policy_set=policy_set)
 
 
 def _scoped_tool(policy: dict[str, Any]) -> str | None:
