@@ -306,13 +306,7 @@ def test_a_dead_upstream_is_replaced_and_the_sync_path_shares_its_session(served
     first = served.call("get_current_time", UTC)
     assert first.is_error is False, text_of(first)
     # The time server is a child of this process (the server runs in a thread here).
-    (child,) = [
-        int(pid)
-        for pid in os.listdir("/proc")
-        if pid.isdigit()
-        and _parent(int(pid)) == os.getpid()
-        and b"mcp_server_time" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    (child,) = _time_servers()
     os.kill(child, signal.SIGKILL)
     again = served.call("get_current_time", UTC)  # idempotent: retried once on a fresh session
     assert again.is_error is False, text_of(again)
@@ -322,6 +316,37 @@ def test_a_dead_upstream_is_replaced_and_the_sync_path_shares_its_session(served
     direct = served.il.act(served.token, run_id, "get_current_time", UTC)
     assert direct.status == "executed", direct
     assert "interlock-mcp" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_a_reloaded_manifest_retires_the_old_sessions_on_the_servers_loop(
+    served: Served, tmp_path: Path
+) -> None:
+    first = served.call("get_current_time", UTC)
+    assert first.is_error is False, text_of(first)
+    (old,) = _time_servers()
+    served.il.load_workflow(tmp_path / "workflow.yaml")  # from this thread, while the server runs
+    deadline = time.monotonic() + 15
+    while old in _time_servers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old not in _time_servers()  # the old version's session was closed, its server stopped
+    again = served.call("get_current_time", UTC)
+    assert again.is_error is False, text_of(again)
+    assert len(_time_servers()) == 1
+
+
+def _time_servers() -> list[int]:
+    """The mcp-server-time processes this process started (the server runs in a thread here)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or _parent(int(pid)) != os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"mcp_server_time" in cmdline:
+            found.append(int(pid))
+    return found
 
 
 def _parent(pid: int) -> int | None:
