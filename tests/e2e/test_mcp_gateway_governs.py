@@ -139,7 +139,7 @@ def served(db_url: str, tmp_path: Path) -> Iterator[Served]:
     manifest = tmp_path / "workflow.yaml"
     manifest.write_text(MANIFEST.format(python=json.dumps(sys.executable)))
 
-    il = Interlock(Settings(database={"url": db_url}))  # type: ignore[arg-type]
+    il = Interlock(Settings(database={"url": db_url}))
     il.migrate()
     runtime = il.load_workflow(manifest)
     creds = il.agents.create("bot", workflow=runtime.name, environment="local", actor="test")

@@ -3,6 +3,7 @@ stdio, a small SDK server over streamable HTTP on 127.0.0.1, and a slow stdio se
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -374,3 +376,73 @@ def test_result_schema_hoists_definitions() -> None:
     assert out["$defs"] == {"T": {"type": "string"}}
     assert out["properties"]["structured"] == {"properties": {"t": {"$ref": "#/$defs/T"}}}
     assert out["required"] == ["content", "structured"]
+
+
+# ---- which loop holds the sessions ----------------------------------------------------------------
+
+TIME_TOOL = ToolSpec.model_validate(
+    {
+        "name": "get_current_time",
+        "verb": "read",
+        "idempotent": True,
+        "input_schema": {"type": "object", "properties": {"timezone": {"type": "string"}}},
+        "upstream": {"kind": "mcp", "server": "time", "tool": "get_current_time"},
+    }
+)
+UTC = {"timezone": "Etc/UTC"}
+
+
+def loop_threads() -> int:
+    return sum(thread.name == "interlock-mcp" for thread in threading.enumerate())
+
+
+def new_time_servers(known: set[int]) -> list[int]:
+    """Time servers started since ``known`` was taken (the module's shared transport has one)."""
+    return [pid for pid in children("mcp_server_time") if pid not in known]
+
+
+def test_an_async_caller_awaits_the_session_on_its_own_loop_and_sync_callers_share_it() -> None:
+    transport = McpTransport([McpServerSpec(name="time", command=[sys.executable, "-m", "mcp_server_time"])])
+    before = loop_threads()
+    known = set(children("mcp_server_time"))
+
+    async def main() -> tuple[Any, Any, Any]:
+        first = await transport.call_async(TIME_TOOL, UTC, ctx())
+        # A synchronous caller in a worker thread reaches the same session, on this loop.
+        from_thread = await asyncio.to_thread(transport.call, TIME_TOOL, UTC, ctx())
+        # Blocking this loop's own thread for an answer it must produce would hang: refused.
+        with pytest.raises(UpstreamError, match="synchronously on the event loop"):
+            transport.call(TIME_TOOL, UTC, ctx())
+        return first, from_thread, new_time_servers(known)
+
+    try:
+        first, from_thread, pids = asyncio.run(main())
+        assert first["structured"]["timezone"] == from_thread["structured"]["timezone"] == "Etc/UTC"
+        assert len(pids) == 1
+        assert loop_threads() == before  # no loop thread of the transport's own
+        assert wait_gone(pids[0])  # the loop's end cancelled the session, which stopped its server
+        # The loop is gone: a synchronous call now opens a session on a loop thread of its own.
+        later = transport.call(TIME_TOOL, UTC, ctx())
+        assert later["structured"]["timezone"] == "Etc/UTC"
+        assert loop_threads() == before + 1
+    finally:
+        transport.close()
+    assert loop_threads() == before
+
+
+def test_an_async_caller_is_bridged_to_a_loop_thread_that_holds_the_sessions() -> None:
+    transport = McpTransport([McpServerSpec(name="time", command=[sys.executable, "-m", "mcp_server_time"])])
+    try:
+        known = set(children("mcp_server_time"))
+        transport.call(TIME_TOOL, UTC, ctx())  # a synchronous caller came first: a loop thread
+        pids = new_time_servers(known)
+        assert len(pids) == 1
+
+        async def main() -> Any:
+            return await transport.call_async(TIME_TOOL, UTC, ctx())
+
+        assert asyncio.run(main())["structured"]["timezone"] == "Etc/UTC"
+        assert new_time_servers(known) == pids  # the same session, on the transport's loop
+    finally:
+        transport.close()
+    assert all(wait_gone(pid) for pid in pids)
