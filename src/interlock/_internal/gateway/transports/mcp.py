@@ -355,6 +355,10 @@ class McpTransport:
         if self._closed:  # a call retrying while close() runs must not start a new server
             raise UpstreamError("the MCP transport is closed", code="upstream_unavailable")
         key = (server.name, _fingerprint(headers))
+        open_ = self._sessions.get(key)
+        if open_ is not None and _usable(open_):
+            # The common case: an open session, taken without the lock, a timer or a loop pass.
+            return open_, open_.ready.result()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             session = self._sessions.get(key)
@@ -535,6 +539,18 @@ class McpTransport:
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _usable(session: _Session) -> bool:
+    """Whether ``session`` is open: its owner task runs and its client is ready."""
+    ready = session.ready
+    return (
+        session.task is not None
+        and not session.task.done()
+        and ready.done()
+        and not ready.cancelled()
+        and ready.exception() is None
+    )
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
