@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from conftest import _require_pg, fresh_pg_url
 from interlock._internal.api.mcp_gateway import build_mcp_app, visible_tools
 from interlock._internal.gateway.runtime import build_runtime
 from interlock._internal.manifest.loader import load_manifest
@@ -75,15 +76,26 @@ class Gateway:
         return anyio.run(main)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway once per database: the same calls, governed on SQLite and on PostgreSQL."""
+    with ExitStack() as stack:
+        base = tmp_path_factory.mktemp("gateway")
+        if request.param == "sqlite":
+            db_url = f"sqlite:///{base / 'interlock.db'}"
+        else:
+            _require_pg()
+            db_url = stack.enter_context(contextmanager(fresh_pg_url)())
+        yield from _serve_gateway(base, db_url)
+
+
+def _serve_gateway(base: Path, db_url: str) -> Iterator[Gateway]:
     import uvicorn
 
     from interlock import Interlock, Settings
     from interlock._internal.gateway.transports.mcp import McpTransport
     from interlock._internal.server import MCP_PATH, create_app
 
-    base = tmp_path_factory.mktemp("gateway")
     repo = base / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -99,7 +111,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         GIT_OPS.read_text().replace("command: [python, ", f"command: [{json.dumps(sys.executable)}, ")
     )
 
-    il = Interlock(Settings(database={"url": f"sqlite:///{base / 'interlock.db'}"}))  # type: ignore[arg-type]
+    il = Interlock(Settings(database={"url": db_url}))
     il.migrate()
     runtime = il.load_workflow(manifest)
     if "mcp" not in runtime.transports:  # until build_runtime registers the MCP transport itself
