@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 import weakref
@@ -42,6 +41,7 @@ from sqlalchemy import Text
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.types import TypeDecorator
 
+from interlock._internal.store import json_text
 from interlock.exceptions import ConfigError, StorageError
 
 PREFIX = "enc1:"
@@ -192,7 +192,7 @@ class Payload(TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json_text.dumps(value)
         keyring = _KEYRINGS.get(dialect)
         if keyring is None or keyring.current is None or _is_marker(value):
             return text
@@ -201,7 +201,7 @@ class Payload(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return json.loads(open_text(dialect, value, self.column))
+        return json_text.loads(open_text(dialect, value, self.column))
 
 
 __all__ = [

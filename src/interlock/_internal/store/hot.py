@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Union, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Table, event
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
+from interlock._internal.store import engine as engine_settings
 from interlock._internal.store.engine import short_error, write_lock
 from interlock.exceptions import StorageError
 
@@ -196,36 +200,64 @@ def compiled_for(
 
 
 class HotResult:
-    """What a statement gave back: every row, fetched at once, and the row count."""
+    """What a statement gave back: every row, fetched at once, and the row count.
 
-    __slots__ = ("_keys", "_rows", "rowcount")
+    In a pipelined transaction (PostgreSQL) the statement has only been sent: its answer is
+    waited for the first time it is asked for (rows, row count), together with the answers of
+    every statement sent before it (one round trip for all of them)."""
 
-    def __init__(self, rows: list[tuple[Any, ...]], keys: tuple[str, ...] | None, rowcount: int) -> None:
+    __slots__ = ("_keys", "_pending", "_rowcount", "_rows")
+
+    def __init__(
+        self,
+        rows: list[tuple[Any, ...]],
+        keys: tuple[str, ...] | None,
+        rowcount: int,
+        pending: Callable[[], tuple[list[tuple[Any, ...]], tuple[str, ...] | None, int]] | None = None,
+    ) -> None:
         self._rows = rows
         self._keys = keys or ()
-        self.rowcount = rowcount
+        self._rowcount = rowcount
+        self._pending = pending
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            rows, keys, self._rowcount = pending()
+            self._rows, self._keys = rows, keys or ()
+
+    @property
+    def rowcount(self) -> int:
+        self._wait()
+        return self._rowcount
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        self._wait()
         return iter(self._rows)
 
     def first(self) -> tuple[Any, ...] | None:
+        self._wait()
         return self._rows[0] if self._rows else None
 
     def one(self) -> tuple[Any, ...]:
+        self._wait()
         if len(self._rows) != 1:
             raise _NoResult(f"expected one row, got {len(self._rows)}")
         return self._rows[0]
 
     def scalar(self) -> Any:
+        self._wait()
         return self._rows[0][0] if self._rows else None
 
     def scalar_one(self) -> Any:
         return self.one()[0]
 
     def all(self) -> list[tuple[Any, ...]]:
+        self._wait()
         return list(self._rows)
 
     def mappings(self) -> _Mappings:
+        self._wait()
         return _Mappings([dict(zip(self._keys, row, strict=True)) for row in self._rows])
 
 
@@ -259,37 +291,50 @@ class HotTx:
 
     Duck-types the part of SQLAlchemy's ``Connection`` the pipeline's stage functions use:
     ``execute(statement, params)`` returning rows with ``first``, ``one``, ``scalar_one``,
-    ``mappings``, ``rowcount`` and iteration, and ``dialect``."""
+    ``mappings``, ``rowcount`` and iteration, and ``dialect``.
 
-    __slots__ = ("_cursor", "_driver", "_fairy", "dialect")
+    With a ``pipeline`` (psycopg's pipeline mode, in a PostgreSQL write transaction), a statement
+    is sent without waiting for its answer; see :class:`HotResult`. A statement's error may then
+    surface at a later statement, when an answer is waited for, or at the commit: the transaction
+    fails as a whole either way, as it would have."""
 
-    def __init__(self, fairy: Any, dialect: Dialect) -> None:
+    __slots__ = ("_cursor", "_driver", "_fairy", "_pipeline", "dialect")
+
+    def __init__(self, fairy: Any, dialect: Dialect, pipeline: Any = None) -> None:
         self._fairy = fairy
         self._driver = fairy.driver_connection
         self._cursor = self._driver.cursor()
+        self._pipeline = pipeline
         self.dialect = dialect
 
     def execute(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> HotResult:
         compiled = compiled_for(statement, self.dialect, parameters)
         sql, params = compiled.bind(parameters)
+        if self._pipeline is not None:
+            cursor = self._driver.cursor()  # a cursor per statement: each keeps its own answer
+            try:
+                cursor.execute(sql, params)
+            except self.dialect.loaded_dbapi.Error as exc:
+                raise self._failed(exc, sql, params, cursor) from exc
+            return HotResult([], None, -1, lambda: self._answer(compiled, cursor, sql, params, wait=True))
         cursor = self._cursor
         try:
             cursor.execute(sql, params)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._failed(exc, sql, params, cursor) from exc
+        rows, keys, rowcount = self._answer(compiled, cursor, sql, params, wait=False)
+        return HotResult(rows, keys, rowcount)
+
+    def _answer(
+        self, compiled: _Compiled, cursor: Any, sql: str, params: Any, *, wait: bool
+    ) -> tuple[list[tuple[Any, ...]], tuple[str, ...] | None, int]:
+        try:
+            if wait:
+                self._pipeline.sync()  # every statement sent so far, answered in one round trip
             description = cursor.description
             rows: list[tuple[Any, ...]] = cursor.fetchall() if description is not None else []
         except self.dialect.loaded_dbapi.Error as exc:
-            invalidated = self.dialect.is_disconnect(exc, self._driver, cursor)
-            if invalidated:
-                self._fairy.invalidate(exc)
-            raise DBAPIError.instance(
-                sql,
-                params,
-                exc,
-                self.dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                connection_invalidated=invalidated,
-                dialect=self.dialect,
-            ) from exc
+            raise self._failed(exc, sql, params, cursor) from exc
         if description is not None and not compiled.resolved:
             compiled.resolve_results(description, self.dialect)
         results = compiled.results
@@ -297,7 +342,22 @@ class HotTx:
             rows = [
                 tuple(v if p is None else p(v) for p, v in zip(results, row, strict=True)) for row in rows
             ]
-        return HotResult(rows, compiled.keys, cursor.rowcount)
+        return rows, compiled.keys, cursor.rowcount
+
+    def _failed(self, exc: Any, sql: str, params: Any, cursor: Any) -> StatementError:
+        invalidated = self.dialect.is_disconnect(exc, self._driver, cursor)
+        if invalidated:
+            self._fairy.invalidate(exc)
+        error: StatementError = DBAPIError.instance(
+            sql,
+            params,
+            exc,
+            self.dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=self.dialect,
+        )
+        return error
 
 
 class InsertIgnore:
@@ -326,25 +386,108 @@ class InsertIgnore:
 Conn = Union[Connection, HotTx]  # noqa: UP007 - a runtime alias, read by mypy
 
 
+class _Kept:
+    """Driver connections the hot path keeps checked out between its transactions.
+
+    A checkout from SQLAlchemy's pool and its return cost some 30 µs of Python (the connection
+    record, reset on return, events), and an action takes three. The hot path hands its
+    connections back here instead, and takes them from here first: a handful per engine, most
+    recently used first, at most :data:`KEEP` idle (so the pool still has connections for
+    everything else). A connection that sat here :data:`~.engine.IDLE_PING_S` or more is closed
+    and a checkout from the pool replaces it (where the pool checks an idle connection before it
+    hands it out), so nothing that may have gone stale is used unchecked; an invalidated one is
+    never kept. When the engine is disposed, what is kept is closed with it.
+    """
+
+    __slots__ = ("idle", "lock")
+
+    def __init__(self) -> None:
+        self.idle: deque[tuple[float, Any]] = deque()
+        self.lock = threading.Lock()
+
+    def drain(self) -> None:
+        with self.lock:
+            kept, self.idle = list(self.idle), deque()
+        for _, fairy in kept:
+            fairy.invalidate()  # closes the driver connection now, not when the old pool is collected
+
+
+KEEP = 4
+_KEPT_ATTR = "_interlock_hot_kept"
+
+
+def _kept(engine: Engine) -> _Kept | None:
+    kept: _Kept | None = engine.__dict__.get(_KEPT_ATTR)
+    if kept is None:
+        if not isinstance(engine.pool, QueuePool):  # one shared connection (SQLite in memory): as is
+            return None
+        with _CACHE_GUARD:
+            kept = engine.__dict__.get(_KEPT_ATTR)
+            if kept is None:
+                kept = _Kept()
+                event.listen(engine, "engine_disposed", _drain_on_dispose)
+                engine.__dict__[_KEPT_ATTR] = kept
+    return kept
+
+
+def _drain_on_dispose(engine: Engine) -> None:
+    kept: _Kept | None = engine.__dict__.get(_KEPT_ATTR)
+    if kept is not None:
+        kept.drain()
+
+
+def _lease(engine: Engine) -> Any:
+    """A driver connection for one hot transaction: a kept one if it is fresh, else the pool's."""
+    kept = _kept(engine)
+    if kept is not None:
+        now = time.monotonic()
+        while True:
+            try:
+                since, fairy = kept.idle.pop()
+            except IndexError:
+                break
+            if now - since < engine_settings.IDLE_PING_S and fairy.is_valid:
+                return fairy
+            # It may have died while it sat here (a restart, a proxy's idle timeout): close it
+            # rather than hand it out unchecked; the pool opens or checks another.
+            fairy.invalidate()
+    try:
+        return engine.raw_connection()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
+
+
+def _give_back(engine: Engine, fairy: Any) -> None:
+    kept = _kept(engine)
+    if kept is not None and fairy.is_valid and len(kept.idle) < KEEP:
+        kept.idle.append((time.monotonic(), fairy))
+        return
+    fairy.close()
+
+
 @contextmanager
 def hot_write(engine: Engine) -> Iterator[HotTx]:
-    """A write transaction on the driver's connection; commits when the block ends normally."""
+    """A write transaction on the driver's connection; commits when the block ends normally.
+
+    On PostgreSQL the transaction runs in psycopg's pipeline mode (where libpq has it): statements
+    whose answers nobody asks for (most writes) go out together with the next one that is asked
+    for, and the commit. An action's write transaction takes three round trips instead of eight."""
     dialect = engine.dialect
     sqlite = dialect.name == "sqlite"
     lock = write_lock(engine)
     if lock is not None:
         lock.acquire()
     try:
-        try:
-            fairy = engine.raw_connection()
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
+        fairy = _lease(engine)
         try:
             driver: Any = fairy.driver_connection
+            pipelined: Any = None  # the context manager of psycopg's pipeline mode
             try:
                 if sqlite:
                     driver.execute("BEGIN IMMEDIATE")
-                tx = HotTx(fairy, dialect)
+                elif _pipelines(dialect):
+                    pipelined = driver.pipeline()
+                tx = HotTx(fairy, dialect, None if pipelined is None else pipelined.__enter__())
             except dialect.loaded_dbapi.Error as exc:
                 _rollback(fairy, driver, sqlite=sqlite)
                 raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
@@ -353,8 +496,16 @@ def hot_write(engine: Engine) -> Iterator[HotTx]:
                 if sqlite:
                     driver.execute("COMMIT")
                 else:
-                    driver.commit()
+                    try:
+                        driver.commit()
+                        if pipelined is not None:
+                            pipelined, leaving = None, pipelined
+                            leaving.__exit__(None, None, None)
+                    except dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy would raise it
+                        raise tx._failed(exc, "COMMIT", None, None) from exc
             except BaseException as exc:
+                if pipelined is not None:
+                    _leave(pipelined, exc)
                 _rollback(fairy, driver, sqlite=sqlite)
                 if isinstance(exc, SQLAlchemyError):
                     raise StorageError(
@@ -364,10 +515,31 @@ def hot_write(engine: Engine) -> Iterator[HotTx]:
                     raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
                 raise
         finally:
-            fairy.close()
+            _give_back(engine, fairy)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _pipelines(dialect: Dialect) -> bool:
+    """Whether the PostgreSQL driver can pipeline (psycopg with libpq 14 or later)."""
+    found = dialect.__dict__.get("_interlock_pipelines")
+    if found is None:
+        try:
+            import psycopg
+
+            found = bool(psycopg.Pipeline.is_supported())
+        except Exception:  # another driver, or an old libpq: one statement at a time
+            found = False
+        dialect.__dict__["_interlock_pipelines"] = found
+    return bool(found)
+
+
+def _leave(pipelined: Any, exc: BaseException) -> None:
+    """Leave pipeline mode after a failure, so the rollback can be sent; its own errors are the
+    failure's echo (an aborted pipeline) and change nothing."""
+    with suppress(Exception):
+        pipelined.__exit__(type(exc), exc, exc.__traceback__)
 
 
 def _rollback(fairy: Any, driver: Any, *, sqlite: bool) -> None:
@@ -386,10 +558,7 @@ def hot_read(engine: Engine) -> Iterator[HotTx]:
     """Reads in autocommit: each statement is its own snapshot, and nothing else is sent."""
     dialect = engine.dialect
     sqlite = dialect.name == "sqlite"
-    try:
-        fairy = engine.raw_connection()
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database error: {exc.__class__.__name__}: {short_error(exc)}") from exc
+    fairy = _lease(engine)
     driver: Any = fairy.driver_connection
     try:
         if not sqlite:
@@ -403,7 +572,7 @@ def hot_read(engine: Engine) -> Iterator[HotTx]:
                 driver.autocommit = False
         except Exception as exc:
             fairy.invalidate(exc)
-        fairy.close()
+        _give_back(engine, fairy)
 
 
 __all__ = ["Conn", "HotResult", "HotTx", "InsertIgnore", "compiled_for", "hot_read", "hot_write"]

@@ -7,7 +7,6 @@ JSON; the payload columns (``Payload``) are encrypted at rest when a data key is
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from interlock._internal.store import json_text
 from interlock._internal.store.encryption import Payload
 
 metadata = MetaData(
@@ -49,12 +49,12 @@ class JSONText(TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json_text.dumps(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return json.loads(value)
+        return json_text.loads(value)
 
 
 # Timestamps are float seconds since the epoch (UTC): portable, sortable, cheap.
