@@ -4,6 +4,7 @@ all-or-nothing transactions, and connections handed back as they were taken."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -180,3 +181,162 @@ def test_a_connection_that_died_while_idle_is_replaced(pg_url: str, monkeypatch:
             hot.execute(t.audit_head.delete())
     finally:
         engine.dispose()
+
+
+def test_connections_are_kept_between_transactions_and_bounded(engine: Engine) -> None:
+    """The hot path keeps a few driver connections checked out between its transactions (a pool
+    checkout costs more than a statement), never more than KEEP idle, and closes them with the
+    engine."""
+    import threading
+
+    from interlock._internal.store import hot as hot_module
+
+    _seed(engine)
+    with hot_read(engine) as hot:
+        first = hot._driver
+    for _ in range(5):
+        with hot_write(engine) as hot:
+            assert hot._driver is first  # the one just given back, not a new checkout
+            hot.execute(BUMP, {"run_id": "run_1"})
+    kept = hot_module._kept(engine)
+    assert kept is not None
+    assert len(kept.idle) == 1
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def busy() -> None:
+        try:
+            with hot_read(engine) as hot:
+                barrier.wait(timeout=30)  # eight connections in use at once
+                hot.execute(STEPS_OF, {"run_id": "run_2"})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=busy) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert len(kept.idle) == hot_module.KEEP
+    assert engine.pool.checkedout() == hot_module.KEEP  # type: ignore[attr-defined]
+    drivers = [fairy.driver_connection for _, fairy in kept.idle]
+    engine.dispose()
+    assert len(kept.idle) == 0
+    if engine.dialect.name == "postgresql":
+        assert all(d.closed for d in drivers)
+    with hot_read(engine) as hot:  # the engine still works after dispose, as SQLAlchemy's does
+        assert hot.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 5
+
+
+class _RoundTrips:
+    """A TCP proxy to PostgreSQL that counts round trips: the messages after which the client
+    waits for the server (Sync in the extended protocol, a simple Query), read off its side of
+    the wire protocol."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.round_trips = 0
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: object, dst: object, from_client: bool) -> None:
+        import socket
+
+        assert isinstance(src, socket.socket)
+        assert isinstance(dst, socket.socket)
+        pending = b""
+        started = False  # the untyped startup (and SSL request) messages come first
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if not from_client:
+                    continue
+                pending += data
+                while True:
+                    if not started:
+                        if len(pending) < 8:
+                            break
+                        size = int.from_bytes(pending[:4], "big")
+                        code = int.from_bytes(pending[4:8], "big")
+                        if len(pending) < size:
+                            break
+                        pending = pending[size:]
+                        started = code == 196608  # protocol 3.0: the startup message itself
+                        continue
+                    if len(pending) < 5:
+                        break
+                    size = int.from_bytes(pending[1:5], "big")
+                    if len(pending) < 1 + size:
+                        break
+                    if pending[:1] in (b"S", b"Q"):
+                        self.round_trips += 1
+                    pending = pending[1 + size :]
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_write_transaction_waits_only_for_the_answers_it_reads(pg_url: str) -> None:
+    """Writes whose answers nobody reads go out together with the next statement that is read and
+    with the commit (psycopg's pipeline mode): three unread writes, one read and the commit take
+    two round trips, not six. What is read sees the writes before it, and a row count asked for
+    later is the statement's own."""
+    from sqlalchemy.engine import make_url
+
+    from interlock._internal.settings import DatabaseSettings
+    from interlock._internal.store.engine import make_engine
+    from interlock._internal.store.migrate import upgrade
+
+    url = make_url(pg_url)
+    proxy = _RoundTrips(url.host or "127.0.0.1", url.port or 5432)
+    engine = make_engine(
+        DatabaseSettings(url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(False))
+    )
+    try:
+        upgrade(engine)
+        with transaction(engine) as conn:
+            conn.execute(t.runs.delete().where(t.runs.c.id.in_(["run_1", "run_2", "run_3"])))
+            conn.execute(t.workflows.delete().where(t.workflows.c.name == "wf"))
+        _seed(engine)
+        with hot_write(engine) as hot:  # warm: the connection is open and kept
+            hot.execute(BUMP, {"run_id": "run_3"})
+        before = proxy.round_trips
+        with hot_write(engine) as hot:
+            first = hot.execute(BUMP, {"run_id": "run_1"})
+            missing = hot.execute(BUMP, {"run_id": "missing"})
+            hot.execute(BUMP, {"run_id": "run_1"})
+            assert hot.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 2
+            assert (first.rowcount, missing.rowcount) == (1, 0)
+        assert proxy.round_trips - before == 2
+        with hot_read(engine) as hot:
+            assert hot.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 2
+    finally:
+        engine.dispose()
+        proxy.close()

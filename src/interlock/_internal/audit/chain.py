@@ -26,7 +26,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from interlock._internal.audit.canonical import HASH_FORMAT, canonical_json, sha256_hex
-from interlock._internal.store import json_text
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.store.hot import Conn
 from interlock._internal.store.tables import audit_events, audit_head
@@ -165,7 +164,7 @@ def append_event(
     except SQLAlchemyError as exc:
         raise StorageError(f"audit append failed: {exc.__class__.__name__}: {_first_line(exc)}") from exc
     # Data is returned as hashed (sets sorted, tuples as lists), the same as readers will see it.
-    hashed_data: dict[str, Any] = json_text.loads(body)["data"]
+    hashed_data: dict[str, Any] = json.loads(body)["data"]
     return AuditEvent(seq, ts, kind, actor, workflow, run_id, hashed_data, prev_hash, digest)
 
 

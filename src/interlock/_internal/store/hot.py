@@ -329,8 +329,8 @@ class HotTx:
         self, compiled: _Compiled, cursor: Any, sql: str, params: Any, *, wait: bool
     ) -> tuple[list[tuple[Any, ...]], tuple[str, ...] | None, int]:
         try:
-            if wait:
-                self._pipeline.sync()  # every statement sent so far, answered in one round trip
+            if wait and cursor.pgresult is None:  # not answered yet: ask for every statement
+                self._pipeline.sync()  # sent so far, answered in one round trip
             description = cursor.description
             rows: list[tuple[Any, ...]] = cursor.fetchall() if description is not None else []
         except self.dialect.loaded_dbapi.Error as exc:
@@ -469,9 +469,10 @@ def _give_back(engine: Engine, fairy: Any) -> None:
 def hot_write(engine: Engine) -> Iterator[HotTx]:
     """A write transaction on the driver's connection; commits when the block ends normally.
 
-    On PostgreSQL the transaction runs in psycopg's pipeline mode (where libpq has it): statements
-    whose answers nobody asks for (most writes) go out together with the next one that is asked
-    for, and the commit. An action's write transaction takes three round trips instead of eight."""
+    On PostgreSQL the transaction runs in psycopg's pipeline mode (where libpq has it), with its
+    ``BEGIN`` and ``COMMIT`` sent as statements: a write whose answer nobody asks for goes out
+    with the next statement that is asked for, and the last ones with the commit. The record of
+    an executed action takes three round trips instead of eight."""
     dialect = engine.dialect
     sqlite = dialect.name == "sqlite"
     lock = write_lock(engine)
@@ -481,14 +482,22 @@ def hot_write(engine: Engine) -> Iterator[HotTx]:
         fairy = _lease(engine)
         try:
             driver: Any = fairy.driver_connection
-            pipelined: Any = None  # the context manager of psycopg's pipeline mode
+            pipelined: Any = None  # the context manager of psycopg's pipeline mode, while in it
             try:
                 if sqlite:
                     driver.execute("BEGIN IMMEDIATE")
+                    tx = HotTx(fairy, dialect)
                 elif _pipelines(dialect):
+                    # psycopg waits for its own BEGIN and COMMIT in pipeline mode; ours are queued.
+                    driver.autocommit = True
                     pipelined = driver.pipeline()
-                tx = HotTx(fairy, dialect, None if pipelined is None else pipelined.__enter__())
+                    tx = HotTx(fairy, dialect, pipelined.__enter__())
+                    tx._cursor.execute("BEGIN")
+                else:
+                    tx = HotTx(fairy, dialect)
             except dialect.loaded_dbapi.Error as exc:
+                if pipelined is not None:
+                    _leave(pipelined, exc)
                 _rollback(fairy, driver, sqlite=sqlite)
                 raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
             try:
@@ -497,10 +506,13 @@ def hot_write(engine: Engine) -> Iterator[HotTx]:
                     driver.execute("COMMIT")
                 else:
                     try:
-                        driver.commit()
                         if pipelined is not None:
+                            tx._cursor.execute("COMMIT")
                             pipelined, leaving = None, pipelined
-                            leaving.__exit__(None, None, None)
+                            leaving.__exit__(None, None, None)  # what is queued, then the COMMIT
+                            driver.autocommit = False
+                        else:
+                            driver.commit()
                     except dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy would raise it
                         raise tx._failed(exc, "COMMIT", None, None) from exc
             except BaseException as exc:
@@ -548,7 +560,9 @@ def _rollback(fairy: Any, driver: Any, *, sqlite: bool) -> None:
             if driver.in_transaction:
                 driver.execute("ROLLBACK")
         else:
-            driver.rollback()
+            if driver.info.transaction_status != 0:  # not idle: in a block, failed or not
+                driver.execute("ROLLBACK") if driver.autocommit else driver.rollback()
+            driver.autocommit = False
     except Exception as exc:  # the connection is unusable; the pool must not hand it out again
         fairy.invalidate(exc)
 

@@ -11,7 +11,7 @@ means what it always meant:
 - NaN and the infinities, which orjson writes as ``null`` and ``json`` as ``NaN``/``Infinity``
   (not JSON, but read back as written; looked for only when the text holds a ``null``).
 
-Reading takes orjson's parser and falls back to ``json`` for what only it reads (``NaN``).
+Reading stays with ``json``: orjson reads an integer past 64 bits as a float.
 """
 
 from __future__ import annotations
@@ -37,11 +37,9 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """The value stored as ``text``."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+    """The value stored as ``text``: the standard library's parser, which keeps integers past 64
+    bits exact (orjson reads them as floats) and reads ``NaN``."""
+    return json.loads(text)
 
 
 def _std_dumps(value: Any) -> str:
