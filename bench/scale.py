@@ -258,8 +258,8 @@ def side_by_side(opts: argparse.Namespace, sizes: tuple[int, int]) -> None:
             meds[label] = [statistics.median(r[key]) * scale for r in rounds[label]]
         ratio = statistics.median(a / b for a, b in zip(meds["after"], meds["before"], strict=True))
         print(
-            f"  {key + ' (' + unit + ')':<28}{statistics.median(meds['before']):>14.1f}"
-            f"{statistics.median(meds['after']):>14.1f}{ratio:>13.2f}x"
+            f"  {key + ' (' + unit + ')':<28}{statistics.median(meds['before']):>14.2f}"
+            f"{statistics.median(meds['after']):>14.2f}{ratio:>13.2f}x"
         )
     for label in rounds:
         big = [statistics.median(r[f"decision {sizes[1]}"]) for r in rounds[label]]
