@@ -9,9 +9,11 @@ which reads as its stages, in this order:
     → output check → redact → record (outcome, journal closed, step, decision, audit event)
 
 Policy runs before the brakes and stop rules so that what is forbidden is denied, not escalated.
-Approved actions (:mod:`.approved`) and a person's "retry now" (:mod:`.recovery`) go through the
-same stage functions from the policy stage on; model calls (:mod:`.usage`) through authenticate,
-load run and record.
+A caller on an event loop (the MCP gateway) enters through :meth:`Pipeline.submit_async`, the same
+stage functions in the same order, with the upstream call awaited (an MCP session on that very
+loop) instead of blocking a thread. Approved actions (:mod:`.approved`) and a person's
+"retry now" (:mod:`.recovery`) go through the same stage functions from the policy stage on;
+model calls (:mod:`.usage`) through authenticate, load run and record.
 
 Fail closed: an unexpected error in any stage before execution denies the action with reason
 ``pipeline_error``; nothing executes on error. Once the journal says ``executing``, the call is
