@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -229,5 +230,59 @@ def test_a_forbid_reading_another_tools_attributes_sees_that_tool(tmp_path: Path
     try:
         assert runtime.compiled.visibility().first["t3"] == "t2"
         assert _names(runtime, "a0", None) == ["t0", "t2", "t3"] == _one_request_per_tool(runtime, "a0")
+    finally:
+        runtime.close()
+
+
+SUPPORT_TRIAGE = Path(__file__).resolve().parents[2] / "examples" / "support-triage" / "workflow.yaml"
+
+
+def test_a_built_runtime_lists_without_asking_cedar_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    real = cedarpy.is_authorized_batch
+
+    def counting(requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+        batches.append(len(requests))
+        return real(requests, *args, **kwargs)
+
+    monkeypatch.setattr(cedarpy, "is_authorized_batch", counting)
+    runtime = build_runtime(load_manifest(SUPPORT_TRIAGE))
+    try:
+        assert len(batches) == 1  # every agent's list, in one batch with the version
+        want = {a.id: _one_request_per_tool(runtime, a.id) for a in runtime.manifest.agents}
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("tools/list asked Cedar")
+
+        monkeypatch.setattr(cedarpy, "is_authorized_batch", refuse)
+        for agent in runtime.manifest.agents:
+            assert _names(runtime, agent.id, agent.environment) == want[agent.id]
+    finally:
+        runtime.close()
+
+
+def test_a_request_cedar_rejects_hides_only_its_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = build_runtime(load_manifest(SUPPORT_TRIAGE))
+    try:
+        want = _one_request_per_tool(runtime, "triage-bot")
+        real, real_batch = cedarpy.is_authorized, cedarpy.is_authorized_batch
+
+        def reject_batch(requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+            if len(requests) > 1:  # the list's batch; is_authorized itself sends a batch of one
+                raise ValueError("malformed request")
+            return real_batch(requests, *args, **kwargs)
+
+        def reject_one(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            if request["resource"]["id"] == "tickets.get":
+                raise ValueError("malformed request")
+            return real(request, *args, **kwargs)
+
+        monkeypatch.setattr(cedarpy, "is_authorized_batch", reject_batch)
+        monkeypatch.setattr(cedarpy, "is_authorized", reject_one)
+        lazy = dataclasses.replace(runtime, memo={})
+        shown = _names(lazy, "triage-bot", None)
+        hidden = {t for t, head in runtime.compiled.visibility().first.items() if head == "tickets.get"}
+        assert "tickets.get" in want
+        assert shown == [t for t in want if t not in hidden]
     finally:
         runtime.close()
