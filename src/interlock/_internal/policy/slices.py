@@ -43,6 +43,8 @@ class VisibilitySet:
 
 @dataclass(frozen=True)
 class VisibilityPolicies:
+    """A :class:`VisibilitySet` but for the entities, which are the compiled set's."""
+
     first: Mapping[str, str]
     policy_set: Any  # the shared forbids and each class's first tool's own forbids
 
