@@ -8,7 +8,8 @@ machine weighs on both alike. Per action, medians over the rounds:
 
 - **server CPU**: user + system time of the server process (``/proc``), HTTP layer included;
 - **PostgreSQL round trips**: the server's connections go through a counting TCP proxy in this
-  process; a round trip is a request the server sends after an answer came back;
+  process; a round trip is a message after which the server's driver waits for PostgreSQL (a
+  Sync or a simple Query), so statements pipelined without waiting count once;
 - **WAL bytes**: the WAL records of the side's own database (``pg_walinspect`` over the round's
   LSN range, records touching the database's relations plus the commit records of their
   transactions), so other databases on the cluster do not count;
@@ -94,7 +95,10 @@ def free_port() -> int:
 
 
 class CountingProxy:
-    """A TCP proxy to PostgreSQL that counts round trips: client sends that follow an answer."""
+    """A TCP proxy to PostgreSQL that counts round trips: the client's messages after which it
+    waits for the server (Sync, ending a batch of extended-protocol messages, or a simple
+    Query), read off the wire protocol. Statements sent in a pipeline without waiting count
+    once, at their Sync."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -115,18 +119,31 @@ class CountingProxy:
             upstream = socket.create_connection(self.target)
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            state = {"answered": True}
-            threading.Thread(target=self._pump, args=(client, upstream, state, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, state, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, state: dict[str, bool], request: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, request: bool) -> None:
+        pending = b""
+        started = False  # the untyped startup (and SSL request) messages come first
         try:
             while data := src.recv(65536):
-                with self.lock:
-                    if request and state["answered"]:
-                        self.round_trips += 1
-                    state["answered"] = not request
                 dst.sendall(data)
+                if not request:
+                    continue
+                pending += data
+                while True:
+                    if not started:
+                        if len(pending) < 8 or len(pending) < int.from_bytes(pending[:4], "big"):
+                            break
+                        started = int.from_bytes(pending[4:8], "big") == 196608  # protocol 3.0
+                        pending = pending[int.from_bytes(pending[:4], "big") :]
+                        continue
+                    if len(pending) < 5 or len(pending) < 1 + int.from_bytes(pending[1:5], "big"):
+                        break
+                    if pending[:1] in (b"S", b"Q"):
+                        with self.lock:
+                            self.round_trips += 1
+                    pending = pending[1 + int.from_bytes(pending[1:5], "big") :]
         except OSError:
             pass
         finally:

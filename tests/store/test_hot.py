@@ -4,8 +4,8 @@ all-or-nothing transactions, and connections handed back as they were taken."""
 
 from __future__ import annotations
 
-import contextlib
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, select, update
@@ -231,75 +231,18 @@ def test_connections_are_kept_between_transactions_and_bounded(engine: Engine) -
         assert hot.execute(STEPS_OF, {"run_id": "run_1"}).scalar_one() == 5
 
 
-class _RoundTrips:
-    """A TCP proxy to PostgreSQL that counts round trips: the messages after which the client
-    waits for the server (Sync in the extended protocol, a simple Query), read off its side of
-    the wire protocol."""
+def _round_trip_counter() -> Any:
+    """bench/server_cost.py's counting proxy (the figure the bench prints is the one tested here)."""
+    import importlib.util
+    from pathlib import Path
 
-    def __init__(self, host: str, port: int) -> None:
-        import socket
-        import threading
-
-        self.round_trips = 0
-        self._target = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self._target)
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, src: object, dst: object, from_client: bool) -> None:
-        import socket
-
-        assert isinstance(src, socket.socket)
-        assert isinstance(dst, socket.socket)
-        pending = b""
-        started = False  # the untyped startup (and SSL request) messages come first
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-                if not from_client:
-                    continue
-                pending += data
-                while True:
-                    if not started:
-                        if len(pending) < 8:
-                            break
-                        size = int.from_bytes(pending[:4], "big")
-                        code = int.from_bytes(pending[4:8], "big")
-                        if len(pending) < size:
-                            break
-                        pending = pending[size:]
-                        started = code == 196608  # protocol 3.0: the startup message itself
-                        continue
-                    if len(pending) < 5:
-                        break
-                    size = int.from_bytes(pending[1:5], "big")
-                    if len(pending) < 1 + size:
-                        break
-                    if pending[:1] in (b"S", b"Q"):
-                        self.round_trips += 1
-                    pending = pending[1 + size :]
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
+    path = Path(__file__).resolve().parents[2] / "bench" / "server_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_server_cost", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CountingProxy
 
 
 @pytest.mark.postgres
@@ -315,7 +258,7 @@ def test_a_postgresql_write_transaction_waits_only_for_the_answers_it_reads(pg_u
     from interlock._internal.store.migrate import upgrade
 
     url = make_url(pg_url)
-    proxy = _RoundTrips(url.host or "127.0.0.1", url.port or 5432)
+    proxy = _round_trip_counter()((url.host or "127.0.0.1", url.port or 5432))
     engine = make_engine(
         DatabaseSettings(url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(False))
     )
