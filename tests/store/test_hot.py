@@ -259,9 +259,8 @@ def test_a_postgresql_write_transaction_waits_only_for_the_answers_it_reads(pg_u
 
     url = make_url(pg_url)
     proxy = _round_trip_counter()((url.host or "127.0.0.1", url.port or 5432))
-    engine = make_engine(
-        DatabaseSettings(url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(False))
-    )
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+    engine = make_engine(DatabaseSettings(url=proxied, pipeline_writes="on"))
     try:
         upgrade(engine)
         with transaction(engine) as conn:
@@ -283,3 +282,85 @@ def test_a_postgresql_write_transaction_waits_only_for_the_answers_it_reads(pg_u
     finally:
         engine.dispose()
         proxy.close()
+
+
+def test_pipelining_is_chosen_by_where_the_database_is() -> None:
+    """``database.pipeline_writes``: "auto" pipelines a server across a network (round trips cost
+    more than the client CPU pipelining adds), not one on this host."""
+    from interlock._internal.settings import DatabaseSettings
+    from interlock._internal.store.engine import PIPELINE_WRITES, make_engine
+
+    def chosen(url: str, setting: str = "auto") -> bool:
+        engine = make_engine(DatabaseSettings(url=url, pipeline_writes=setting))  # type: ignore[arg-type]
+        try:
+            return bool(engine.__dict__.get(PIPELINE_WRITES))
+        finally:
+            engine.dispose()
+
+    assert chosen("postgresql+psycopg://u@db.internal:5432/interlock") is True
+    for local in ("127.0.0.1", "localhost", "[::1]"):
+        assert chosen(f"postgresql+psycopg://u@{local}:5432/interlock") is False
+    assert chosen("postgresql+psycopg://u@/interlock?host=/run/postgresql") is False
+    assert chosen("postgresql+psycopg://u@127.0.0.1/interlock", "on") is True
+    assert chosen("postgresql+psycopg://u@db.internal/interlock", "off") is False
+    assert chosen("sqlite:///:memory:", "on") is False
+
+
+@pytest.mark.postgres
+def test_governed_actions_with_pipelined_writes(
+    pg_url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole pipeline on pipelined writes: actions execute and are recorded once, an
+    idempotency key replays its answer and refuses other arguments, and the audit log verifies."""
+    from pathlib import Path
+
+    from interlock import Interlock, Settings
+    from interlock.exceptions import ConflictError
+
+    d = Path(str(tmp_path))
+    (d / "noop_pipelined.py").write_text("def noop(ticket_id):\n    return {'ok': ticket_id}\n")
+    (d / "workflow.yaml").write_text(
+        """
+name: piped
+version: "1"
+owner: ops@example.com
+objective: pipelined writes
+success_metric: {name: done}
+environments: [production]
+agents:
+  - {id: bot, environment: production, roles: [worker]}
+roles:
+  worker: {verbs: [read]}
+tools:
+  - name: noop.read
+    verb: read
+    input_schema: {type: object, properties: {ticket_id: {type: string}}, required: [ticket_id]}
+    upstream: {kind: python, callable: "noop_pipelined:noop"}
+budgets:
+  per_run: {max_steps: 5}
+rules:
+  allow:
+    - {id: reads, verb: read}
+"""
+    )
+    monkeypatch.syspath_prepend(str(d))
+    il = Interlock(Settings(database={"url": pg_url, "pipeline_writes": "on"}))  # type: ignore[arg-type]
+    try:
+        il.migrate()
+        il.load_workflow(d / "workflow.yaml")
+        creds = il.agents.create("bot", workflow="piped", environment="production", actor="test")
+        token = il.issue_token(creds.client_id, creds.client_secret).token
+        run = il.start_run(token)
+        first = il.act(token, run.id, "noop.read", {"ticket_id": "T-1"}, idempotency_key="k1")
+        again = il.act(token, run.id, "noop.read", {"ticket_id": "T-1"}, idempotency_key="k1")
+        assert first.status == "executed"
+        assert first.result == {"ok": "T-1"}
+        assert again.replayed
+        assert again.step_id == first.step_id
+        with pytest.raises(ConflictError):
+            il.act(token, run.id, "noop.read", {"ticket_id": "T-2"}, idempotency_key="k1")
+        statuses = [il.act(token, run.id, "noop.read", {"ticket_id": f"T-{i}"}).status for i in range(6)]
+        assert statuses == ["executed"] * 4 + ["limited", "denied"]  # max_steps 5: the cap holds
+        assert il.verify_audit().ok
+    finally:
+        il.close()

@@ -25,6 +25,10 @@ class DatabaseSettings(BaseModel):
     # NORMAL keeps WAL commits durable across a process crash; FULL also across power loss.
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
     pool_size: int = Field(default=10, ge=1, le=200)
+    # PostgreSQL write transactions in psycopg's pipeline mode: statements whose answers are not
+    # read go out together (an action's record takes 3 round trips, not 8). It costs the client
+    # CPU, so "auto" pipelines only when the database is across a network, not on this host.
+    pipeline_writes: Literal["auto", "on", "off"] = "auto"
     echo: bool = False
 
 

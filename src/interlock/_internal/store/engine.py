@@ -50,11 +50,30 @@ def make_engine(db: DatabaseSettings, storage: StorageSettings | None = None) ->
                 echo=db.echo,
             )
             _ping_when_idle(engine)
+            engine.__dict__[PIPELINE_WRITES] = _pipeline_writes(db.pipeline_writes, engine.url.host)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"database.url: cannot use {url!r}: {exc}") from exc
     if keyring is not None:
         install_keyring(engine, keyring)
     return engine
+
+
+# Whether the engine's hot write transactions run in psycopg's pipeline mode (``hot.hot_write``).
+PIPELINE_WRITES = "_interlock_pipeline_writes"
+_LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
+
+
+def _pipeline_writes(setting: str, host: str | None) -> bool:
+    """``database.pipeline_writes``: "on", "off", or "auto" (on unless the server is on this host:
+    a round trip over loopback costs less than the client CPU pipelining adds)."""
+    if setting == "off" or (setting == "auto" and (host in _LOCAL_HOSTS or str(host).startswith("/"))):
+        return False
+    try:
+        import psycopg
+
+        return bool(psycopg.Pipeline.is_supported())  # libpq 14 or later
+    except ImportError:  # pragma: no cover - another driver: one statement at a time
+        return False
 
 
 # A connection back from the pool within this many seconds of its last use is handed out as it is.

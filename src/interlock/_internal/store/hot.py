@@ -469,10 +469,10 @@ def _give_back(engine: Engine, fairy: Any) -> None:
 def hot_write(engine: Engine) -> Iterator[HotTx]:
     """A write transaction on the driver's connection; commits when the block ends normally.
 
-    On PostgreSQL the transaction runs in psycopg's pipeline mode (where libpq has it), with its
-    ``BEGIN`` and ``COMMIT`` sent as statements: a write whose answer nobody asks for goes out
-    with the next statement that is asked for, and the last ones with the commit. The record of
-    an executed action takes three round trips instead of eight."""
+    On PostgreSQL across a network (``database.pipeline_writes``) the transaction runs in
+    psycopg's pipeline mode, with its ``BEGIN`` and ``COMMIT`` sent as statements: a write whose
+    answer nobody asks for goes out with the next statement that is asked for, and the last ones
+    with the commit. The record of an executed action takes three round trips instead of eight."""
     dialect = engine.dialect
     sqlite = dialect.name == "sqlite"
     lock = write_lock(engine)
@@ -487,7 +487,7 @@ def hot_write(engine: Engine) -> Iterator[HotTx]:
                 if sqlite:
                     driver.execute("BEGIN IMMEDIATE")
                     tx = HotTx(fairy, dialect)
-                elif _pipelines(dialect):
+                elif engine.__dict__.get(engine_settings.PIPELINE_WRITES):
                     # psycopg waits for its own BEGIN and COMMIT in pipeline mode; ours are queued.
                     driver.autocommit = True
                     pipelined = driver.pipeline()
@@ -531,20 +531,6 @@ def hot_write(engine: Engine) -> Iterator[HotTx]:
     finally:
         if lock is not None:
             lock.release()
-
-
-def _pipelines(dialect: Dialect) -> bool:
-    """Whether the PostgreSQL driver can pipeline (psycopg with libpq 14 or later)."""
-    found = dialect.__dict__.get("_interlock_pipelines")
-    if found is None:
-        try:
-            import psycopg
-
-            found = bool(psycopg.Pipeline.is_supported())
-        except Exception:  # another driver, or an old libpq: one statement at a time
-            found = False
-        dialect.__dict__["_interlock_pipelines"] = found
-    return bool(found)
 
 
 def _leave(pipelined: Any, exc: BaseException) -> None:
