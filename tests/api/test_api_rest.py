@@ -665,6 +665,19 @@ def test_nul_characters_are_refused_at_the_door(api: Api) -> None:
     assert api.act(run, "tickets.search", {"query": "a\x00b"}).status_code == 200
 
 
+def test_lone_surrogates_are_refused_naming_the_field(api: Api) -> None:
+    """JSON's \\ud800 escape decodes to a string no database can store: refused with 422 naming
+    the argument, on both engines, instead of failing while the decision is recorded."""
+    run = api.start_run()
+    body = b'{"tool": "tickets.search", "arguments": {"query": "a\\ud800b"}}'
+    r = api.http.post(
+        f"/v1/runs/{run}/actions", content=body, headers={**api.agent(), "content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert assert_error_shape(r.json(), "invalid_arguments")["field"] == "arguments.query"
+    assert api.act(run, "tickets.search", {"query": "refund"}).status_code == 200  # the run goes on
+
+
 # ---- request size ---------------------------------------------------------------------------------
 
 

@@ -252,3 +252,32 @@ def test_nul_characters_are_refused_in_names_and_replaced_in_text(harness) -> No
     assert res.executed
     [step] = harness.il.get_run(run).steps_detail
     assert step.reasoning == "look\ufffdhere"
+
+
+def test_lone_surrogates_are_refused_in_arguments_and_names_and_replaced_in_text(harness) -> None:
+    """A string no database can store (a lone UTF-16 surrogate, which JSON's \\ud800 escape can
+    carry) is refused before anything is decided or recorded, naming where it is; in the agent's
+    free text it becomes U+FFFD, as NUL does."""
+    from interlock import ArgumentsInvalid
+
+    run = harness.run()
+    with pytest.raises(NotFound):
+        harness.act(run + "\ud800", "tickets.get", {"ticket_id": "T-1001"})
+    with pytest.raises(ArgumentsInvalid) as caught:
+        harness.act(run, "tickets.get", {"ticket_id": "T-\ud800"})
+    assert caught.value.field == "arguments.ticket_id"
+    with pytest.raises(ArgumentsInvalid) as caught:
+        harness.act(run, "tickets.search", {"query": "refund", "tags": ["ok", "x\udfff"]})
+    assert caught.value.field == "arguments.tags[1]"
+    with pytest.raises(ArgumentsInvalid) as caught:
+        harness.act(run, "tickets.search", {"query": "refund", "\ud800": 1})
+    assert caught.value.field == "arguments"
+    with pytest.raises(ArgumentsInvalid):
+        harness.act(run, "tickets.get\ud800", {"ticket_id": "T-1001"})
+    with pytest.raises(ArgumentsInvalid):
+        harness.act(run, "tickets.get", {"ticket_id": "T-1001"}, idempotency_key="k\ud800")
+    assert harness.il.get_run(run).steps_detail == []  # nothing was decided or recorded
+    res = harness.act(run, "tickets.get", {"ticket_id": "T-1001"}, reasoning="look\ud800here")
+    assert res.executed
+    [step] = harness.il.get_run(run).steps_detail
+    assert step.reasoning == "look\ufffdhere"

@@ -24,12 +24,14 @@ never started again by any path: if the process dies, housekeeping turns its exp
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 from sqlalchemy.engine import Engine
 
 from interlock._internal.audit.canonical import hash_value
@@ -145,8 +147,7 @@ class Pipeline:
         if principal is None:
             principal, run, paused = self.authenticate(token, run_id)
         else:
-            if "\x00" in run_id:
-                raise NotFound("unknown run", code="unknown_run")
+            _check_run_id(run_id)
             run, paused = self.load_run(run_id)
         return await self.govern_async(principal, run, paused, intent)
 
@@ -362,8 +363,7 @@ class Pipeline:
         """Verify the token, then load the run, any pause over it and the caller's agent row in
         one query; the row checks (revoked, rotated secret) are the same as authenticate_agent's."""
         claims = self.tokens.verify(token)
-        if "\x00" in run_id:
-            raise NotFound("unknown run", code="unknown_run")
+        _check_run_id(run_id)
         with hot_read(self.engine) as conn:
             m = (
                 conn.execute(LOAD_RUN_AND_AGENT, {"run_id": run_id, "agent_id": claims.agent_id})
@@ -470,13 +470,58 @@ def _run_from(row: Any) -> tuple[Run, Paused]:
 
 
 def _clean(run_id: str, intent: Intent) -> Intent:
-    """Refuse NUL characters in names (PostgreSQL text cannot hold them, and no real name has
-    one); in free text they become U+FFFD so the agent's words are still recorded."""
-    if "\x00" in run_id:
-        raise NotFound("unknown run", code="unknown_run")
+    """Refuse what no database can store before anything is decided or recorded: NUL characters
+    in names (PostgreSQL text cannot hold them, and no real name has one) and lone UTF-16
+    surrogates (JSON's ``\\ud800`` escape decodes to one; no UTF-8 text can hold it) in names and
+    arguments, naming where. In the agent's free text (reasoning, evidence) both become U+FFFD, so
+    its words are still recorded."""
+    _check_run_id(run_id)
     for name, value in (("tool", intent.tool), ("idempotency_key", intent.idempotency_key)):
         if value is not None and "\x00" in value:
             raise ArgumentsInvalid(f"{name} contains a NUL character", field=name)
-    if intent.reasoning is not None and "\x00" in intent.reasoning:
-        return replace(intent, reasoning=intent.reasoning.replace("\x00", "\ufffd"))
+        if value is not None and _SURROGATE.search(value):
+            raise ArgumentsInvalid(f"{name} contains a lone surrogate (not Unicode text)", field=name)
+    try:
+        orjson.dumps(intent.arguments)  # refuses lone surrogates, at C speed
+    except TypeError:  # that, or something the schema stage refuses in its own words
+        where = _surrogate_at(intent.arguments, "arguments")
+        if where is not None:
+            raise ArgumentsInvalid(
+                f"{where} contains a lone surrogate (not Unicode text)", field=where
+            ) from None
+    reasoning, evidence = intent.reasoning, intent.evidence
+    if reasoning is not None and ("\x00" in reasoning or _SURROGATE.search(reasoning)):
+        reasoning = _SURROGATE.sub("\ufffd", reasoning.replace("\x00", "\ufffd"))
+    if evidence is not None and any(_SURROGATE.search(e) for e in evidence):
+        evidence = tuple(_SURROGATE.sub("\ufffd", e) for e in evidence)
+    if reasoning is not intent.reasoning or evidence is not intent.evidence:
+        return replace(intent, reasoning=reasoning, evidence=evidence)
     return intent
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_run_id(run_id: str) -> None:
+    """A run id no database could hold (NUL, a lone surrogate) names no run."""
+    if "\x00" in run_id or _SURROGATE.search(run_id):
+        raise NotFound("unknown run", code="unknown_run")
+
+
+def _surrogate_at(value: Any, path: str) -> str | None:
+    """Where in ``value`` a string (or a key: then the object's own path) holds a lone surrogate."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return path
+            found = _surrogate_at(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _surrogate_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
