@@ -392,17 +392,19 @@ class _Kept:
     A checkout from SQLAlchemy's pool and its return cost some 30 µs of Python (the connection
     record, reset on return, events), and an action takes three. The hot path hands its
     connections back here instead, and takes them from here first: a handful per engine, most
-    recently used first, at most :data:`KEEP` idle (so the pool still has connections for
-    everything else). A connection that sat here :data:`~.engine.IDLE_PING_S` or more is closed
-    and a checkout from the pool replaces it (where the pool checks an idle connection before it
-    hands it out), so nothing that may have gone stale is used unchecked; an invalidated one is
-    never kept. When the engine is disposed, what is kept is closed with it.
+    recently used first, at most :data:`KEEP` idle and never more than half the pool's size (so
+    the pool always has connections for everything else). A connection that sat here
+    :data:`~.engine.IDLE_PING_S` or more is closed and a checkout from the pool replaces it (where
+    the pool checks an idle connection before it hands it out), so nothing that may have gone
+    stale is used unchecked; an invalidated one is never kept. When the engine is disposed, what
+    is kept is closed with it.
     """
 
-    __slots__ = ("idle", "lock")
+    __slots__ = ("idle", "limit", "lock")
 
-    def __init__(self) -> None:
+    def __init__(self, pool_size: int) -> None:
         self.idle: deque[tuple[float, Any]] = deque()
+        self.limit = min(KEEP, pool_size // 2)
         self.lock = threading.Lock()
 
     def drain(self) -> None:
@@ -424,7 +426,7 @@ def _kept(engine: Engine) -> _Kept | None:
         with _CACHE_GUARD:
             kept = engine.__dict__.get(_KEPT_ATTR)
             if kept is None:
-                kept = _Kept()
+                kept = _Kept(engine.pool.size())
                 event.listen(engine, "engine_disposed", _drain_on_dispose)
                 engine.__dict__[_KEPT_ATTR] = kept
     return kept
@@ -459,7 +461,7 @@ def _lease(engine: Engine) -> Any:
 
 def _give_back(engine: Engine, fairy: Any) -> None:
     kept = _kept(engine)
-    if kept is not None and fairy.is_valid and len(kept.idle) < KEEP:
+    if kept is not None and fairy.is_valid and len(kept.idle) < kept.limit:
         kept.idle.append((time.monotonic(), fairy))
         return
     fairy.close()
@@ -546,9 +548,12 @@ def _rollback(fairy: Any, driver: Any, *, sqlite: bool) -> None:
             if driver.in_transaction:
                 driver.execute("ROLLBACK")
         else:
-            if driver.info.transaction_status != 0:  # not idle: in a block, failed or not
-                driver.execute("ROLLBACK") if driver.autocommit else driver.rollback()
-            driver.autocommit = False
+            if driver.autocommit:  # a pipelined transaction: its BEGIN was ours, so is the ROLLBACK
+                if driver.info.transaction_status != 0:  # in the block, failed or not (not idle)
+                    driver.execute("ROLLBACK")
+                driver.autocommit = False
+            else:
+                driver.rollback()
     except Exception as exc:  # the connection is unusable; the pool must not hand it out again
         fairy.invalidate(exc)
 
