@@ -1,7 +1,8 @@
 """How a JSON value is stored as text: compact, keys sorted, UTF-8 as is, identical on every engine.
 
 orjson writes it about ten times faster than the standard library, and a recorded action stores a
-dozen such values. What orjson would write differently falls back to ``json``, so the stored text
+dozen such values. A float may be spelt differently (``1e16`` for ``1e+16``) and reads back the
+same; what orjson would write differently otherwise falls back to ``json``, so the stored text
 means what it always meant:
 
 - keys that are not strings, integers past 64 bits, and types the standard library refuses
