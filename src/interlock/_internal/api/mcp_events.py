@@ -21,9 +21,15 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
+from mcp.server._streamable_http_modern import handle_modern_request
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types import JSONRPCMessage
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.types import Receive, Scope, Send
+
+_VERSION_HEADER = b"mcp-protocol-version"
+_HANDSHAKE_VERSIONS = frozenset(v.encode("latin-1") for v in HANDSHAKE_PROTOCOL_VERSIONS)
 
 
 class SessionEventStore(EventStore):
@@ -89,6 +95,27 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
     def event_store(self, value: EventStore | None) -> None:
         # The base class stores the store it was given (none): every session gets its own instead.
         del value
+
+    async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A sessionless 2026-07-28 request is answered as JSON, handled in the request's own task.
+
+        In SSE mode the SDK runs every such request as a task group of two (the handler, and a
+        watcher that cancels it when the client hangs up) behind a memory stream and a timer,
+        and still answers JSON unless the handler sends a notification or outlasts the keepalive
+        interval. The gateway's handlers send no notifications, and a governed call must not be
+        cancelled by a hang-up anyway (the pipeline finishes and records it), so that machinery
+        buys nothing here but its cost on every call. What is given up: a call that outlasts the
+        interval (15 s) is not switched to a stream of keepalive comments; its client waits on
+        the open response. Handshake-era sessions keep their SSE streams, with priming events
+        and resumption.
+        """
+        version = next((v for k, v in scope["headers"] if k == _VERSION_HEADER), None)
+        if version is None or version in _HANDSHAKE_VERSIONS or self._task_group is None:
+            await super()._handle_request(scope, receive, send)
+            return
+        await handle_modern_request(
+            self.app, self.security_settings, True, self._lifespan_state, scope, receive, send
+        )
 
 
 __all__ = ["ResumableSessionManager", "SessionEventStore"]

@@ -123,7 +123,8 @@ REASONING_META_KEY = "interlock/reasoning"
 CONFIDENCE_META_KEY = "interlock/confidence"
 EVIDENCE_META_KEY = "interlock/evidence"
 RUN_HEADER = "interlock-run-id"
-_SESSION_HEADER = "mcp-session-id"
+_SESSION_HEADER_BYTES = b"mcp-session-id"
+_RUN_HEADER_BYTES = RUN_HEADER.encode()
 _PRINCIPAL = "interlock.principal"
 _TOKEN = "interlock.token"
 _MAX_IMPLICIT_RUNS = 10_000
@@ -380,13 +381,15 @@ def _caller(ctx: ServerRequestContext[Any, Any]) -> _Caller:
     if not isinstance(scope, dict) or not isinstance(scope.get(_PRINCIPAL), AgentPrincipal):
         # Only reachable if the app is served without its own authentication wrapper.
         raise MCPError(code=types.INVALID_REQUEST, message="unauthenticated: no agent on this request")
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    return _Caller(
-        principal=scope[_PRINCIPAL],
-        token=scope[_TOKEN],
-        session_id=headers.get(_SESSION_HEADER),
-        run_header=headers.get(RUN_HEADER),
-    )
+    session_id: str | None = None
+    run_header: str | None = None
+    for key, value in scope.get("headers", ()):  # ASGI header names are lower case
+        if key == _SESSION_HEADER_BYTES:
+            session_id = value.decode("latin-1")
+        elif key == _RUN_HEADER_BYTES:
+            run_header = value.decode("latin-1")
+    principal, token = scope[_PRINCIPAL], scope[_TOKEN]
+    return _Caller(principal=principal, token=token, session_id=session_id, run_header=run_header)
 
 
 class McpGateway:
@@ -417,6 +420,11 @@ class McpGateway:
             # through this gateway's tools/list on every call to find the one tool's schema.
             get_tool_input_schema=self._input_schema,
         )
+        # The SDK wraps every message in an OpenTelemetry span of the global tracer provider. The
+        # span of record for a governed call is the pipeline's own, on Interlock's provider and
+        # under the run's span (telemetry.tracing), which never took the SDK's span as parent:
+        # that one was a second, unlinked span, paid for on every call.
+        self.server.middleware = []
         settings = interlock.settings
         self._settings = settings
         self._hosts, self._origins = _allowlists(settings)

@@ -436,10 +436,7 @@ class McpTransport:
         for attempt in (1, 2):
             session, client = await self._acquire(server, headers)
             try:
-                result = await asyncio.wait_for(
-                    client.call_tool(tool_name, arguments, meta=meta),  # type: ignore[arg-type]
-                    timeout,
-                )
+                result = await asyncio.wait_for(_send_call(client, tool_name, arguments, meta), timeout)
             except TimeoutError as exc:
                 raise UpstreamError(f"{label} timed out after {timeout:g}s", code="upstream_timeout") from exc
             except MCPError as exc:
@@ -776,6 +773,29 @@ def _pinned_transport(policy: EgressPolicy) -> httpx2.AsyncBaseTransport:
             return await super().handle_async_request(request)
 
     return PinnedAsyncTransport()
+
+
+async def _send_call(
+    client: Client, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None
+) -> Any:
+    """One ``tools/call``.
+
+    On a handshake-era session the request goes straight to the session: ``Client.call_tool``
+    adds the 2026-07-28 recoveries (a re-list after ``HEADER_MISMATCH``, input-required rounds,
+    extension results), which such a session never sees, and a check of the structured result
+    against the upstream's own output schema. The tool's output is validated by the pipeline
+    against the manifest's ``output_schema`` (an imported tool carries the upstream's), so that
+    check was a second one, and its failure (a ``RuntimeError``) read as a lost connection.
+    """
+    import mcp_types
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+    if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return await client.call_tool(name, arguments, meta=meta)  # type: ignore[arg-type]
+    request = mcp_types.CallToolRequest(
+        params=mcp_types.CallToolRequestParams(name=name, arguments=arguments, _meta=meta)
+    )
+    return await client.session.send_request(request, mcp_types.CallToolResult)
 
 
 def _result_json(label: str, result: Any) -> dict[str, Any]:
