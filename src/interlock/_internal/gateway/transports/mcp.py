@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import copy
 import difflib
+import functools
 import hashlib
 import logging
 import os
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.transports.base import CallContext
@@ -778,27 +779,44 @@ def _pinned_transport(policy: EgressPolicy) -> httpx2.AsyncBaseTransport:
 async def _send_call(
     client: Client, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None
 ) -> Any:
-    """One ``tools/call``.
+    """One ``tools/call``, sent to the client's session.
 
-    On a handshake-era session the request goes straight to the session: ``Client.call_tool``
-    adds the 2026-07-28 recoveries (a re-list after ``HEADER_MISMATCH``, input-required rounds,
-    extension results), which such a session never sees, and a check of the structured result
-    against the upstream's own output schema. The tool's output is validated by the pipeline
-    against the manifest's ``output_schema`` (an imported tool carries the upstream's), so that
-    check was a second one, and its failure (a ``RuntimeError``) read as a lost connection.
+    ``Client.call_tool`` wraps the same request in a re-list after ``HEADER_MISMATCH`` (kept:
+    that answer means the request was refused before it ran, so resending it is safe), rounds
+    of input-required results answered by callbacks this client does not have (such a result
+    is an upstream error, see :func:`_result_json`), and a check of the structured result
+    against the upstream's own output schema. The pipeline validates the tool's output against
+    the manifest's ``output_schema`` (an imported tool carries the upstream's), so that check
+    was a second one, and its failure (a ``RuntimeError``) read here as a lost connection.
     """
     import mcp_types
-    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+    from mcp import MCPError
 
-    if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        return await client.call_tool(name, arguments, meta=meta)  # type: ignore[arg-type]
     request = mcp_types.CallToolRequest(
         params=mcp_types.CallToolRequestParams(name=name, arguments=arguments, _meta=meta)
     )
-    return await client.session.send_request(request, mcp_types.CallToolResult)
+    try:
+        return await client.session.send_request(request, _call_result_adapter())
+    except MCPError as exc:
+        if exc.code != mcp_types.HEADER_MISMATCH:
+            raise
+        return await client.call_tool(name, arguments, meta=meta)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _call_result_adapter() -> TypeAdapter[Any]:
+    import mcp_types
+
+    return TypeAdapter(mcp_types.CallToolResult | mcp_types.InputRequiredResult)
 
 
 def _result_json(label: str, result: Any) -> dict[str, Any]:
+    import mcp_types
+
+    if isinstance(result, mcp_types.InputRequiredResult):  # it wants elicitation or sampling
+        raise UpstreamError(
+            f"{label}: the MCP server asked for input from the user, which Interlock does not give"
+        )
     content: list[dict[str, Any]] = []
     for block in result.content:
         item = block.model_dump(mode="json", by_alias=True, exclude_none=True)
