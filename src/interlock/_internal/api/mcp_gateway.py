@@ -128,6 +128,7 @@ _RUN_HEADER_BYTES = RUN_HEADER.encode()
 _PRINCIPAL = "interlock.principal"
 _TOKEN = "interlock.token"
 _MAX_IMPLICIT_RUNS = 10_000
+_MAX_KEPT_RESOURCES = 64
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # The agent of the request being handled, for lookups the SDK makes without a request context.
 _CURRENT: ContextVar[AgentPrincipal | None] = ContextVar("interlock_mcp_principal", default=None)
@@ -440,6 +441,7 @@ class McpGateway:
             retry_interval=settings.mcp.sse_retry_ms,
             resume_events=settings.mcp.resume_events,
         )
+        self._resources: dict[tuple[str, bytes], tuple[str, frozenset[str]]] = {}
         self._runs: OrderedDict[tuple[str, ...], str] = OrderedDict()
         self._runs_lock = threading.Lock()
         self._start_lock = anyio.Lock()
@@ -498,28 +500,41 @@ class McpGateway:
     async def _authenticate(
         self, scope: Scope
     ) -> tuple[AgentPrincipal | None, str | None, JSONResponse | None]:
-        base = scope_base_url(scope, self._settings)
-        metadata = resource_metadata_url(base, MCP_PATH)
+        base, audience = self._resource(scope)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"), "")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             message = "an agent access token is required (Bearer)"
+            metadata = resource_metadata_url(base, MCP_PATH)
             return None, None, _unauthorized("unauthenticated", message, metadata=metadata, presented=False)
         il = self.interlock
         try:
             # On the event loop, not in a worker thread: a signature check and one indexed read of
             # the agent's row cost less than the two thread crossings.
-            principal = authenticate_agent(
-                token, tokens=il.tokens, store=il.agents, resources=mcp_audience(base)
-            )
+            principal = authenticate_agent(token, tokens=il.tokens, store=il.agents, resources=audience)
         except AuthenticationError as exc:
+            metadata = resource_metadata_url(base, MCP_PATH)
             return None, None, _unauthorized(exc.code, exc.message, metadata=metadata)
         except InterlockError as exc:
             log.warning("MCP gateway could not authenticate: %s", exc)
             body = {"error": {"code": exc.code, "message": "authentication is unavailable; retry"}}
             return None, None, JSONResponse(body, status_code=503)
         return principal, token, None
+
+    def _resource(self, scope: Scope) -> tuple[str, frozenset[str]]:
+        """This server's address as the request names it, and the audiences (RFC 8707) its tokens
+        may name; kept per scheme and Host, since canonicalising a URL costs more than the lookup."""
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        key = (str(scope.get("scheme", "http")), host)
+        found = self._resources.get(key)
+        if found is None:
+            base = scope_base_url(scope, self._settings)
+            found = (base, mcp_audience(base))
+            if len(self._resources) >= _MAX_KEPT_RESOURCES:  # Hosts with any port may be allowed
+                self._resources.clear()
+            self._resources[key] = found
+        return found
 
     async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
