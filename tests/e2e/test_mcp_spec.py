@@ -418,6 +418,37 @@ def test_a_post_stream_starts_with_a_priming_event_with_id_and_retry(server: Ser
     assert fields.get("data", "missing") == "", first[:300]
 
 
+def test_a_sessionless_call_is_answered_as_json_and_a_session_keeps_its_stream(server: Server) -> None:
+    """A 2026-07-28 tools/call is answered with one JSON body and no session, while a
+    handshake-era session's answer stays a resumable event stream (the test above)."""
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "plain"}, "_meta": envelope},
+    }
+    headers = {
+        **MCP_HEADERS,
+        "Authorization": f"Bearer {server.token}",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "echo",
+    }
+    answer = httpx.post(server.url, json=call, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    assert "mcp-session-id" not in answer.headers
+    body = answer.json()
+    assert body["id"] == 7
+    assert body["result"]["structuredContent"] == {"text": "plain"}
+    assert body["result"]["_meta"]["interlock/status"] == "executed"
+
+
 # ---- the TypeScript SDK ------------------------------------------------------------------------
 
 
