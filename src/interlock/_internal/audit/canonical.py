@@ -53,6 +53,13 @@ def canonical_json(value: Any) -> bytes:
         raise TypeError(str(exc)) from exc
 
 
+def plain_canonical_text(value: Any) -> str | None:
+    """The canonical JSON text of ``value`` when it is already in the form readers get back (no
+    sets or tuples, nothing JCS writes differently from the standard encoder), else None. Same
+    text as :func:`canonical_json`, without the bytes round trip."""
+    return _dumps(value) if _plain(value) else None
+
+
 def is_json(value: Any) -> bool:
     """Whether ``value`` has a canonical JSON form (what :func:`canonical_json` does not refuse)."""
     if _plain(value):
@@ -155,5 +162,6 @@ __all__ = [
     "is_canonical",
     "is_json",
     "legacy_canonical_json",
+    "plain_canonical_text",
     "sha256_hex",
 ]

@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from interlock._internal.audit.canonical import HASH_FORMAT, canonical_json, sha256_hex
+from interlock._internal.audit.canonical import HASH_FORMAT, canonical_json, plain_canonical_text, sha256_hex
 from interlock._internal.store.engine import reading, transaction
 from interlock._internal.store.hot import Conn
 from interlock._internal.store.tables import audit_events, audit_head
@@ -51,6 +51,18 @@ _APPEND_AND_ADVANCE = _ADVANCE_TIP.add_cte(
     .values({c.name: bindparam(c.name, type_=c.type) for c in audit_events.columns})
     .cte("appended")
 )
+# SQLite only: the tip this process last wrote, advanced only if it still is the tip (see
+# append_event); kept on the engine's dialect object, so it goes with the engine.
+_ADVANCE_KNOWN_TIP = (
+    update(audit_head)
+    .where(
+        audit_head.c.id == HEAD_ID,
+        audit_head.c.seq == bindparam("expected_seq"),
+        audit_head.c.hash == bindparam("expected_hash"),
+    )
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_KNOWN_TIP = "_interlock_audit_tip"
 _ANY_EVENT = select(audit_events.c.seq).limit(1)
 EVENT_COLUMNS = (
     audit_events.c.seq,
@@ -123,49 +135,97 @@ def append_event(
         limit = _LIMITS[name]
         if value is not None and limit is not None and len(value) > limit:
             raise StorageError(f"audit event {name} has {len(value)} characters; at most {limit} fit")
+    sqlite = conn.dialect.name == "sqlite"
     try:
+        known: tuple[int, str] | None = conn.dialect.__dict__.get(_KNOWN_TIP) if sqlite else None
+        if known is not None:
+            # SQLite write transactions hold the database's write lock from their BEGIN, so the tip
+            # cannot move under this one: when the tip this process last wrote (seq and hash) is
+            # still the tip, the update says so, and the locking read is not needed. Any other
+            # writer, a rolled-back append or a tampered row makes it match nothing; then the
+            # tip is read as below.
+            event, body = _event(kind, actor, workflow, run_id, data, *known)
+            moved = conn.execute(
+                _ADVANCE_KNOWN_TIP,
+                {
+                    "expected_seq": known[0],
+                    "expected_hash": known[1],
+                    "new_seq": event.seq,
+                    "new_hash": event.hash,
+                },
+            )
+            if moved.rowcount == 1:
+                conn.execute(_INSERT_EVENT, _row(event, body))
+                conn.dialect.__dict__[_KNOWN_TIP] = (event.seq, event.hash)
+                return event
         tip = conn.execute(_LOCK_TIP).first()
         prev_seq, prev_hash = (int(tip[0]), str(tip[1])) if tip is not None else _seed_tip(conn)
-        seq = prev_seq + 1
-        # Read the clock only once the tip is ours, so ts never decreases along the chain
-        # (within one host's clock).
-        ts = time.time()
-        record = {
-            "seq": seq,
-            "ts": ts,
-            "kind": kind,
-            "actor": actor,
-            "workflow": workflow,
-            "run_id": run_id,
-            "data": data,
-        }
-        body = canonical_json(record).decode("utf-8")
-        digest = event_hash(prev_hash, body)
-        row = {
-            "seq": seq,
-            "ts": ts,
-            "kind": kind,
-            "actor": actor,
-            "workflow": workflow,
-            "run_id": run_id,
-            "body": body,
-            "prev_hash": prev_hash,
-            "hash": digest,
-            "hash_format": HASH_FORMAT,
-        }
-        advance = {"expected_seq": prev_seq, "new_seq": seq, "new_hash": digest}
+        # Read the clock only once the tip is ours (in _event), so ts never decreases along the
+        # chain (within one host's clock).
+        event, body = _event(kind, actor, workflow, run_id, data, prev_seq, prev_hash)
+        row = _row(event, body)
+        advance = {"expected_seq": prev_seq, "new_seq": event.seq, "new_hash": event.hash}
         if conn.dialect.name == "postgresql":
             moved = conn.execute(_APPEND_AND_ADVANCE, {**row, **advance})
         else:
             conn.execute(_INSERT_EVENT, row)
             moved = conn.execute(_ADVANCE_TIP, advance)
         if moved.rowcount != 1:
-            raise ConflictError(f"audit chain tip moved while appending event {seq}; retry the transaction")
+            raise ConflictError(
+                f"audit chain tip moved while appending event {event.seq}; retry the transaction"
+            )
     except SQLAlchemyError as exc:
         raise StorageError(f"audit append failed: {exc.__class__.__name__}: {_first_line(exc)}") from exc
-    # Data is returned as hashed (sets sorted, tuples as lists), the same as readers will see it.
-    hashed_data: dict[str, Any] = json.loads(body)["data"]
-    return AuditEvent(seq, ts, kind, actor, workflow, run_id, hashed_data, prev_hash, digest)
+    if sqlite:
+        conn.dialect.__dict__[_KNOWN_TIP] = (event.seq, event.hash)
+    return event
+
+
+def _event(
+    kind: str,
+    actor: str | None,
+    workflow: str | None,
+    run_id: str | None,
+    data: dict[str, Any],
+    prev_seq: int,
+    prev_hash: str,
+) -> tuple[AuditEvent, str]:
+    """The event that follows ``(prev_seq, prev_hash)``, stamped now and hashed, with its body."""
+    seq = prev_seq + 1
+    ts = time.time()
+    record = {
+        "seq": seq,
+        "ts": ts,
+        "kind": kind,
+        "actor": actor,
+        "workflow": workflow,
+        "run_id": run_id,
+        "data": data,
+    }
+    body = plain_canonical_text(record)
+    if body is None:
+        body = canonical_json(record).decode("utf-8")
+        # Data is returned as hashed (sets sorted, tuples as lists), the same as readers will see
+        # it; a record already in that form (nearly every one) is returned as given.
+        data = json.loads(body)["data"]
+    digest = event_hash(prev_hash, body)
+    return AuditEvent(seq, ts, kind, actor, workflow, run_id, data, prev_hash, digest), body
+
+
+def _row(event: AuditEvent, body: str) -> dict[str, Any]:
+    """The stored row of an event: its body (the record, as hashed) and the indexed copies."""
+    return {
+        "seq": event.seq,
+        "ts": event.ts,
+        "kind": event.kind,
+        "actor": event.actor,
+        "workflow": event.workflow,
+        "run_id": event.run_id,
+        "body": body,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+        "hash_format": HASH_FORMAT,
+    }
 
 
 def append_event_tx(
