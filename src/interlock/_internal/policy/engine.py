@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import cedarpy
+import orjson
 
 from interlock._internal.policy.compiler import NS, CompiledPolicy
+from interlock._internal.store.json_text import has_non_finite
 
 Outcome = Literal["allow", "deny", "require_approval"]
 
@@ -34,7 +36,7 @@ def decide(
         "principal": {"type": f"{NS}::Agent", "id": agent_id},
         "action": {"type": f"{NS}::Action", "id": verb},
         "resource": {"type": f"{NS}::Tool", "id": tool},
-        "context": context,
+        "context": _context_text(context),
     }
     try:
         result = cedarpy.is_authorized(request, *compiled.for_tool(tool))
@@ -56,3 +58,17 @@ def decide(
     if review:
         return PolicyDecision("require_approval", review, "review_required")
     return PolicyDecision("allow", ids, "permitted")
+
+
+def _context_text(context: dict[str, Any]) -> str | dict[str, Any]:
+    """The context as JSON text, written by orjson instead of by cedarpy with ``json`` (cedarpy
+    takes either). What the two would write differently (orjson refuses an integer past 64 bits
+    or a lone surrogate, and writes NaN as null) goes to cedarpy as the dict, as before, so Cedar
+    judges and rejects exactly what it did."""
+    try:
+        text = orjson.dumps(context)
+    except TypeError:
+        return context
+    if b"null" in text and has_non_finite(context):  # orjson writes NaN as null, json as NaN
+        return context
+    return text.decode("utf-8")

@@ -32,7 +32,7 @@ def dumps(value: Any) -> str:
         out = orjson.dumps(value, option=_OPTIONS)
     except TypeError:
         return _std_dumps(value)
-    if b"null" in out and _non_finite(value):
+    if b"null" in out and has_non_finite(value):
         return _std_dumps(value)
     return out.decode("utf-8")
 
@@ -47,14 +47,28 @@ def _std_dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _non_finite(value: Any) -> bool:
+_LEAVES = frozenset({str, int, bool, type(None)})
+
+
+def has_non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or an infinity (which orjson would write as ``null``)."""
+    # Called for every stored value that holds a null: a plain loop, the common leaves skipped by
+    # their exact type before any isinstance test.
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_non_finite(v) for v in value)
+        items: Any = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    leaves = _LEAVES
+    for item in items:
+        if type(item) in leaves:
+            continue
+        if has_non_finite(item):
+            return True
     return False
 
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "has_non_finite", "loads"]
