@@ -427,8 +427,7 @@ class Pipeline:
         m = self.metrics
         # Unknown tool names would let a caller mint label values without bound.
         tool = result.decision.tool if result.decision.verb is not None else "(unknown)"
-        m.actions.labels(run.workflow, tool, result.decision.decision, result.status).inc()
-        m.latency.labels(run.workflow, tool).observe(seconds)
+        m.action(run.workflow, str(tool), result.decision.decision, result.status, seconds)
         if result.status == "escalated":
             m.escalations.labels(run.workflow, result.decision.reasons[0].code).inc()
 

@@ -55,6 +55,7 @@ class _Compiled:
         "constants",
         "expanding",
         "keys",
+        "plan",
         "positional",
         "processors",
         "resolved",
@@ -89,6 +90,10 @@ class _Compiled:
         self.processors: dict[str, _Processor] = {
             k: cast(_Processor, v) for k, v in processors.items() if v is not None
         }
+        # Each bind name with its processor, in bind order: what :meth:`bind` walks per execution.
+        self.plan: tuple[tuple[str, _Processor | None], ...] = tuple(
+            (name, self.processors.get(name)) for name in self.binds
+        )
         columns = getattr(statement, "exported_columns", None)
         self.columns = tuple(columns) if columns is not None else ()
         self.keys: tuple[str, ...] | None = tuple(columns.keys()) if columns is not None else None
@@ -111,22 +116,20 @@ class _Compiled:
         self.resolved = True
 
     def bind(self, params: Mapping[str, Any] | None) -> tuple[str, Any]:
-        values = {**self.constants, **params} if params else self.constants
-        procs = self.processors
+        constants = self.constants
+        values = ({**constants, **params} if constants else params) if params else constants
         if self.expanding:
             return self._expand(values)
         if self.positional:
             out = []
-            for name in self.binds:
+            for name, proc in self.plan:
                 value = values[name]
-                proc = procs.get(name)
-                out.append(proc(value) if proc is not None and value is not None else value)
+                out.append(value if proc is None or value is None else proc(value))
             return self.sql, tuple(out)
         named = {}
-        for name in self.binds:
+        for name, proc in self.plan:
             value = values[name]
-            proc = procs.get(name)
-            named[name] = proc(value) if proc is not None and value is not None else value
+            named[name] = value if proc is None or value is None else proc(value)
         return self.sql, named
 
     def _expand(self, values: Mapping[str, Any]) -> tuple[str, Any]:

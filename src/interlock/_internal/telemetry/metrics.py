@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -68,11 +69,24 @@ class Metrics:
             ["workflow", "reason"],
             registry=self.registry,
         )
+        # The labelled children an action feeds, by (workflow, tool, decision, status): looked up
+        # once, not per action (the labels are bounded: manifest tools, or "(unknown)").
+        self._action_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         if engine is not None:
             self.registry.register(_ApprovalFigures(engine))
             self.registry.register(_AuditFigures(engine))
         if open_circuits is not None:
             self.registry.register(_CircuitFigures(open_circuits))
+
+    def action(self, workflow: str, tool: str, decision: str, status: str, seconds: float) -> None:
+        """Count one action through the pipeline and its latency."""
+        key = (workflow, tool, decision, status)
+        children = self._action_children.get(key)
+        if children is None:
+            children = (self.actions.labels(*key), self.latency.labels(workflow, tool))
+            self._action_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _CircuitFigures(Collector):

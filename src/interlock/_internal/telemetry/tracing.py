@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -85,12 +86,26 @@ class Tracing:
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer(INSTRUMENTATION)
         self.capture_payloads = capture_payloads
+        # Without a provider of its own, the tracer follows the global one, which records nothing
+        # until an application sets one.
+        self._follows_global = tracer_provider is None
 
     @contextmanager
     def action(self, run: Run, tool: str) -> Iterator[trace.Span]:
+        parent = run_context(run.id)
+        if self._follows_global and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            # No provider is set: OpenTelemetry's no-op tracer would make the run's non-recording
+            # span current and end it, a no-op. The same, without building the span's attributes.
+            span = trace.get_current_span(parent)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            try:
+                yield span
+            finally:
+                otel_context.detach(token)
+            return
         with self.tracer.start_as_current_span(
             f"execute_tool {tool}",
-            context=run_context(run.id),
+            context=parent,
             kind=SpanKind.INTERNAL,
             attributes={
                 "gen_ai.operation.name": "execute_tool",
