@@ -473,6 +473,9 @@ def record_outcome(
         ) from exc
     # The agent gets the tool's answer as the tool gave it, less the injected credential; the
     # database (and an idempotent replay) keeps the redacted form.
+    # (Both forms are plain JSON by now; when redaction changed nothing they are equal.)
+    if outcome.returned_result is result.result or outcome.returned_result == result.result:
+        return result
     return result.model_copy(update={"result": outcome.returned_result})
 
 
