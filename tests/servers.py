@@ -93,8 +93,11 @@ class ServeProcess:
 class LiveServer:
     """uvicorn in a thread on a free port of 127.0.0.1."""
 
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    def __init__(self, app: Any, **settings: Any) -> None:
+        """``settings`` go to ``uvicorn.Config`` over the defaults (``lifespan``, ``http``...)."""
+        config = uvicorn.Config(
+            app, **{"host": "127.0.0.1", "port": 0, "log_level": "warning", "lifespan": "on", **settings}
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from interlock._internal.api.one_write import OneWriteProtocol, _HeldWrites
+from servers import LiveServer
 
 BODY = b'{"status":"executed"}'
 
@@ -44,18 +43,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture
 def port() -> Iterator[int]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http=OneWriteProtocol)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    yield int(server.servers[0].sockets[0].getsockname()[1])
-    server.should_exit = True
-    thread.join(10)
+    with LiveServer(app, http=OneWriteProtocol, lifespan="off") as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def request(path: str) -> bytes:

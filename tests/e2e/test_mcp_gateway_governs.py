@@ -25,7 +25,7 @@ from sqlalchemy import select
 from interlock._internal.gateway import pipeline as pipeline_module
 from interlock._internal.gateway.transports.mcp import McpTransport
 from interlock._internal.store import tables as t
-from servers import free_port
+from servers import LiveServer
 
 pytestmark = pytest.mark.e2e
 
@@ -123,7 +123,6 @@ class Served:
 
 @pytest.fixture
 def served(db_url: str, tmp_path: Path) -> Iterator[Served]:
-    import uvicorn
 
     from interlock import Interlock, Settings
     from interlock._internal.server import create_app
@@ -145,21 +144,10 @@ def served(db_url: str, tmp_path: Path) -> Iterator[Served]:
     creds = il.agents.create("bot", workflow=runtime.name, environment="local", actor="test")
     token = il.issue_token(creds.client_id, creds.client_secret).token
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(interlock=il), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
     try:
-        yield Served(url=f"http://127.0.0.1:{port}/mcp", token=token, il=il, repo=repo)
+        with LiveServer(create_app(interlock=il)) as base:
+            yield Served(url=f"{base}/mcp", token=token, il=il, repo=repo)
     finally:
-        server.should_exit = True
-        thread.join(15)
         il.close()
 
 
