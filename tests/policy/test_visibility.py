@@ -14,10 +14,10 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_policy_slices import _every_tool_visible_alone
 
 from interlock._internal.gateway.runtime import WorkflowRuntime, build_runtime
 from interlock._internal.manifest.loader import load_manifest
-from interlock._internal.policy.compiler import NS
 from interlock._internal.policy.visibility import visible_tools
 
 VERBS = ["read", "draft", "create", "update", "send", "refund", "delete"]
@@ -106,39 +106,13 @@ def manifests(draw: Any) -> tuple[str, list[str]]:
     return yaml.safe_dump(manifest, sort_keys=False), user
 
 
-def _one_request_per_tool(runtime: WorkflowRuntime, agent_id: str) -> list[str]:
-    manifest = runtime.manifest
-    agent = manifest.agent(agent_id)
-    assert agent is not None
-    shown = []
-    for tool in manifest.tools:
-        request = {
-            "principal": {"type": f"{NS}::Agent", "id": agent_id},
-            "action": {"type": f"{NS}::Action", "id": tool.verb},
-            "resource": {"type": f"{NS}::Tool", "id": tool.name},
-            "context": {
-                "workflow": manifest.name,
-                "environment": agent.environment,
-                "tool": tool.name,
-                "risk": sorted(tool.traits),
-                "steps": 0,
-                "tool_calls": 0,
-                "args": {},
-            },
-        }
-        result = cedarpy.is_authorized(request, runtime.compiled.policy_set, runtime.compiled.entity_set)
-        if result.allowed or not result.diagnostics.reasons:
-            shown.append(tool.name)
-    return shown
-
-
 def _names(runtime: WorkflowRuntime, agent_id: str, environment: str | None) -> list[str]:
     return [t.name for t in visible_tools(runtime, agent_id, environment=environment)]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifests())
-def test_batched_visibility_equals_one_request_per_tool(generated: tuple[str, list[str]]) -> None:
+def test_batched_visibility_equals_every_tool_visible_alone(generated: tuple[str, list[str]]) -> None:
     text, user = generated
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -154,7 +128,7 @@ def test_batched_visibility_equals_one_request_per_tool(generated: tuple[str, li
             runtime, compiled=dataclasses.replace(runtime.compiled, slices=None), memo={}
         )
         for agent in runtime.manifest.agents:
-            want = _one_request_per_tool(runtime, agent.id)
+            want = _every_tool_visible_alone(runtime, agent.id)
             assert _names(runtime, agent.id, agent.environment) == want
             assert _names(runtime, agent.id, None) == want
             assert _names(lazy, agent.id, agent.environment) == want
@@ -229,7 +203,7 @@ def test_a_forbid_reading_another_tools_attributes_sees_that_tool(tmp_path: Path
     runtime = build_runtime(load_manifest(tmp_path / "workflow.yaml"))
     try:
         assert runtime.compiled.visibility().first["t3"] == "t2"
-        assert _names(runtime, "a0", None) == ["t0", "t2", "t3"] == _one_request_per_tool(runtime, "a0")
+        assert _names(runtime, "a0", None) == ["t0", "t2", "t3"] == _every_tool_visible_alone(runtime, "a0")
     finally:
         runtime.close()
 
@@ -249,7 +223,7 @@ def test_a_built_runtime_lists_without_asking_cedar_again(monkeypatch: pytest.Mo
     runtime = build_runtime(load_manifest(SUPPORT_TRIAGE))
     try:
         assert len(batches) == 1  # every agent's list, in one batch with the version
-        want = {a.id: _one_request_per_tool(runtime, a.id) for a in runtime.manifest.agents}
+        want = {a.id: _every_tool_visible_alone(runtime, a.id) for a in runtime.manifest.agents}
 
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("tools/list asked Cedar")
@@ -264,7 +238,7 @@ def test_a_built_runtime_lists_without_asking_cedar_again(monkeypatch: pytest.Mo
 def test_a_request_cedar_rejects_hides_only_its_tools(monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = build_runtime(load_manifest(SUPPORT_TRIAGE))
     try:
-        want = _one_request_per_tool(runtime, "triage-bot")
+        want = _every_tool_visible_alone(runtime, "triage-bot")
         real, real_batch = cedarpy.is_authorized, cedarpy.is_authorized_batch
 
         def reject_batch(requests: list[Any], *args: Any, **kwargs: Any) -> Any:
