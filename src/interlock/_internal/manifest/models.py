@@ -7,25 +7,11 @@ ignored setting.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-VERBS = (
-    "read",
-    "draft",
-    "create",
-    "update",
-    "send",
-    "publish",
-    "approve",
-    "refund",
-    "invite",
-    "delete",
-    "execute",
-)
-TRAITS = ("write", "bulk", "pii", "money", "irreversible", "external")
 Verb = Literal[
     "read",
     "draft",
@@ -40,23 +26,12 @@ Verb = Literal[
     "execute",
 ]
 Trait = Literal["write", "bulk", "pii", "money", "irreversible", "external"]
+VERBS: tuple[str, ...] = get_args(Verb)
+TRAITS: tuple[str, ...] = get_args(Trait)
 # The verb a verifier agent holds: it judges other agents' flagged actions (see Verification).
 # It is a role's verb only, never a tool's.
 VERIFY = "verify"
-RoleVerb = Literal[
-    "read",
-    "draft",
-    "create",
-    "update",
-    "send",
-    "publish",
-    "approve",
-    "refund",
-    "invite",
-    "delete",
-    "execute",
-    "verify",
-]
+RoleVerb = Literal[Verb, "verify"]
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$"
 Name = Annotated[str, Field(pattern=_NAME)]
