@@ -147,7 +147,6 @@ class Pipeline:
         if principal is None:
             principal, run, paused = self.authenticate(token, run_id)
         else:
-            _check_run_id(run_id)
             run, paused = self.load_run(run_id)
         return await self.govern_async(principal, run, paused, intent)
 
@@ -188,7 +187,7 @@ class Pipeline:
     ) -> tuple[Intent, ActionResult | None]:
         """The intent cleaned and scoped to the caller's run, and the stored answer if its
         idempotency key was used before."""
-        intent = _clean(run.id, intent)
+        intent = _clean(intent)
         _check_scope(principal, run)
         if intent.idempotency_key is not None:
             return intent, self.replay(principal.agent_id, intent)
@@ -380,6 +379,7 @@ class Pipeline:
 
     def load_run(self, run_id: str) -> tuple[Run, Paused]:
         """The run and, when its workflow, agent or environment is paused, why (one query)."""
+        _check_run_id(run_id)
         with hot_read(self.engine) as conn:
             row = conn.execute(LOAD_RUN, {"run_id": run_id}).mappings().first()
         if row is None:
@@ -468,13 +468,12 @@ def _run_from(row: Any) -> tuple[Run, Paused]:
     return run, paused
 
 
-def _clean(run_id: str, intent: Intent) -> Intent:
+def _clean(intent: Intent) -> Intent:
     """Refuse what no database can store before anything is decided or recorded: NUL characters
     in names (PostgreSQL text cannot hold them, and no real name has one) and lone UTF-16
     surrogates (JSON's ``\\ud800`` escape decodes to one; no UTF-8 text can hold it) in names and
-    arguments, naming where. In the agent's free text (reasoning, evidence) both become U+FFFD, so
-    its words are still recorded."""
-    _check_run_id(run_id)
+    arguments, naming where (a run id is checked where the run is loaded). In the agent's free
+    text (reasoning, evidence) both become U+FFFD, so its words are still recorded."""
     for name, value in (("tool", intent.tool), ("idempotency_key", intent.idempotency_key)):
         if value is not None and "\x00" in value:
             raise ArgumentsInvalid(f"{name} contains a NUL character", field=name)
