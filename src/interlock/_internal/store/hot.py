@@ -403,16 +403,14 @@ class _Kept:
     is kept is closed with it.
     """
 
-    __slots__ = ("idle", "limit", "lock")
+    __slots__ = ("idle", "limit")
 
     def __init__(self, pool_size: int) -> None:
         self.idle: deque[tuple[float, Any]] = deque()
         self.limit = min(KEEP, pool_size // 2)
-        self.lock = threading.Lock()
 
     def drain(self) -> None:
-        with self.lock:
-            kept, self.idle = list(self.idle), deque()
+        kept, self.idle = self.idle, deque()  # lease and give_back now use the new, empty one
         for _, fairy in kept:
             fairy.invalidate()  # closes the driver connection now, not when the old pool is collected
 
