@@ -15,6 +15,10 @@ Sessions are opened on first use, shared by every tool of that server, and repla
 upstream dies: a call that finds the connection closed retires the session, and is retried once
 on a fresh one only when the tool is idempotent (the first attempt may have reached the server).
 
+A stdio server is spoken to by :class:`~.mcp_stdio.StdioUpstream`, JSON-RPC lines over its pipes
+with no task between a call and the pipe; a ``url`` server by the SDK's client. Both hand back
+raw JSON and fail in the same few ways, so there is one call path above them.
+
 Two things are settled only when a session opens. A stdio server's ``env`` references
 (``from_env`` / ``from_file``) are read then, handed to the child process and otherwise kept
 only to be masked out of results and errors. A ``url`` server is reached under the server's
@@ -41,13 +45,19 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequenc
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from interlock._internal.gateway.egress import EgressPolicy
 from interlock._internal.gateway.transports.base import CallContext
+from interlock._internal.gateway.transports.mcp_stdio import (
+    ConnectionLost,
+    MalformedMessage,
+    RpcError,
+    StdioUpstream,
+)
 from interlock._internal.manifest.models import McpServerSpec, McpUpstream, ToolSpec
 from interlock._internal.telemetry.redaction import mask_secrets
 from interlock.exceptions import ConfigError, UpstreamError
@@ -72,11 +82,23 @@ _MIN_MASKED_CHARS = 4
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+class _Upstream(Protocol):
+    """One open session with an MCP server: :class:`StdioUpstream` for a ``command`` server,
+    :class:`_SdkUpstream` (the SDK's client) for a ``url`` server. Both answer in raw JSON and
+    fail with TimeoutError, :class:`RpcError`, :class:`MalformedMessage` or :class:`ConnectionLost`."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None, *, timeout: float
+    ) -> Any: ...
+
+    async def list_tools(self, cursor: str | None, *, timeout: float) -> Any: ...
+
+
 @dataclass(eq=False)
 class _Session:
     server: McpServerSpec
     headers: dict[str, str]
-    ready: asyncio.Future[Client]
+    ready: asyncio.Future[_Upstream]
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -288,13 +310,14 @@ class McpTransport:
     async def _owner(self, session: _Session) -> None:
         """Holds one client session open, in one task, until asked to stop.
 
-        The SDK's task groups and cancel scopes must be entered and left by the same task, so the
-        session is opened and closed here while other tasks only send requests through it.
+        The SDK's task groups and cancel scopes must be entered and left by the same task, so a
+        session is opened and closed here while other tasks only send requests through it (a stdio
+        server's process, too, is started and stopped here).
         """
         try:
             async with AsyncExitStack() as stack:
-                client = await stack.enter_async_context(await self._client(session, stack))
-                session.ready.set_result(client)
+                upstream = await self._open(session, stack)
+                session.ready.set_result(upstream)
                 await session.stop.wait()
         except asyncio.CancelledError:
             if not session.ready.done():
@@ -308,31 +331,39 @@ class McpTransport:
             else:  # the upstream died under us; the session is already being replaced
                 log.debug("MCP server %s: session closed with %r", session.server.name, exc)
 
-    async def _client(self, session: _Session, stack: AsyncExitStack) -> Client:
-        from mcp import Client, StdioServerParameters
-
+    async def _open(self, session: _Session, stack: AsyncExitStack) -> _Upstream:
+        """The session's upstream, opened; ``stack`` closes it (and stops a stdio server)."""
         server = session.server
         if server.command is not None:
+            from mcp.client.stdio import get_default_environment
+
+            from interlock import __version__
+
             env, secrets = _resolve_env(server, self._base_dir)
             masked = {value for value in secrets if len(value) >= _MIN_MASKED_CHARS}
             self._secrets[server.name] = self._secrets.get(server.name, frozenset()) | masked
-            params = StdioServerParameters(
-                command=server.command[0],
-                args=list(server.command[1:]),
-                env=env or None,
-                cwd=self._cwd,
-            )
-            if not masked:
-                return Client(params, cache=None)
-            from mcp.client.stdio import stdio_client
-
             # The child's stderr is Interlock's log stream too; a server that prints its token
             # in an error message must not put it there.
-            errlog = await stack.enter_async_context(_masking_stderr(frozenset(masked)))
-            return Client(stdio_client(params, errlog=errlog), cache=None)
+            errlog = (
+                await stack.enter_async_context(_masking_stderr(frozenset(masked))) if masked else _stderr()
+            )
+            stdio = await StdioUpstream.start(
+                server.name,
+                server.command,
+                # Only a few safe variables of Interlock's own environment go across, as the SDK does.
+                env=get_default_environment() | env,
+                cwd=self._cwd,
+                errlog=errlog,
+            )
+            stack.push_async_callback(stdio.aclose)
+            await stdio.initialize(client_version=__version__)
+            return stdio
+        from mcp import Client
+
         assert server.url is not None
         if self._egress is None and not session.headers:
-            return Client(server.url, cache=None)
+            client = await stack.enter_async_context(Client(server.url, cache=None))
+            return _SdkUpstream(client)
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
@@ -350,9 +381,12 @@ class McpTransport:
                 trust_env=self._egress is None,
             )
         )
-        return Client(streamable_http_client(server.url, http_client=http), cache=None)
+        client = await stack.enter_async_context(
+            Client(streamable_http_client(server.url, http_client=http), cache=None)
+        )
+        return _SdkUpstream(client)
 
-    async def _acquire(self, server: McpServerSpec, headers: dict[str, str]) -> tuple[_Session, Client]:
+    async def _acquire(self, server: McpServerSpec, headers: dict[str, str]) -> tuple[_Session, _Upstream]:
         if self._closed:  # a call retrying while close() runs must not start a new server
             raise UpstreamError("the MCP transport is closed", code="upstream_unavailable")
         key = (server.name, _fingerprint(headers))
@@ -369,7 +403,7 @@ class McpTransport:
                 session.task = loop.create_task(self._owner(session), name=f"mcp-session:{server.name}")
                 self._sessions[key] = session
             try:
-                client = await asyncio.wait_for(asyncio.shield(session.ready), self._connect_timeout)
+                upstream = await asyncio.wait_for(asyncio.shield(session.ready), self._connect_timeout)
             except TimeoutError as exc:
                 await self._retire(session)
                 raise UpstreamError(
@@ -392,7 +426,7 @@ class McpTransport:
                     f"cannot connect to MCP server {server.name}: {_describe(exc)}",
                     code="upstream_unavailable",
                 ) from exc
-        return session, client
+        return session, upstream
 
     async def _retire(self, session: _Session) -> None:
         for key, current in list(self._sessions.items()):
@@ -432,26 +466,22 @@ class McpTransport:
         idempotent: bool,
         meta: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        from mcp import MCPError
-
         for attempt in (1, 2):
-            session, client = await self._acquire(server, headers)
+            session, upstream = await self._acquire(server, headers)
             try:
-                result = await asyncio.wait_for(_send_call(client, tool_name, arguments, meta), timeout)
+                result = await upstream.call_tool(tool_name, arguments, meta, timeout=timeout)
             except TimeoutError as exc:
                 raise UpstreamError(f"{label} timed out after {timeout:g}s", code="upstream_timeout") from exc
-            except MCPError as exc:
+            except RpcError as exc:
                 if exc.code == _REQUEST_TIMEOUT:
                     raise UpstreamError(f"{label} timed out: {exc.message}", code="upstream_timeout") from exc
-                if exc.code != _CONNECTION_CLOSED:
-                    raise UpstreamError(f"{label}: MCP server {server.name} answered: {exc.message}") from exc
-                lost: Exception = exc
-            except ValidationError as exc:
+                raise UpstreamError(f"{label}: MCP server {server.name} answered: {exc.message}") from exc
+            except MalformedMessage as exc:
                 raise UpstreamError(f"{label}: MCP server {server.name} sent a malformed result") from exc
-            except Exception as exc:  # pipes and sockets: the connection itself failed
-                lost = exc
+            except ConnectionLost as exc:  # the process, its pipes or the HTTP connection failed
+                lost: Exception = exc
             else:
-                return _result_json(label, result)
+                return _result_json(label, server.name, result)
             await self._retire(session)
             if not idempotent:
                 raise UpstreamError(
@@ -494,34 +524,25 @@ class McpTransport:
         )
 
     async def _list_tools_once(self, server: McpServerSpec, headers: dict[str, str]) -> list[dict[str, Any]]:
-        from mcp import MCPError
-
-        _session, client = await self._acquire(server, headers)
+        session, upstream = await self._acquire(server, headers)
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
         try:
             for _ in range(1000):  # a server whose cursor never ends must not hang the load
-                page = await asyncio.wait_for(client.list_tools(cursor=cursor), self._connect_timeout)
-                for tool in page.tools:
-                    entry = {
-                        "name": tool.name,
-                        "description": tool.description or "",
-                        "inputSchema": tool.input_schema,
-                    }
-                    if tool.output_schema is not None:
-                        entry["outputSchema"] = tool.output_schema
-                    if tool.annotations is not None:
-                        entry["annotations"] = tool.annotations.model_dump(
-                            mode="json", by_alias=True, exclude_none=True
-                        )
-                    tools.append(entry)
-                cursor = page.next_cursor
+                page = await upstream.list_tools(cursor, timeout=self._connect_timeout)
+                cursor = _tools_page(page, into=tools)
                 if cursor is None:
                     break
         except TimeoutError as exc:
             raise UpstreamError(f"{server.name} tools/list timed out", code="upstream_timeout") from exc
-        except (MCPError, ValidationError) as exc:
+        except (RpcError, MalformedMessage) as exc:
             raise UpstreamError(f"{server.name} tools/list failed: {_describe(exc)}") from exc
+        except ConnectionLost as exc:
+            await self._retire(session)
+            raise UpstreamError(
+                f"{server.name} tools/list failed: lost the connection ({_describe(exc)})",
+                code="upstream_unavailable",
+            ) from exc
         return tools
 
     async def _retire_all(self) -> None:
@@ -776,6 +797,45 @@ def _pinned_transport(policy: EgressPolicy) -> httpx2.AsyncBaseTransport:
     return PinnedAsyncTransport()
 
 
+class _SdkUpstream:
+    """A ``url`` server's session: the SDK's client, its answers turned into raw JSON and its
+    failures into this module's (as :class:`StdioUpstream` gives them)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None, *, timeout: float
+    ) -> Any:
+        import mcp_types
+
+        result = await self._request(_send_call(self._client, name, arguments, meta), timeout)
+        if isinstance(result, mcp_types.InputRequiredResult):  # it wants elicitation or sampling
+            return {"inputRequired": True}
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async def list_tools(self, cursor: str | None, *, timeout: float) -> Any:
+        page = await self._request(self._client.list_tools(cursor=cursor), timeout)
+        return page.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @staticmethod
+    async def _request(call: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        from mcp import MCPError
+
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            raise
+        except MCPError as exc:
+            if exc.code == _CONNECTION_CLOSED:
+                raise ConnectionLost(exc.message) from exc
+            raise RpcError(exc.code, exc.message, exc.error.data) from exc
+        except ValidationError as exc:
+            raise MalformedMessage(str(exc)) from exc
+        except Exception as exc:  # sockets and the SDK's streams: the connection itself failed
+            raise ConnectionLost(_describe(exc)) from exc
+
+
 async def _send_call(
     client: Client, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None
 ) -> Any:
@@ -810,24 +870,73 @@ def _call_result_adapter() -> TypeAdapter[Any]:
     return TypeAdapter(mcp_types.CallToolResult | mcp_types.InputRequiredResult)
 
 
-def _result_json(label: str, result: Any) -> dict[str, Any]:
-    import mcp_types
-
-    if isinstance(result, mcp_types.InputRequiredResult):  # it wants elicitation or sampling
+def _result_json(label: str, server: str, result: Any) -> dict[str, Any]:
+    """A raw ``tools/call`` result as the transport returns it: ``content`` (the blocks as sent,
+    less their ``_meta`` and null fields) and ``structured``. Only the shape is checked here; the
+    MCP gateway validates the blocks once, when it hands them on."""
+    if isinstance(result, dict) and result.get("inputRequired") is True:
         raise UpstreamError(
             f"{label}: the MCP server asked for input from the user, which Interlock does not give"
         )
+    malformed = UpstreamError(f"{label}: MCP server {server} sent a malformed result")
+    if not isinstance(result, dict) or not isinstance(result.get("content"), list):
+        raise malformed
     content: list[dict[str, Any]] = []
-    for block in result.content:
-        item = block.model_dump(mode="json", by_alias=True, exclude_none=True)
-        item.pop("_meta", None)
-        content.append(item)
-    if result.is_error:
+    for block in result["content"]:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise malformed
+        if "_meta" in block or None in block.values():
+            block = {k: v for k, v in block.items() if k != "_meta" and v is not None}
+        content.append(block)
+    structured = result.get("structuredContent")
+    if structured is not None and not isinstance(structured, dict):
+        raise malformed
+    if result.get("isError") is True:
         text = (
-            "\n".join(c["text"] for c in content if c.get("type") == "text") or "the tool reported an error"
+            "\n".join(str(c.get("text", "")) for c in content if c.get("type") == "text")
+            or "the tool reported an error"
         )
         raise UpstreamError(f"{label}: {text}", details={"content": content})
-    return {"content": content, "structured": result.structured_content}
+    return {"content": content, "structured": structured}
+
+
+def _tools_page(page: Any, *, into: list[dict[str, Any]]) -> str | None:
+    """One raw ``tools/list`` page's tools appended to ``into`` as plain JSON; its next cursor."""
+    if not isinstance(page, dict) or not isinstance(page.get("tools"), list):
+        raise MalformedMessage("a tools/list result without a tools array")
+    for tool in page["tools"]:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise MalformedMessage("a tool without a name")
+        if not isinstance(tool.get("inputSchema"), dict):
+            raise MalformedMessage(f"tool {tool['name'][:100]!r} has no inputSchema object")
+        entry: dict[str, Any] = {
+            "name": tool["name"],
+            "description": tool.get("description") or "",
+            "inputSchema": tool["inputSchema"],
+        }
+        if tool.get("outputSchema") is not None:
+            entry["outputSchema"] = tool["outputSchema"]
+        annotations = tool.get("annotations")
+        if isinstance(annotations, dict):
+            entry["annotations"] = {k: v for k, v in annotations.items() if v is not None}
+        into.append(entry)
+    cursor = page.get("nextCursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise MalformedMessage("a nextCursor that is not a string")
+    return cursor
+
+
+def _stderr() -> TextIO | None:
+    """Where a stdio server's stderr goes when nothing in it needs masking: ours, the process's
+    real one if ours is a stand-in without a file descriptor (a test's capture); None inherits."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 # ---- importing an upstream's tools into a manifest ---------------------------------------------
