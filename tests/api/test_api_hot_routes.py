@@ -357,7 +357,7 @@ def test_the_openapi_document_still_describes_both_routes(served: Served) -> Non
 def test_match_takes_only_the_two_routes() -> None:
     from interlock._internal.api.deps import ApiMetrics
 
-    hot = HotRoutes(None, ApiMetrics(), max_body_bytes=1024)  # type: ignore[arg-type]
+    hot = HotRoutes(None, ApiMetrics(), max_body_bytes=1024, pipeline_threads=4)  # type: ignore[arg-type]
 
     def scope(path: str, method: str = "POST", query: bytes = b"", root_path: str = "") -> dict[str, Any]:
         return {"path": path, "method": method, "query_string": query, "root_path": root_path}

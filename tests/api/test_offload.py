@@ -12,6 +12,7 @@ import time
 import pytest
 
 from interlock._internal.api.offload import Offload
+from interlock._internal.gateway.blocking import waiting_outside
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 
@@ -99,3 +100,41 @@ def test_close_ends_the_threads_and_a_later_call_starts_afresh() -> None:
         assert not t.is_alive()
     assert asyncio.run(asyncio.wait_for(offload.run(lambda: "again"), 5)) == "again"
     offload.close()
+
+
+def test_width_threads_run_calls_and_a_call_waiting_outside_lets_another_start() -> None:
+    offload = Offload(width=2)
+    lock = threading.Lock()
+    running = 0
+    most = 0
+    waiting_together = threading.Barrier(4, timeout=10)
+
+    def call(i: int, *, wait_outside: bool) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        if wait_outside:
+            with waiting_outside():  # four calls wait here together, on a pool two wide
+                waiting_together.wait()
+        return i
+
+    async def main() -> tuple[list[int], list[int]]:
+        plain = await asyncio.gather(
+            *(offload.run(lambda i=i: call(i, wait_outside=False)) for i in range(8))
+        )
+        out = await asyncio.gather(*(offload.run(lambda i=i: call(i, wait_outside=True)) for i in range(4)))
+        return list(plain), list(out)
+
+    assert asyncio.run(main()) == (list(range(8)), list(range(4)))
+    assert most == 2
+    deadline = time.monotonic() + 10
+    while offload._threads > 2 and time.monotonic() < deadline:  # each leaves after its answer
+        time.sleep(0.01)
+    assert offload._threads <= 2  # the extra threads left once the waits were over
+    offload.close()
+    with waiting_outside():  # outside any pool (the library in a program's own thread): a no-op
+        pass

@@ -149,8 +149,11 @@ def create_api(
     app.include_router(routes_notifications.router)
     app.include_router(routes_rollouts.router)
     hooks.extend(mount_extras(app, il))
-    app.add_middleware(BodyLimit, max_bytes=il.settings.server.max_body_bytes)
-    app.hot = HotRoutes(il, app.state.metrics, max_body_bytes=il.settings.server.max_body_bytes)
+    server = il.settings.server
+    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes)
+    app.hot = HotRoutes(
+        il, app.state.metrics, max_body_bytes=server.max_body_bytes, pipeline_threads=server.pipeline_threads
+    )
     hooks.append(app.hot.lifespan)
     return app
 

@@ -69,11 +69,13 @@ _JSON_TYPE = re.compile(r"application/json\s*(;.*)?", re.IGNORECASE | re.DOTALL)
 class HotRoutes:
     """Serves the ordinary action and model-call request; hands every other one to ``fallback``."""
 
-    def __init__(self, interlock: Interlock, metrics: ApiMetrics, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, interlock: Interlock, metrics: ApiMetrics, *, max_body_bytes: int, pipeline_threads: int
+    ) -> None:
         self.interlock = interlock
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.offload = Offload()
+        self.offload = Offload(width=pipeline_threads)
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 
+from interlock._internal.gateway import blocking
+
 T = TypeVar("T")
 
 MAX_THREADS = 40  # anyio's default thread limiter, which a plain ``def`` route runs under
@@ -37,41 +39,78 @@ class _Uncancellable(asyncio.Future[T]):
 
 
 class Offload:
-    """Worker threads, started as calls need them up to ``max_threads``; :meth:`close` ends them."""
+    """Worker threads, started as calls need them; :meth:`close` ends them.
 
-    def __init__(self, *, max_threads: int = MAX_THREADS) -> None:
+    At most ``width`` threads run calls at once, not counting those waiting outside the process
+    (:func:`~interlock._internal.gateway.blocking.waiting_outside`: an upstream tool's answer,
+    another run's lock); while one waits, another thread may start on the queue. More threads
+    than cores only take turns at the interpreter lock, each statement handing it to another, so
+    a few threads serve many concurrent requests with half the context switches. Whatever the
+    waits, at most ``max_threads`` threads exist."""
+
+    def __init__(self, *, width: int = MAX_THREADS, max_threads: int = MAX_THREADS) -> None:
+        self._width = min(width, max_threads)
         self._max = max_threads
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # threads waiting for a call that no queued call is promised to
+        self._pending = 0  # calls queued with no thread promised to them
+        self._outside = 0  # threads of this pool waiting outside the process
 
     async def run(self, call: Callable[[], T]) -> T:
         """``call()`` on a worker thread; its result, or its exception raised here."""
         loop = asyncio.get_running_loop()
         future: _Uncancellable[T] = _Uncancellable(loop=loop)
         with self._lock:
-            start = not self._idle and self._threads < self._max
+            start = False
             if self._idle:
                 self._idle -= 1
-            elif start:
-                self._threads += 1
+            elif self._room():
+                self._threads, start = self._threads + 1, True
+            else:
+                self._pending += 1
             jobs = self._jobs
         jobs.put((contextvars.copy_context(), call, future, loop))
         if start:
-            threading.Thread(target=self._work, args=(jobs,), name="interlock-offload", daemon=True).start()
+            self._start(jobs)
         return await future
+
+    def _room(self) -> bool:
+        """Whether another thread may start (called holding ``_lock``)."""
+        return self._threads - self._outside < self._width and self._threads < self._max
+
+    def _start(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+        threading.Thread(target=self._work, args=(jobs,), name="interlock-offload", daemon=True).start()
+
+    def step_out(self) -> None:
+        """A call of this pool waits outside: a queued call may have its thread meanwhile."""
+        with self._lock:
+            self._outside += 1
+            jobs = self._jobs
+            start = self._pending > 0 and self._room()
+            if start:
+                self._threads += 1
+                self._pending -= 1
+        if start:
+            self._start(jobs)
+
+    def step_in(self) -> None:
+        """The wait is over; the thread finishes its call, then leaves if the pool has too many."""
+        with self._lock:
+            self._outside -= 1
 
     def close(self) -> None:
         """End the threads once the calls already queued have run. Calls made afterwards start
         threads afresh."""
         with self._lock:
             jobs, threads = self._jobs, self._threads
-            self._jobs, self._threads, self._idle = queue.SimpleQueue(), 0, 0
+            self._jobs, self._threads, self._idle, self._pending = queue.SimpleQueue(), 0, 0, 0
         for _ in range(threads):
             jobs.put(None)
 
     def _work(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+        blocking.attach(self)
         while (job := jobs.get()) is not None:
             context, call, future, loop = job
             del job
@@ -85,7 +124,14 @@ class Offload:
             del context, call, future, loop
             result = None
             with self._lock:
-                if jobs is self._jobs:  # not closed since this thread started
+                if jobs is not self._jobs:  # closed since this thread started: None is coming
+                    continue
+                if self._threads - self._outside > self._width:  # others came back from outside
+                    self._threads -= 1
+                    return
+                if self._pending:  # the next queued call is this thread's
+                    self._pending -= 1
+                else:
                     self._idle += 1
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from interlock._internal.gateway.blocking import waiting_outside
 from interlock._internal.gateway.decide import Intent, resolve_credential
 from interlock._internal.gateway.models import Decision, Run
 from interlock._internal.gateway.records import mask_only, safe_redact
@@ -75,7 +76,8 @@ def execute(call: Call) -> Outcome:
     started = time.perf_counter()
     try:
         transport, ctx = _prepare(call, outcome)
-        outcome.result = transport.call(call.tool.spec, call.intent.arguments, ctx)
+        with waiting_outside():  # the upstream's time is not the pipeline's
+            outcome.result = transport.call(call.tool.spec, call.intent.arguments, ctx)
     except (UpstreamError, ConfigError, NotFound) as exc:
         outcome.error = exc.message
     except Exception as exc:  # a transport bug must not take the record with it

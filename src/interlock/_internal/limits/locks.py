@@ -13,6 +13,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from interlock._internal.gateway.blocking import waiting_outside
 from interlock._internal.manifest.models import ToolSpec
 from interlock._internal.store import tables as t
 from interlock._internal.store.engine import transaction
@@ -55,7 +56,8 @@ def acquire(engine: Engine, key: str, *, run_id: str, hold_s: float, wait_s: flo
                 return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        with waiting_outside():  # another run holds the record: let other actions through meanwhile
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.25)
 
 

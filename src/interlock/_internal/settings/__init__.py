@@ -199,6 +199,10 @@ class ServerSettings(BaseModel):
     # Processes serving the one port (`interlock serve --workers`): each is bound by one core's
     # worth of Python, so up to one per core the machine gives the server.
     workers: int = Field(default=1, ge=1, le=64)
+    # Worker threads of one process that run the action pipeline's own Python at once. More
+    # threads only take turns at the interpreter lock; an action waiting on its upstream tool or
+    # on another run's resource lock gives its turn away, so a slow tool does not count here.
+    pipeline_threads: int = Field(default=4, ge=1, le=40)
     # Largest request body /v1 and /oauth accept; larger ones get 413 before anything is parsed.
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
     # Console sessions end after this long without a request, and at most after session_ttl_s.
