@@ -9,11 +9,15 @@ transaction. Prints each round, then per configuration the median rate, the serv
 action (supervisor and workers together) and the latency, and the ratio of two workers to one.
 Targets with two workers: at least 1,200/s on SQLite and 700/s on PostgreSQL.
 
+With ``--baseline DIR``, every configuration also runs from another checkout (its ``src``), in
+the same rotation, and the ratio of this tree to it is printed (the median of per-round ratios).
+
 PostgreSQL comes from ``INTERLOCK_TEST_PG`` (default: the local ``test`` database, as for the
 tests); each server works in a throwaway schema, dropped afterwards. When PostgreSQL does not
 answer, only SQLite is measured.
 
 Run: python bench/workers.py [--rounds 5] [--seconds 4] [--concurrency 16] [--engines sqlite,postgres]
+     [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +36,24 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from gateway import LOOKUP, MANIFEST, RawHttp, free_port, interlock_command, loadavg, pct, process
+from gateway import LOOKUP, MANIFEST, RawHttp, free_port, loadavg, pct, process
 
 PG_BASE = os.environ.get("INTERLOCK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGETS = {"sqlite": 1200, "postgres": 700}
 RUN_STEPS = 1000
+ROOT = Path(__file__).resolve().parent.parent
+# Run by the server's own tree (``PYTHONPATH``): the database, the workflow and a token.
+SETUP = """
+import sys
+from interlock import Interlock, Settings
+il = Interlock(Settings(database={"url": sys.argv[1]}, identity={"token_ttl_s": 86400}))
+il.migrate()
+il.load_workflow(sys.argv[2])
+creds = il.agents.create("bot", workflow="bench-gateway", environment="production", actor="bench")
+print(il.issue_token(creds.client_id, creds.client_secret).token)
+il.close()
+"""
+SERVE = "from interlock._internal.cli.main import main; main()"
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -76,11 +94,10 @@ def postgres_schema() -> Iterator[str | None]:
 
 
 class Server:
-    """One `interlock serve --workers N` on its own database, with an agent token ready."""
+    """One `interlock serve --workers N` from the tree ``src``, on its own database, with an agent
+    token ready."""
 
-    def __init__(self, label: str, d: Path, db_url: str, workers: int) -> None:
-        from interlock import Interlock, Settings
-
+    def __init__(self, label: str, d: Path, db_url: str, workers: int, src: Path) -> None:
         self.label, self.workers, self.port = label, workers, free_port()
         d.mkdir()
         self.dir = d
@@ -88,17 +105,20 @@ class Server:
         self.manifest.write_text(MANIFEST.format(python=json.dumps(sys.executable), tool_port=free_port()))
         (d / "noop_tool.py").write_text("def noop(ticket_id, limit=1):\n    return {'ok': True}\n")
         self.db_url = db_url
-        il = Interlock(Settings(database={"url": db_url}, identity={"token_ttl_s": 86400}))
-        try:
-            il.migrate()
-            il.load_workflow(self.manifest)
-            creds = il.agents.create("bot", workflow="bench-gateway", environment="production", actor="bench")
-            self.token = il.issue_token(creds.client_id, creds.client_secret).token
-        finally:
-            il.close()
-        self.env = {**os.environ, "INTERLOCK_IDENTITY__TOKEN_TTL_S": "86400"}
+        self.env = {**os.environ, "PYTHONPATH": str(src), "INTERLOCK_IDENTITY__TOKEN_TTL_S": "86400"}
+        setup = subprocess.run(
+            [sys.executable, "-c", SETUP, db_url, str(self.manifest)],
+            env=self.env,
+            cwd=d,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        self.token = setup.stdout.strip().splitlines()[-1]
         self.cmd = [
-            *interlock_command(),
+            sys.executable,
+            "-c",
+            SERVE,
             "serve",
             "--manifest",
             str(self.manifest),
@@ -158,8 +178,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--engines", default="sqlite,postgres")
+    parser.add_argument("--baseline", type=Path, help="another checkout to compare with (its src is used)")
     opts = parser.parse_args()
     engines = opts.engines.split(",")
+    trees = [("", ROOT / "src")]
+    if opts.baseline is not None:
+        trees = [(" before", opts.baseline.resolve() / "src"), (" after", ROOT / "src")]
 
     import interlock
 
@@ -170,16 +194,17 @@ def main() -> int:
         servers: list[tuple[Server, int]] = []
         measured: list[str] = []
         for engine in engines:
-            for n in (1, 2):
+            for n, (side, src) in ((n, tree) for n in (1, 2) for tree in trees):
+                name = f"{engine}-{n}{side.replace(' ', '-')}"
                 if engine == "postgres":  # one schema per server
                     db = stack.enter_context(postgres_schema())
                     if db is None:
                         break
                 else:
-                    db = f"sqlite:///{d / f'sqlite-{n}.db'}"
+                    db = f"sqlite:///{d / f'{name}.db'}"
                 if engine not in measured:
                     measured.append(engine)
-                server = Server(f"{engine}, --workers {n}", d / f"{engine}-{n}", db, n)
+                server = Server(f"{engine}, --workers {n}{side}", d / name, db, n, src)
                 pid = stack.enter_context(
                     process(
                         server.cmd,
@@ -209,25 +234,31 @@ def main() -> int:
                 cpus[server.label].append(cpu)
                 lat[server.label].extend(latencies)
                 print(
-                    f"  round {k + 1}  {server.label:<22} {rate:7.1f} actions/s   CPU {cpu * 1e3:.2f} ms/action"
+                    f"  round {k + 1}  {server.label:<32} {rate:7.1f} actions/s   CPU {cpu * 1e3:.2f} ms/action"
                 )
         print("\nmedians of rounds")
         for server, _ in servers:
             label = server.label
             ms = [x * 1e3 for x in lat[label]]
             print(
-                f"  {label:<22} {statistics.median(rates[label]):7.1f} actions/s   "
+                f"  {label:<32} {statistics.median(rates[label]):7.1f} actions/s   "
                 f"server CPU {statistics.median(cpus[label]) * 1e3:5.2f} ms/action   "
                 f"latency median {statistics.median(ms):6.1f} ms, p99 {pct(ms, 0.99):6.1f} ms"
             )
         for engine in measured:
-            one = statistics.median(rates[f"{engine}, --workers 1"])
-            two = statistics.median(rates[f"{engine}, --workers 2"])
-            verdict = "met" if two >= TARGETS[engine] else "MISSED"
-            print(
-                f"  {engine}: two workers / one = {two / one:.2f}x; "
-                f"target >= {TARGETS[engine]}/s with two workers: {verdict}"
-            )
+            for side, _ in trees:
+                one = statistics.median(rates[f"{engine}, --workers 1{side}"])
+                two = statistics.median(rates[f"{engine}, --workers 2{side}"])
+                verdict = "met" if two >= TARGETS[engine] else "MISSED"
+                print(
+                    f"  {engine}{side}: two workers / one = {two / one:.2f}x; "
+                    f"target >= {TARGETS[engine]}/s with two workers: {verdict}"
+                )
+            if len(trees) == 2:
+                for n in (1, 2):
+                    before, after = (rates[f"{engine}, --workers {n}{side}"] for side, _ in trees)
+                    ratio = statistics.median(a / b for a, b in zip(after, before, strict=True))
+                    print(f"  {engine}, --workers {n}: after / before = {ratio:.2f}x (median of rounds)")
     print(f"\nload average at end: {loadavg()}")
     return 0
 
