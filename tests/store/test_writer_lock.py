@@ -202,3 +202,25 @@ def test_the_engine_still_writes_after_dispose(tmp_path: Path) -> None:
     with hot_read(engine) as tx:
         assert tx.execute(READ).scalar_one() == 2
     engine.dispose()
+
+
+def test_the_lock_file_takes_the_database_files_permissions(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "w.db") as conn:
+        conn.execute("CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+        conn.execute("INSERT INTO c VALUES (1, 0)")
+    (tmp_path / "w.db").chmod(0o640)
+    engine = make_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'w.db'}"))
+    try:
+        with hot_write(engine) as tx:
+            tx.execute(BUMP)
+        assert (tmp_path / "w.db-writer.lock").stat().st_mode & 0o777 == 0o640 & ~_umask()
+    finally:
+        engine.dispose()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -290,8 +290,15 @@ class WriterLock:
         if self._pid != pid:
             self._pid, self._fd = pid, None
             if fcntl is not None and self._path is not None:
+                # Whoever may read the database may queue on its writers (flock needs no more
+                # than a read-only descriptor): the file takes the database file's permissions,
+                # or SQLite's own for a file it creates.
                 try:
-                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    mode = os.stat(self._path.removesuffix(_LOCK_SUFFIX)).st_mode & 0o666
+                except OSError:
+                    mode = 0o644
+                try:
+                    self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, mode)
                 except OSError:
                     self._path = None
         return self._fd
@@ -305,6 +312,7 @@ class WriterLock:
                 os.close(fd)
 
 
+_LOCK_SUFFIX = "-writer.lock"
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, WriterLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -321,7 +329,7 @@ def write_lock(engine: Engine) -> WriterLock | None:
                 database = engine.url.database
                 path = None
                 if database not in (None, "", ":memory:"):
-                    path = f"{Path(str(database)).expanduser().resolve()}-writer.lock"
+                    path = f"{Path(str(database)).expanduser().resolve()}{_LOCK_SUFFIX}"
                 lock = _WRITE_LOCKS[engine] = WriterLock(path)
                 event.listen(engine, "engine_disposed", lambda _engine: lock.close())
     return lock
