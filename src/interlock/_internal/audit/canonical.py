@@ -5,10 +5,11 @@ the ``rfc8785`` package: keys sorted by UTF-16 code units, no whitespace, number
 shortest form, UTF-8. Any JCS implementation (``JSON.stringify`` over sorted keys in a browser or
 Node.js) reproduces these bytes, which is what lets a third party verify hashes and signatures.
 
-For speed, values whose standard-library JSON is already byte-identical to JCS (no float below
-1e-4, no integral float, no key outside the Basic Multilingual Plane,
-integers within I-JSON's +-2**53) are written by the C encoder; everything else goes through
-``rfc8785``. A test holds the two to the same bytes.
+For speed, values whose compact, key-sorted JSON is already byte-identical to JCS (no float below
+1e-4, no integral float, no key outside the Basic Multilingual Plane, integers within I-JSON's
++-2**53) are written by orjson (the standard library's C encoder where orjson refuses a value it
+accepts: a lone surrogate, nesting deeper than orjson goes); everything else goes through
+``rfc8785``. Tests hold all three to the same bytes.
 
 Integers beyond +-(2**53 - 1) have no exact JCS form; they are written as their exact decimal
 digits (the legacy form below), so distinct values never share a hash. The format document says so.
@@ -25,11 +26,21 @@ import json
 import math
 from typing import Any
 
+import orjson
 import rfc8785
 
 HASH_FORMAT = 2
 _INT_LIMIT = 2**53 - 1
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def _plain_bytes(value: Any) -> bytes:
+    """The JSON of a value :func:`_plain` accepts, which is its JCS form."""
+    try:
+        return orjson.dumps(value, option=_SORTED)
+    except TypeError:  # a lone surrogate or deep nesting: refused, or written, as before
+        return _dumps(value).encode("utf-8")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -39,10 +50,10 @@ def canonical_json(value: Any) -> bytes:
     are not JSON at all.
     """
     if _plain(value):  # most values: no sets or tuples to normalise, nothing JCS writes otherwise
-        return _dumps(value).encode("utf-8")
+        return _plain_bytes(value)
     value = _normalise(value)
     if _plain(value):
-        return _dumps(value).encode("utf-8")
+        return _plain_bytes(value)
     try:
         return rfc8785.dumps(value)
     except rfc8785.IntegerDomainError:
@@ -57,7 +68,12 @@ def plain_canonical_text(value: Any) -> str | None:
     """The canonical JSON text of ``value`` when it is already in the form readers get back (no
     sets or tuples, nothing JCS writes differently from the standard encoder), else None. Same
     text as :func:`canonical_json`, without the bytes round trip."""
-    return _dumps(value) if _plain(value) else None
+    if not _plain(value):
+        return None
+    try:
+        return orjson.dumps(value, option=_SORTED).decode("utf-8")
+    except TypeError:  # a lone surrogate or deep nesting: as the standard encoder writes it
+        return _dumps(value)
 
 
 def is_json(value: Any) -> bool:
