@@ -29,6 +29,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from operator import itemgetter
 from typing import Any, Union, cast
 
 from sqlalchemy import Table, event
@@ -53,8 +54,10 @@ class _Compiled:
         "binds",
         "columns",
         "constants",
+        "converts",
         "expanding",
         "keys",
+        "pick",
         "plan",
         "positional",
         "processors",
@@ -94,10 +97,18 @@ class _Compiled:
         self.plan: tuple[tuple[str, _Processor | None], ...] = tuple(
             (name, self.processors.get(name)) for name in self.binds
         )
+        # What :meth:`bind` does per execution: every value picked at once, in bind order (C
+        # code, not a Python loop over a hundred parameters an action), then only the few that
+        # have a type processor converted.
+        self.pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = _picker(self.binds)
+        self.converts: tuple[tuple[int, str, _Processor], ...] = tuple(
+            (i, name, proc) for i, (name, proc) in enumerate(self.plan) if proc is not None
+        )
         columns = getattr(statement, "exported_columns", None)
         self.columns = tuple(columns) if columns is not None else ()
         self.keys: tuple[str, ...] | None = tuple(columns.keys()) if columns is not None else None
-        self.results: tuple[_Processor | None, ...] | None = None
+        # The result columns that have a processor, by position (None: no column has one).
+        self.results: tuple[tuple[int, _Processor], ...] | None = None
         self.resolved = False
 
     def resolve_results(self, description: Any, dialect: Dialect) -> None:
@@ -112,7 +123,8 @@ class _Compiled:
             c.type.dialect_impl(dialect).result_processor(dialect, d[1])
             for c, d in zip(self.columns, description, strict=True)
         ]
-        self.results = tuple(procs) if any(p is not None for p in procs) else None
+        converted = tuple((i, p) for i, p in enumerate(procs) if p is not None)
+        self.results = converted or None
         self.resolved = True
 
     def bind(self, params: Mapping[str, Any] | None) -> tuple[str, Any]:
@@ -120,16 +132,21 @@ class _Compiled:
         values = ({**constants, **params} if constants else params) if params else constants
         if self.expanding:
             return self._expand(values)
+        picked = self.pick(values)
         if self.positional:
-            out = []
-            for name, proc in self.plan:
-                value = values[name]
-                out.append(value if proc is None or value is None else proc(value))
+            if not self.converts:
+                return self.sql, picked
+            out = list(picked)
+            for i, _, proc in self.converts:
+                value = out[i]
+                if value is not None:
+                    out[i] = proc(value)
             return self.sql, tuple(out)
-        named = {}
-        for name, proc in self.plan:
-            value = values[name]
-            named[name] = value if proc is None or value is None else proc(value)
+        named = dict(zip(self.binds, picked, strict=True))
+        for _, name, proc in self.converts:
+            value = named[name]
+            if value is not None:
+                named[name] = proc(value)
         return self.sql, named
 
     def _expand(self, values: Mapping[str, Any]) -> tuple[str, Any]:
@@ -168,8 +185,49 @@ class _Compiled:
         return _POSTCOMPILE.sub(named_placeholders, self.sql), named
 
 
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function giving the values of ``names`` in a mapping, in order, as a tuple (a missing
+    one raises KeyError)."""
+    if len(names) > 1:
+        return cast(Callable[[Mapping[str, Any]], tuple[Any, ...]], itemgetter(*names))
+    if names:
+        name = names[0]
+        return lambda values: (values[name],)
+    return lambda values: ()
+
+
+def _convert(row: tuple[Any, ...], results: tuple[tuple[int, _Processor], ...]) -> tuple[Any, ...]:
+    """A row with its processed columns converted."""
+    out = list(row)
+    for i, proc in results:
+        out[i] = proc(out[i])
+    return tuple(out)
+
+
 _CACHE_ATTR = "_interlock_hot_statements"
 _CACHE_GUARD = threading.Lock()
+
+
+class _ByStatement:
+    """Compiled forms by statement object, held weakly (a statement built per call goes with it).
+
+    What ``WeakKeyDictionary`` does, with the lookup inlined: ``compiled_for`` runs for every
+    statement of every action."""
+
+    __slots__ = ("__weakref__", "data")
+
+    def __init__(self) -> None:
+        self.data: dict[weakref.ref[Any], Any] = {}
+
+    def put(self, statement: ClauseElement, value: Any) -> None:
+        me = weakref.ref(self)
+
+        def forget(key: weakref.ref[Any]) -> None:
+            cache = me()
+            if cache is not None:
+                cache.data.pop(key, None)
+
+        self.data[weakref.ref(statement, forget)] = value
 
 
 def compiled_for(
@@ -180,11 +238,14 @@ def compiled_for(
     # Per engine (kept on its dialect object, so it goes with the engine), not per dialect name:
     # the type processors compiled in hold that engine's state (its data keys for encrypted
     # payload columns).
-    cache: weakref.WeakKeyDictionary[ClauseElement, Any] | None = dialect.__dict__.get(_CACHE_ATTR)
+    cache: _ByStatement | None = dialect.__dict__.get(_CACHE_ATTR)
     if cache is None:
         with _CACHE_GUARD:
-            cache = dialect.__dict__.setdefault(_CACHE_ATTR, weakref.WeakKeyDictionary())
-    found = cache.get(statement)
+            cache = dialect.__dict__.setdefault(_CACHE_ATTR, _ByStatement())
+    # (A weak reference to a live object equals, and hashes as, every other one to it.)
+    found = cache.data.get(weakref.ref(statement))
+    if type(found) is _Compiled:
+        return found
     if getattr(statement, "is_insert", False):
         keys = frozenset(params or ())
         by_keys = found if found is not None else {}
@@ -193,13 +254,12 @@ def compiled_for(
             compiled = _Compiled(statement, dialect, sorted(keys))
             with _CACHE_GUARD:
                 by_keys[keys] = compiled
-                cache[statement] = by_keys
+                cache.put(statement, by_keys)
         return cast(_Compiled, compiled)
-    if found is None:
-        found = _Compiled(statement, dialect)
-        with _CACHE_GUARD:
-            cache[statement] = found
-    return cast(_Compiled, found)
+    found = _Compiled(statement, dialect)
+    with _CACHE_GUARD:
+        cache.put(statement, found)
+    return found
 
 
 class HotResult:
@@ -342,9 +402,7 @@ class HotTx:
             compiled.resolve_results(description, self.dialect)
         results = compiled.results
         if results is not None and rows:
-            rows = [
-                tuple(v if p is None else p(v) for p, v in zip(results, row, strict=True)) for row in rows
-            ]
+            rows = [_convert(row, results) for row in rows]
         return rows, compiled.keys, cursor.rowcount
 
     def _failed(self, exc: Any, sql: str, params: Any, cursor: Any) -> StatementError:
