@@ -405,3 +405,12 @@ def test_rate_limit_refuses_with_retry_after(db_url) -> None:
     assert 0 < third.retry_after <= 60
     assert h.il.get_run(run).state == "running"  # a rate limit slows a run; it does not stop it
     h.close()
+
+
+def test_a_scope_with_any_limit_is_limited() -> None:
+    from interlock._internal.limits.budgets import _limited
+    from interlock._internal.manifest.models import Limits
+
+    assert not _limited(Limits())
+    for name in Limits.model_fields:  # every field counts, and a new one fails here until it does
+        assert _limited(Limits(**{name: 1})), name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from interlock._internal.telemetry.redaction import MASK, redact, redact_text
@@ -62,3 +62,52 @@ def test_deep_nesting_is_cut_off() -> None:
 )
 def test_redact_never_fails_on_json_like_values(value: object) -> None:
     redact(value, extra_secrets=("abc",))
+
+
+def _redact_uncached(value: object, secrets: tuple[str, ...], depth: int = 0) -> object:
+    """What redact did before keys were remembered: every key redacted anew."""
+    from interlock._internal.telemetry.redaction import _MAX_DEPTH, _SECRET_KEYS, mask_secrets
+
+    if depth > _MAX_DEPTH:
+        return MASK
+    if isinstance(value, str):
+        return redact_text(mask_secrets(value, secrets))
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, str) and _SECRET_KEYS.search(key) and isinstance(item, str | int | float):
+                out[key] = MASK
+                continue
+            safe = _redact_uncached(key, secrets, depth + 1) if isinstance(key, str) else key
+            out[safe] = _redact_uncached(item, secrets, depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_redact_uncached(v, secrets, depth + 1) for v in value]
+    return value
+
+
+_KEYS = st.sampled_from(
+    ["ticket_id", "password", "jane.doe@example.com", "4111 1111 1111 1111", "s3cr3t-value", "ok", "x" * 300]
+) | st.text(max_size=12)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(_KEYS, c, max_size=4),
+        max_leaves=20,
+    ),
+    st.sampled_from([(), ("s3cr3t-value",), ("ticket",)]),
+)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_remembered_keys_redact_as_keys_redacted_anew(value: object, secrets: tuple[str, ...]) -> None:
+    # Twice: the second time every key is remembered.
+    assert redact(value, extra_secrets=secrets) == _redact_uncached(value, secrets)
+    assert redact(value, extra_secrets=secrets) == _redact_uncached(value, secrets)
+
+
+def test_keys_past_the_depth_limit_are_masked() -> None:
+    deep: object = {"ticket_id": 1}
+    for _ in range(70):
+        deep = {"k": deep}
+    assert redact(deep) == _redact_uncached(deep, ())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from functools import lru_cache
 
 AGENT_SECRET_PREFIX = "ilsk_"
 OPERATOR_TOKEN_PREFIX = "ilop_"
@@ -50,6 +51,7 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
 
 
+@lru_cache(maxsize=1024)  # asked on every action, of the few agents' stored hashes
 def credential_fingerprint(stored_hash: str) -> str:
     """A short public tag for one credential, carried in tokens minted from it.
 

@@ -119,7 +119,14 @@ def scopes_for(manifest: Manifest, *, run_id: str, agent_id: str, now: float) ->
 
 
 def _limited(limits: Limits) -> bool:
-    return any(getattr(limits, name) is not None for name in Limits.model_fields)
+    # Field by field rather than over Limits.model_fields: this runs twice an action (a test
+    # keeps the list complete).
+    return (
+        limits.max_cost_usd is not None
+        or limits.max_tokens is not None
+        or limits.max_steps is not None
+        or limits.max_tool_calls is not None
+    )
 
 
 class BudgetRefused(Exception):

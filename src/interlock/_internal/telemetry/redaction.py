@@ -67,18 +67,43 @@ def redact(value: Any, *, extra_secrets: tuple[str, ...] = (), _depth: int = 0) 
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and _SECRET_KEYS.search(key) and isinstance(item, str | int | float):
-                out[key] = MASK
-                continue
-            # Keys are data too: an upstream may echo a secret back as a key.
-            safe_key = (
-                redact(key, extra_secrets=extra_secrets, _depth=_depth + 1) if isinstance(key, str) else key
-            )
+            safe_key = key
+            if isinstance(key, str):
+                names_secret, safe_key = _key_facts(key)
+                if names_secret and isinstance(item, str | int | float):
+                    out[key] = MASK
+                    continue
+                # Keys are data too: an upstream may echo a secret back as a key.
+                if _depth + 1 > _MAX_DEPTH:
+                    safe_key = MASK
+                elif extra_secrets:
+                    masked = mask_secrets(key, extra_secrets)
+                    if masked != key:
+                        safe_key = redact_text(masked)
             out[safe_key] = redact(item, extra_secrets=extra_secrets, _depth=_depth + 1)
         return out
     if isinstance(value, list | tuple):
         return [redact(v, extra_secrets=extra_secrets, _depth=_depth + 1) for v in value]
     return value
+
+
+# Keys repeat from action to action (a tool's argument and result names), so what redaction makes
+# of a key is remembered, within bounds.
+_KEY_FACTS: dict[str, tuple[bool, str]] = {}
+_KEY_FACTS_MAX = 4096
+_KEY_MAX_CHARS = 256
+
+
+def _key_facts(key: str) -> tuple[bool, str]:
+    """Whether ``key`` names a secret, and the key as :func:`redact_text` leaves it."""
+    found = _KEY_FACTS.get(key)
+    if found is None:
+        found = (_SECRET_KEYS.search(key) is not None, redact_text(key))
+        if len(key) <= _KEY_MAX_CHARS:
+            if len(_KEY_FACTS) >= _KEY_FACTS_MAX:
+                _KEY_FACTS.clear()
+            _KEY_FACTS[key] = found
+    return found
 
 
 # Patterns that are credentials, not personal data: masked even where personal data may be shown.
