@@ -36,14 +36,16 @@ LOAD_RUN_AND_AGENT = LOAD_RUN.add_columns(*(c.label(f"a_{c.name}") for c in AGEN
 )
 
 
+_AGENT_KEYS = tuple((c.name, f"a_{c.name}") for c in AGENT.c)
+
+
 class AgentColumns:
-    """The caller's agent columns of a joined row, under their own names."""
+    """The caller's agent columns of a joined row, under their own names: copied once into plain
+    attributes (a ``__getattr__`` fallback cost a raised and discarded AttributeError for every
+    column read, on every action)."""
 
     def __init__(self, mapping: Any) -> None:
-        self._m = mapping
-
-    def __getattr__(self, name: str) -> Any:
-        return self._m[f"a_{name}"]
+        self.__dict__.update({name: mapping[key] for name, key in _AGENT_KEYS})
 
 
 BUMP_STEPS = (
