@@ -129,6 +129,7 @@ _PRINCIPAL = "interlock.principal"
 _TOKEN = "interlock.token"
 _MAX_IMPLICIT_RUNS = 10_000
 _MAX_KEPT_RESOURCES = 64
+_MAX_KEPT_USERS = 4096
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # The agent of the request being handled, for lookups the SDK makes without a request context.
 _CURRENT: ContextVar[AgentPrincipal | None] = ContextVar("interlock_mcp_principal", default=None)
@@ -437,11 +438,15 @@ class McpGateway:
             # of them, so a session kept in one worker's memory would be "not found" by the others:
             # answer every request on its own instead (no Mcp-Session-Id, hence no resumption).
             stateless=settings.server.workers > 1,
-            security_settings=transport_security,
+            # Built once: given None, the SDK builds a settings model on every request. The gateway
+            # checks Host and Origin itself (above), so the SDK's check is off unless asked for.
+            security_settings=transport_security
+            or TransportSecuritySettings(enable_dns_rebinding_protection=False),
             retry_interval=settings.mcp.sse_retry_ms,
             resume_events=settings.mcp.resume_events,
         )
         self._resources: dict[tuple[str, bytes], tuple[str, frozenset[str]]] = {}
+        self._users: dict[tuple[str, str], AuthenticatedUser] = {}
         self._runs: OrderedDict[tuple[str, ...], str] = OrderedDict()
         self._runs_lock = threading.Lock()
         self._start_lock = anyio.Lock()
@@ -469,7 +474,7 @@ class McpGateway:
             return
         assert principal is not None
         assert token is not None
-        user = AuthenticatedUser(AccessToken(token=token, client_id=principal.agent_id, scopes=[]))
+        user = self._user(principal, token)
         # The session manager binds each MCP session to this user: another agent presenting the
         # session id gets 404. Keyed by agent, not token, so a refreshed token keeps the session.
         scope = {**scope, "user": user, _PRINCIPAL: principal, _TOKEN: token}
@@ -478,6 +483,19 @@ class McpGateway:
             await self.session_manager.handle_request(scope, receive, send)
         finally:
             _CURRENT.reset(caller)
+
+    def _user(self, principal: AgentPrincipal, token: str) -> AuthenticatedUser:
+        """The SDK's user for an authenticated agent and token, kept: it is built of two models,
+        and an agent presents the same token for many calls."""
+        key = (principal.agent_id, token)
+        user = self._users.get(key)
+        if user is None:
+            if len(self._users) >= _MAX_KEPT_USERS:
+                self._users.clear()
+            user = self._users[key] = AuthenticatedUser(
+                AccessToken(token=token, client_id=principal.agent_id, scopes=[])
+            )
+        return user
 
     def _refuse_foreign(self, scope: Scope) -> JSONResponse | None:
         """403 for an Origin or Host this gateway does not answer to (DNS rebinding: a page on

@@ -6,10 +6,11 @@ to its record; an :class:`Outcome` is what came back. Nothing here writes to the
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio.to_thread
 
@@ -95,7 +96,7 @@ async def execute_async(call: Call) -> Outcome:
     started = time.perf_counter()
     try:
         transport, ctx = _prepare(call, outcome)
-        if not isinstance(transport, AsyncTransport):
+        if not _is_async(transport):
             return await anyio.to_thread.run_sync(execute, call)
         outcome.result = await transport.call_async(call.tool.spec, call.intent.arguments, ctx)
     except (UpstreamError, ConfigError, NotFound) as exc:
@@ -105,6 +106,16 @@ async def execute_async(call: Call) -> Outcome:
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.duration_ms = (time.perf_counter() - started) * 1000
     return outcome
+
+
+@functools.cache
+def _asynchronous(kind: type) -> bool:
+    return issubclass(kind, AsyncTransport)
+
+
+def _is_async(transport: Transport) -> TypeGuard[AsyncTransport]:
+    # A runtime protocol's isinstance walks its members each time; the answer is the class's.
+    return _asynchronous(type(transport))
 
 
 def _prepare(call: Call, outcome: Outcome) -> tuple[Transport, CallContext]:
