@@ -69,14 +69,15 @@ rules:
     - {id: reads, verb: read}
 """
 
-# Run by each side's own code: migrate, load the manifest, create the agent, print its token.
+# Run by each side's own code: migrate, load the manifest, create its agent ``bot``, print its
+# token (bench/workers.py uses it too).
 SETUP = """
 import sys
 from interlock import Interlock, Settings
 il = Interlock(Settings(database={"url": sys.argv[1]}, identity={"token_ttl_s": 86400}))
 il.migrate()
-il.load_workflow(sys.argv[2])
-creds = il.agents.create("bot", workflow="bench-cost", environment="production", actor="bench")
+workflow = il.load_workflow(sys.argv[2]).name
+creds = il.agents.create("bot", workflow=workflow, environment="production", actor="bench")
 print(il.issue_token(creds.client_id, creds.client_secret).token)
 il.close()
 """

@@ -36,24 +36,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from server_cost import SERVE, SETUP  # the server's own tree sets up its database and token
+
 from gateway import LOOKUP, MANIFEST, RawHttp, free_port, loadavg, pct, process
 
 PG_BASE = os.environ.get("INTERLOCK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGETS = {"sqlite": 1200, "postgres": 700}
 RUN_STEPS = 1000
 ROOT = Path(__file__).resolve().parent.parent
-# Run by the server's own tree (``PYTHONPATH``): the database, the workflow and a token.
-SETUP = """
-import sys
-from interlock import Interlock, Settings
-il = Interlock(Settings(database={"url": sys.argv[1]}, identity={"token_ttl_s": 86400}))
-il.migrate()
-il.load_workflow(sys.argv[2])
-creds = il.agents.create("bot", workflow="bench-gateway", environment="production", actor="bench")
-print(il.issue_token(creds.client_id, creds.client_secret).token)
-il.close()
-"""
-SERVE = "from interlock._internal.cli.main import main; main()"
 
 
 def tree_cpu_seconds(pid: int) -> float:
