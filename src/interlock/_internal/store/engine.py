@@ -264,15 +264,9 @@ class WriterLock:
         fd = self._file()
         if fd is None:
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
         deadline = time.monotonic() + self._timeout_s
         pause = 20e-6
         while True:
-            time.sleep(pause)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
@@ -281,7 +275,8 @@ class WriterLock:
                     raise StorageError(
                         "database error: OperationalError: database is locked (by another process)"
                     ) from None
-                pause = min(pause * 2, 400e-6)
+            time.sleep(pause)
+            pause = min(pause * 2, 400e-6)
 
     def _file(self) -> int | None:
         # Opened in the process that uses it: a descriptor inherited across fork() shares its
