@@ -1,4 +1,5 @@
-"""Test helpers for real servers on 127.0.0.1: free ports and `interlock serve` processes."""
+"""Test helpers for real servers on 127.0.0.1: free ports, `interlock serve` processes, and the
+context a transport call to an upstream server carries."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+
+from interlock._internal.gateway.transports.base import CallContext
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -114,3 +117,16 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def call_context(timeout_s: float = 10.0, credential: str | None = None) -> CallContext:
+    """What a transport's ``call`` is given for a test run's step."""
+    return CallContext(
+        run_id="run_test",
+        step_id="stp_test",
+        agent_id="tester",
+        workflow="wf",
+        idempotency_key="stp_test",
+        credential=credential,
+        timeout_s=timeout_s,
+    )

@@ -26,7 +26,7 @@ from interlock._internal.gateway.transports.mcp import McpTransport, import_mcp_
 from interlock._internal.manifest.loader import load_manifest, load_manifest_text
 from interlock._internal.manifest.models import McpServerSpec, ToolSpec
 from interlock.exceptions import ConfigError, ManifestError, UpstreamError
-from servers import free_port
+from servers import call_context, free_port
 
 SECRET = "ghs_s3cret-value-that-must-stay-hidden-1234"
 FILE_SECRET = "file-secret-9f8e7d6c5b4a"
@@ -96,15 +96,7 @@ tools:
 
 
 def ctx(timeout_s: float = 20.0, credential: str | None = None) -> CallContext:
-    return CallContext(
-        run_id="run_test",
-        step_id="stp_test",
-        agent_id="tester",
-        workflow="wf",
-        idempotency_key="stp_test",
-        credential=credential,
-        timeout_s=timeout_s,
-    )
+    return call_context(timeout_s, credential)
 
 
 def chain(exc: BaseException) -> Iterator[BaseException]:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.gateway.transports.mcp import McpTransport
 from interlock._internal.manifest.models import McpServerSpec, ToolSpec
 from interlock.exceptions import UpstreamError
+from servers import call_context as ctx
 
 SCRIPTED_SERVER = textwrap.dedent(
     r"""
@@ -98,18 +98,6 @@ SCRIPTED_SERVER = textwrap.dedent(
                 send(result(request_id, {"cancelled": cancelled, "hung": hung}))
     """
 )
-
-
-def ctx(timeout_s: float = 10.0) -> CallContext:
-    return CallContext(
-        run_id="run_test",
-        step_id="stp_test",
-        agent_id="tester",
-        workflow="wf",
-        idempotency_key="stp_test",
-        credential=None,
-        timeout_s=timeout_s,
-    )
 
 
 def tool(name: str, *, idempotent: bool = False) -> ToolSpec:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from interlock._internal.gateway.transports.base import CallContext
 from interlock._internal.gateway.transports.mcp import (
     McpTransport,
     import_mcp_tools,
@@ -26,6 +25,7 @@ from interlock._internal.gateway.transports.mcp import (
 )
 from interlock._internal.manifest.models import McpServerSpec, ToolSpec
 from interlock.exceptions import ConfigError, UpstreamError
+from servers import call_context as ctx
 from servers import free_port
 
 GIT_MAP = {
@@ -87,18 +87,6 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def ctx(timeout_s: float = 10.0, credential: str | None = None) -> CallContext:
-    return CallContext(
-        run_id="run_test",
-        step_id="stp_test",
-        agent_id="tester",
-        workflow="wf",
-        idempotency_key="stp_test",
-        credential=credential,
-        timeout_s=timeout_s,
-    )
 
 
 def make_repo(path: Path) -> Path:
